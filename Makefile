@@ -1,0 +1,55 @@
+# Two commands do everything on a fresh machine: `make app` and `make test`.
+# Both create or repair .venv from the pins in pyproject.toml, and do nothing slow
+# when nothing changed.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hohoho-installed
+DEMO_DIR ?= data/demo
+DEMO_STUDIES ?= 8
+DEMO_SEED ?= 2019
+PORT ?= 8501
+
+.PHONY: venv app test lint browser demo weights bench clean
+
+# Reinstall when pyproject.toml changed, or when the environment no longer imports.
+$(STAMP): pyproject.toml
+	@if ! $(PY) -c 'import sys' >/dev/null 2>&1; then \
+		echo "creating $(VENV)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); fi
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+	@$(PY) -c 'import torch, torchvision, pydicom, streamlit, captum, hohoho_core' >/dev/null 2>&1 \
+		|| { echo "repairing $(VENV)"; rm -f $(STAMP); $(MAKE) --no-print-directory $(STAMP); }
+
+# Headless Chromium for the browser tests, from Debian's packages (never a downloaded browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian chromium"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
+$(DEMO_DIR)/stage_2_train.csv: | venv
+	$(PY) -m hohoho_core.synthetic --out $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed $(DEMO_SEED)
+
+demo: venv $(DEMO_DIR)/stage_2_train.csv
+
+app: venv demo
+	HOHOHO_DEMO_DIR=$(DEMO_DIR) $(PY) -m streamlit run app.py \
+		--server.address 127.0.0.1 --server.port $(PORT) --server.headless true \
+		--browser.gatherUsageStats false
+
+lint: venv
+	$(PY) -m ruff check .
+
+test: venv browser lint
+	$(PY) -m pytest
+
+weights: venv
+	$(PY) train/make_demo_weights.py --out weights
+
+bench: venv
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) data/demo .pytest_cache
