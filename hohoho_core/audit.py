@@ -1,0 +1,591 @@
+"""Label audit: rank slice labels by how likely they are wrong, each with its reason.
+
+Two independent kinds of evidence, then one combined ranking:
+
+* the model: out-of-fold probabilities (a model that never trained on the slice it
+  judges) scored with cleanlab's ``multilabel_classification`` (confident learning,
+  Northcutt et al., JAIR 2021), plus the per-class disagreement ``|label - prob|`` so a
+  flag names its class;
+* sequence rules along the sorted series (the poster's Fig. 7 "strange patterns"): an
+  isolated positive among negatives, a one-slice gap inside a positive run, and an
+  "any" label that contradicts the subtypes.
+
+Everything here is NumPy/pandas in, pandas out. Arrays of labels and probabilities are
+``(N, 6)`` with columns ``labels.CLASSES``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from hohoho_core.labels import ANY_INDEX, CLASSES
+
+__all__ = [
+    "RULES",
+    "SIGNALS",
+    "AuditWeights",
+    "audit_from_files",
+    "model_flags",
+    "rank_flags",
+    "read_probs_csv",
+    "sequence_flags",
+]
+
+#: Sequence rules, in the order reasons are listed.
+RULES: tuple[str, ...] = ("isolated_positive", "gap_in_run", "any_inconsistent")
+#: Values of ``rank_flags(signal_only=...)``; None ranks by the combined score.
+SIGNALS: tuple[str, ...] = ("model", "sequence", "cleanlab")
+Signal = Literal["model", "sequence", "cleanlab"]
+
+# Rule scores. A pattern with both neighbours present is clear evidence (1.0). On the
+# first or last slice only one neighbour exists, and a bleed can genuinely be cut off by
+# the scan range, so the same pattern counts half. When "any" is 0 but a subtype is 1 the
+# rule cannot tell which of the two is wrong: "any" gets the full score (the issue's
+# convention) and each positive subtype half, and the model decides between them.
+SCORE_CLEAR = 1.0
+SCORE_EDGE = 0.5
+SCORE_SUBTYPE_VS_ANY = 0.5
+
+_N_CLASSES = len(CLASSES)
+_CLASS_INDEX = {name: k for k, name in enumerate(CLASSES)}
+
+
+@dataclass(frozen=True)
+class AuditWeights:
+    """Weights of the combined score, added on the log-odds scale (naive Bayes).
+
+    ``score = sigmoid(model * z + sequence * r + cleanlab * c)`` with
+
+    * ``z`` the model's evidence: the mean of ``logit(m)`` and ``logit(m_adj)``, where
+      ``m = |label - prob|`` is the model's probability of the flipped label (for a
+      calibrated out-of-fold model, the chance the label is wrong) and ``m_adj`` the same
+      after cleanlab's per-class adjustment (``1 - cleanlab_quality``), which corrects a
+      model whose probabilities are shifted per class (asymmetric-loss training does
+      that). Both are clipped to ``[clip, 1 - clip]`` so one over-confident probability
+      cannot veto a rule;
+    * ``r`` the rule score in [0, 1];
+    * ``c`` 1 where cleanlab's confident learning flags the cell.
+
+    Each independent piece of evidence multiplies the odds, so a rule the model backs
+    outranks the rule alone and the model alone. With the defaults (and ``m_adj = m``) a
+    gap slice (r = 1) multiplies the odds by ``e**3 ~ 20``: the model at 0.9 then gives
+    0.995, the model at 0.9 without a pattern 0.90, the gap with the model at 0.1 0.69,
+    and a gap the model firmly contradicts (m <= 0.01) 0.17. ``model=0`` ignores the
+    model. The defaults come from simulations on ``hohoho_core.synthetic`` label noise
+    with stand-in models of several strengths and biases; a benchmark on real
+    out-of-fold predictions should re-tune them.
+    """
+
+    model: float = 1.0
+    sequence: float = 3.0
+    cleanlab: float = 0.5
+    clip: float = 0.01
+
+    def __post_init__(self) -> None:
+        values = (self.model, self.sequence, self.cleanlab)
+        if any(not np.isfinite(v) or v < 0 for v in values):
+            raise ValueError(f"AuditWeights must be finite and >= 0, got {values}")
+        if not 0.0 < self.clip < 0.5:
+            raise ValueError(f"AuditWeights.clip must be in (0, 0.5), got {self.clip}")
+
+    def _logit(self, x: np.ndarray) -> np.ndarray:
+        x = np.clip(np.asarray(x, dtype=np.float64), self.clip, 1.0 - self.clip)
+        return np.log(x / (1.0 - x))
+
+    def combine(
+        self,
+        m: np.ndarray,
+        r: np.ndarray,
+        c: np.ndarray,
+        m_adjusted: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Combined score in (0, 1).
+
+        Args:
+            m: ``(M,)`` model disagreement ``|label - prob|``.
+            r: ``(M,)`` rule score in [0, 1].
+            c: ``(M,)`` 1.0 where cleanlab flags the cell, else 0.0.
+            m_adjusted: ``(M,)`` cleanlab's class-adjusted disagreement; ``m`` if None.
+        """
+        z = self._logit(m)
+        if m_adjusted is not None:
+            z = 0.5 * (z + self._logit(m_adjusted))
+        total = self.model * z + self.sequence * np.asarray(r) + self.cleanlab * np.asarray(c)
+        return 1.0 / (1.0 + np.exp(-total))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    arr = np.asarray(labels)
+    if arr.ndim != 2 or arr.shape[1] != _N_CLASSES:
+        raise ValueError(f"labels must have shape (N, {_N_CLASSES}), got {arr.shape}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise ValueError("labels contain NaN or infinite values")
+    if not np.isin(arr, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return arr.astype(np.int8)
+
+
+def _check_prob(prob: np.ndarray, n: int) -> np.ndarray:
+    arr = np.asarray(prob, dtype=np.float64)
+    if arr.shape != (n, _N_CLASSES):
+        raise ValueError(f"prob must have shape ({n}, {_N_CLASSES}), got {arr.shape}")
+    if not np.isfinite(arr).all() or (arr < 0).any() or (arr > 1).any():
+        raise ValueError("prob must be finite probabilities in [0, 1]")
+    return arr
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def sequence_flags(
+    labels: np.ndarray, study_ids: np.ndarray, slice_index: np.ndarray
+) -> pd.DataFrame:
+    """Flag label patterns along each sorted series.
+
+    Args:
+        labels: ``(N, 6)`` int in {0, 1}, columns ``CLASSES``.
+        study_ids: ``(N,)`` series key (study UID, or study + series UID); slices with the
+            same key form one sequence.
+        slice_index: ``(N,)`` int, position in the sorted series. Only the order matters:
+            neighbours are the previous and next slice present in the input.
+
+    Returns:
+        One row per (slice row, class, rule), sorted by row, class, rule, with columns
+        ``row`` (index into the inputs), ``class``, ``class_index``, ``rule``, ``score``
+        (in (0, 1]), ``proposed_label`` (the label the rule suggests) and ``detail`` (a
+        short phrase). Rules, applied to all six classes unless said:
+
+        * ``isolated_positive``: label 1 with both neighbours 0 (score 1.0); on the first
+          or last slice, label 1 with its one neighbour 0 (0.5). A one-slice series has
+          no neighbours and is never flagged.
+        * ``gap_in_run``: label 0 with both neighbours 1 (1.0). Edge slices are never a
+          gap: a 0 at the end of a run is how a run ends.
+        * ``any_inconsistent`` (within the slice): "any" 0 while some subtype is 1 flags
+          "any" (1.0, propose 1) and each positive subtype (0.5, propose 0); "any" 1
+          while every subtype is 0 flags "any" (1.0, propose 0).
+    """
+    lab = _check_labels(labels)
+    n = lab.shape[0]
+    sid = np.asarray(study_ids)
+    pos = np.asarray(slice_index)
+    if sid.shape != (n,) or pos.shape != (n,):
+        raise ValueError(
+            f"study_ids {sid.shape} and slice_index {pos.shape} must both have shape ({n},)"
+        )
+    codes, _ = pd.factorize(pd.Series(sid, dtype=object))
+    order = np.lexsort((pos, codes))
+    s_codes, s_pos, s_lab = codes[order], pos[order], lab[order]
+    same_prev = np.zeros(n, dtype=bool)
+    same_prev[1:] = s_codes[1:] == s_codes[:-1]
+    if (same_prev[1:] & (s_pos[1:] == s_pos[:-1])).any():
+        raise ValueError("slice_index has duplicates within a series")
+    same_next = np.zeros(n, dtype=bool)
+    same_next[:-1] = same_prev[1:]
+
+    # Neighbour labels; -1 where the neighbour does not exist (start or end of series).
+    prev = np.full_like(s_lab, -1)
+    prev[1:] = np.where(same_prev[1:, None], s_lab[:-1], -1)
+    nxt = np.full_like(s_lab, -1)
+    nxt[:-1] = np.where(same_next[:-1, None], s_lab[1:], -1)
+    has_prev, has_next = prev >= 0, nxt >= 0
+
+    parts: list[pd.DataFrame] = []
+
+    def add(mask: np.ndarray, rule: str, score: np.ndarray | float, proposed: int, detail):
+        r, k = np.nonzero(mask)
+        if r.size == 0:
+            return
+        sc = np.broadcast_to(np.asarray(score, dtype=np.float64), mask.shape)[r, k]
+        det = detail[r, k] if isinstance(detail, np.ndarray) else np.full(r.size, detail)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "row": order[r],
+                    "class_index": k,
+                    "rule": rule,
+                    "score": sc,
+                    "proposed_label": proposed,
+                    "detail": det,
+                }
+            )
+        )
+
+    # Isolated positive: every existing neighbour is 0 and at least one exists.
+    iso = (s_lab == 1) & (has_prev | has_next)
+    iso &= (~has_prev | (prev == 0)) & (~has_next | (nxt == 0))
+    both = has_prev & has_next
+    add(
+        iso,
+        "isolated_positive",
+        np.where(both, SCORE_CLEAR, SCORE_EDGE),
+        0,
+        np.where(
+            both,
+            "positive on this slice only, both neighbouring slices negative",
+            "positive on the edge slice only, its one neighbour negative",
+        ),
+    )
+    add(
+        (s_lab == 0) & (prev == 1) & (nxt == 1),
+        "gap_in_run",
+        SCORE_CLEAR,
+        1,
+        "negative slice inside a positive run (both neighbours positive)",
+    )
+
+    sub_any = s_lab[:, :ANY_INDEX].max(axis=1)
+    any_col = s_lab[:, ANY_INDEX]
+    any_missing = np.zeros_like(s_lab, dtype=bool)
+    any_missing[:, ANY_INDEX] = (any_col == 0) & (sub_any == 1)
+    add(any_missing, "any_inconsistent", SCORE_CLEAR, 1, "'any' is 0 but a subtype is 1")
+    sub_extra = np.zeros_like(s_lab, dtype=bool)
+    sub_extra[:, :ANY_INDEX] = ((any_col == 0)[:, None]) & (s_lab[:, :ANY_INDEX] == 1)
+    add(sub_extra, "any_inconsistent", SCORE_SUBTYPE_VS_ANY, 0, "subtype is 1 but 'any' is 0")
+    any_extra = np.zeros_like(s_lab, dtype=bool)
+    any_extra[:, ANY_INDEX] = (any_col == 1) & (sub_any == 0)
+    add(any_extra, "any_inconsistent", SCORE_CLEAR, 0, "'any' is 1 but no subtype is 1")
+
+    columns = ["row", "class", "class_index", "rule", "score", "proposed_label", "detail"]
+    if not parts:
+        return pd.DataFrame(
+            {
+                "row": pd.Series(dtype=np.int64),
+                "class": pd.Series(dtype=object),
+                "class_index": pd.Series(dtype=np.int64),
+                "rule": pd.Series(dtype=object),
+                "score": pd.Series(dtype=np.float64),
+                "proposed_label": pd.Series(dtype=np.int64),
+                "detail": pd.Series(dtype=object),
+            }
+        )[columns]
+    out = pd.concat(parts, ignore_index=True)
+    out["row"] = out["row"].astype(np.int64)
+    out["class_index"] = out["class_index"].astype(np.int64)
+    out["proposed_label"] = out["proposed_label"].astype(np.int64)
+    out["class"] = np.asarray(CLASSES, dtype=object)[out["class_index"].to_numpy()]
+    out["_rule_order"] = out["rule"].map({r: i for i, r in enumerate(RULES)})
+    out = out.sort_values(["row", "class_index", "_rule_order"], kind="stable")
+    return out[columns].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def model_flags(labels: np.ndarray, prob: np.ndarray) -> pd.DataFrame:
+    """Score every (slice, class) label against out-of-fold probabilities with cleanlab.
+
+    Args:
+        labels: ``(N, 6)`` int in {0, 1}, columns ``CLASSES``.
+        prob: ``(N, 6)`` float in [0, 1], out-of-sample probabilities (k-fold, split by
+            patient: a model must never judge a slice it trained on).
+
+    Returns:
+        ``N * 6`` rows ordered by (row, class_index) with columns ``row``, ``class``,
+        ``class_index``, ``label``, ``prob`` and
+
+        * ``model_score``: ``1 - `` cleanlab's per-class self-confidence, i.e. the
+          model's probability of the flipped label, ``|label - prob|`` (higher = more
+          suspicious);
+        * ``cleanlab_quality``: cleanlab's per-class self-confidence after its
+          class-imbalance adjustment (``adjust_pred_probs=True``: the per-class confident
+          threshold is subtracted, so a 0.3 on a rare class counts); lower = worse;
+        * ``cleanlab_issue``: bool, cleanlab's confident-learning verdict per class
+          (``find_multilabel_issues_per_class``, ``prune_by_noise_rate``);
+        * ``cleanlab_slice_quality``: cleanlab's label quality of the whole slice
+          (per-class scores aggregated), repeated on its six rows;
+        * ``cleanlab_score``: ``0.5 * issue + 0.5 * (1 - cleanlab_quality)`` in [0, 1],
+          the "cleanlab only" ranking signal (flagged cells first).
+
+    cleanlab's multi-label validation needs at least one positive label in the data; with
+    none, self-confidence is taken directly (it is by definition the probability of the
+    given label) and no confident-learning issues are reported.
+    """
+    lab = _check_labels(labels)
+    n = lab.shape[0]
+    p = _check_prob(prob, n)
+
+    if n > 0 and lab.any():
+        from cleanlab.multilabel_classification import filter as cl_filter
+        from cleanlab.multilabel_classification import rank as cl_rank
+
+        # cleanlab's multi-label format: one list of positive class indices per example.
+        as_lists = [np.flatnonzero(row).tolist() for row in lab]
+        with warnings.catch_warnings():
+            # Rare classes (few positives) trigger an informational warning per class.
+            warnings.filterwarnings(
+                "ignore", message=r"May not flag all label issues", category=UserWarning
+            )
+            self_conf = cl_rank.get_label_quality_scores_per_class(
+                as_lists, p, method="self_confidence"
+            )
+            adjusted = cl_rank.get_label_quality_scores_per_class(
+                as_lists, p, method="self_confidence", adjust_pred_probs=True
+            )
+            slice_quality = cl_rank.get_label_quality_scores(as_lists, p)
+            issues = cl_filter.find_multilabel_issues_per_class(as_lists, p, n_jobs=1)
+        self_conf = np.asarray(self_conf, dtype=np.float64)
+        adjusted = np.clip(np.asarray(adjusted, dtype=np.float64), 0.0, 1.0)
+        issues = np.asarray(issues, dtype=bool)
+        slice_quality = np.asarray(slice_quality, dtype=np.float64)
+    else:
+        self_conf = np.where(lab == 1, p, 1.0 - p)
+        adjusted = self_conf.copy()
+        issues = np.zeros(lab.shape, dtype=bool)
+        slice_quality = self_conf.min(axis=1) if n else np.zeros(0)
+
+    rows = np.repeat(np.arange(n, dtype=np.int64), _N_CLASSES)
+    cls = np.tile(np.arange(_N_CLASSES, dtype=np.int64), n)
+    return pd.DataFrame(
+        {
+            "row": rows,
+            "class": np.asarray(CLASSES, dtype=object)[cls],
+            "class_index": cls,
+            "label": lab.reshape(-1).astype(np.int64),
+            "prob": p.reshape(-1),
+            "model_score": 1.0 - self_conf.reshape(-1),
+            "cleanlab_quality": adjusted.reshape(-1),
+            "cleanlab_issue": issues.reshape(-1),
+            "cleanlab_slice_quality": np.repeat(slice_quality, _N_CLASSES),
+            "cleanlab_score": 0.5 * issues.reshape(-1) + 0.5 * (1.0 - adjusted.reshape(-1)),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _reason(label: int, cls: str, prob: float, details: str) -> str:
+    """One readable sentence: what the label is, which pattern, what the model thinks."""
+    flipped = 1 - label
+    backs = prob if flipped == 1 else 1.0 - prob
+    verdict = "backs a relabel" if backs >= 0.5 else "supports the label"
+    head = f"{cls} labelled {label}"
+    model = f"the model gives {prob:.2f} ({verdict} to {flipped})"
+    if details:
+        return f"{head}: {details}; {model}."
+    return f"{head}; {model}."
+
+
+def rank_flags(
+    table: pd.DataFrame,
+    prob: np.ndarray,
+    weights: AuditWeights | None = None,
+    *,
+    signal_only: Signal | None = None,
+    top: int | None = None,
+) -> pd.DataFrame:
+    """Combine the model and the sequence rules into one ranked list of (image, class).
+
+    Args:
+        table: one row per slice with columns ``image_id``, ``study_uid``,
+            ``slice_index`` and the six ``CLASSES`` label columns (0/1); a
+            ``series_uid`` column, when present, splits studies into series.
+        prob: ``(N, 6)`` out-of-fold probabilities, rows aligned with ``table``.
+        weights: weights of the combined score (``AuditWeights()`` by default).
+        signal_only: rank by one signal alone, for benchmarks: ``"model"``
+            (``|label - prob|``), ``"sequence"`` (rule score) or ``"cleanlab"``
+            (``cleanlab_score``). None ranks by the combined score.
+        top: keep only the ``top`` highest-ranked rows.
+
+    Returns:
+        One row per (image_id, class), ``6 * N`` rows (or ``top``) sorted by ``rank``
+        (1 = most suspicious), with columns ``image_id, study_uid, slice_index, class,
+        label, prob, model_score, sequence_score, cleanlab_score, cleanlab_issue,
+        combined_score, rules`` (semicolon-separated rule names, "" if none), ``reason``
+        (a sentence), ``score`` (the ranking signal) and ``rank``. Combined-score ties are
+        split by the raw model score, then the rule score; single-signal ties keep table
+        order (then class order), so a single-signal ranking never borrows another signal.
+        Several rules on one cell combine by noisy-OR: ``1 - prod(1 - r_i)``.
+    """
+    weights = weights if weights is not None else AuditWeights()
+    if signal_only is not None and signal_only not in SIGNALS:
+        raise ValueError(f"signal_only must be None or one of {SIGNALS}, got {signal_only!r}")
+    if top is not None and top < 0:
+        raise ValueError(f"top must be >= 0, got {top}")
+    needed = ["image_id", "study_uid", "slice_index", *CLASSES]
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(f"table is missing columns {missing}")
+    n = len(table)
+    label_frame = table[list(CLASSES)]
+    if label_frame.isna().to_numpy().any():
+        raise ValueError("table has slices without labels; drop them before the audit")
+    labels = _check_labels(label_frame.to_numpy())
+    p = _check_prob(prob, n)
+
+    key = table["study_uid"].astype(str)
+    if "series_uid" in table.columns:
+        key = key + "\x1f" + table["series_uid"].astype(str)
+    seq = sequence_flags(labels, key.to_numpy(), table["slice_index"].to_numpy())
+    out = model_flags(labels, p)
+
+    cell = out["row"].to_numpy() * _N_CLASSES + out["class_index"].to_numpy()
+    seq_cell = seq["row"].to_numpy() * _N_CLASSES + seq["class_index"].to_numpy()
+    # Noisy-OR over the rules that fire on one cell: independent hints add up, capped at 1.
+    miss = np.ones(n * _N_CLASSES)
+    np.multiply.at(miss, seq_cell, 1.0 - seq["score"].to_numpy())
+    r = 1.0 - miss
+    r = r[cell]
+    rules = np.full(n * _N_CLASSES, "", dtype=object)
+    details = np.full(n * _N_CLASSES, "", dtype=object)
+    if len(seq):
+        grouped = seq.groupby(seq_cell, sort=False)
+        rule_str = grouped["rule"].agg(lambda s: ";".join(dict.fromkeys(s)))
+        detail_str = grouped["detail"].agg("; ".join)
+        rules[rule_str.index.to_numpy()] = rule_str.to_numpy()
+        details[detail_str.index.to_numpy()] = detail_str.to_numpy()
+
+    m = out["model_score"].to_numpy()
+    c = out["cleanlab_issue"].to_numpy().astype(np.float64)
+    m_adj = 1.0 - out["cleanlab_quality"].to_numpy()
+    combined = weights.combine(m, r, c, m_adjusted=m_adj)
+
+    rows = out["row"].to_numpy()
+    result = pd.DataFrame(
+        {
+            "image_id": table["image_id"].to_numpy()[rows],
+            "study_uid": table["study_uid"].to_numpy()[rows],
+            "slice_index": table["slice_index"].to_numpy()[rows],
+            "class": out["class"].to_numpy(),
+            "label": out["label"].to_numpy(),
+            "prob": out["prob"].to_numpy(),
+            "model_score": m,
+            "sequence_score": r,
+            "cleanlab_score": out["cleanlab_score"].to_numpy(),
+            "cleanlab_issue": out["cleanlab_issue"].to_numpy(),
+            "combined_score": combined,
+            "rules": rules[cell],
+            "_details": details[cell],
+        }
+    )
+    score_col = {
+        None: "combined_score",
+        "model": "model_score",
+        "sequence": "sequence_score",
+        "cleanlab": "cleanlab_score",
+    }[signal_only]
+    result["score"] = result[score_col].to_numpy()
+    if signal_only is None:
+        # The clip makes very confident model disagreements tie; the raw score splits them.
+        order = np.lexsort((-r, -m, -result["score"].to_numpy()))
+    else:
+        # One signal alone: ties keep (row, class) order rather than borrow another signal.
+        order = np.argsort(-result["score"].to_numpy(), kind="stable")
+    result = result.iloc[order].reset_index(drop=True)
+    result["rank"] = np.arange(1, len(result) + 1, dtype=np.int64)
+    if top is not None:
+        result = result.iloc[:top].copy()
+    # Sentences only for the rows kept: millions of f-strings would dominate a full audit.
+    result.insert(
+        result.columns.get_loc("score"),
+        "reason",
+        [
+            _reason(int(lb), cl, float(pr), d)
+            for lb, cl, pr, d in zip(
+                result["label"], result["class"], result["prob"], result["_details"], strict=True
+            )
+        ],
+    )
+    return result.drop(columns="_details")
+
+
+# --------------------------------------------------------------------------- files
+
+
+def read_probs_csv(path: Path | str, image_ids: np.ndarray | pd.Series | list[str]) -> np.ndarray:
+    """Read RSNA-submission-format probabilities into an array aligned with ``image_ids``.
+
+    Args:
+        path: CSV with header ``ID,Label`` and rows ``ID_<hex>_<class>,<probability>``.
+        image_ids: ``(N,)`` image IDs (``ID_<hex>``) in the order wanted.
+
+    Returns:
+        ``(N, 6)`` float64, columns ``CLASSES``. Rows for other images are ignored;
+        identical duplicate rows are tolerated.
+
+    Raises:
+        ValueError: missing columns, an unknown class suffix, values outside [0, 1],
+            conflicting duplicates, or an image/class of ``image_ids`` without a value.
+    """
+    path = Path(path)
+    frame = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
+    if not {"ID", "Label"} <= set(frame.columns):
+        raise ValueError(f"{path.name}: expected columns ID,Label, got {list(frame.columns)}")
+    parts = frame["ID"].str.rsplit("_", n=1, expand=True)
+    if parts.shape[1] != 2 or parts.isna().to_numpy().any():
+        raise ValueError(f"{path.name}: IDs must look like ID_<hex>_<class>")
+    image, cls = parts[0], parts[1]
+    unknown = sorted(set(cls) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"{path.name}: unknown class suffixes {unknown[:5]}")
+    values = pd.to_numeric(frame["Label"], errors="coerce").to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any():
+        raise ValueError(f"{path.name}: Label values must be probabilities in [0, 1]")
+    long = pd.DataFrame({"image_id": image, "class": cls, "value": values})
+    dup = long.duplicated(["image_id", "class"], keep=False)
+    if dup.any():
+        spread = long[dup].groupby(["image_id", "class"])["value"].agg(lambda s: s.max() - s.min())
+        if (spread > 0).any():
+            raise ValueError(
+                f"{path.name}: conflicting duplicate rows for {int((spread > 0).sum())} IDs"
+            )
+        long = long.drop_duplicates(["image_id", "class"])
+    wide = long.pivot(index="image_id", columns="class", values="value")
+    wide = wide.reindex(index=pd.Index(np.asarray(image_ids, dtype=object)), columns=list(CLASSES))
+    holes = wide.isna().to_numpy()
+    if holes.any():
+        bad = wide.index[holes.any(axis=1)]
+        raise ValueError(
+            f"{path.name}: no probability for {int(holes.sum())} image/class pairs "
+            f"({len(bad)} images, e.g. {list(bad[:3])})"
+        )
+    return wide.to_numpy(dtype=np.float64)
+
+
+def audit_from_files(
+    data_dir: Path | str,
+    probs_csv: Path | str,
+    *,
+    labels_csv: Path | str | None = None,
+    weights: AuditWeights | None = None,
+    signal_only: Signal | None = None,
+    top: int | None = None,
+    cache_dir: Path | str | None = None,
+    workers: int | None = None,
+) -> pd.DataFrame:
+    """Audit an RSNA-layout dataset against out-of-fold probabilities.
+
+    Args:
+        data_dir: folder with ``stage_2_train.csv`` and ``stage_2_train/ID_<hex>.dcm``
+            (indexed by ``hohoho_core.rsna.build_index``).
+        probs_csv: RSNA-submission-format out-of-fold probabilities for those images.
+        labels_csv: labels file, when not the one ``build_index`` finds by default.
+        weights, signal_only, top: as in ``rank_flags``.
+        cache_dir, workers: passed to ``build_index`` (its defaults when None).
+
+    Returns:
+        ``rank_flags`` output for every labelled slice; slices without labels (-1 or NaN
+        in the index) are left out, and the neighbours of a slice are then the nearest
+        labelled slices of its series.
+    """
+    from hohoho_core import rsna  # lazy: header indexing pulls in pydicom
+
+    index = rsna.build_index(
+        Path(data_dir), labels_csv=labels_csv, cache_dir=cache_dir, workers=workers, progress=False
+    )
+    table = index.table
+    labelled = table[list(CLASSES)].isin([0, 1]).all(axis=1).to_numpy()
+    table = table.loc[labelled].reset_index(drop=True)
+    if table.empty:
+        raise ValueError("no labelled slices to audit")
+    prob = read_probs_csv(probs_csv, table["image_id"].to_numpy())
+    return rank_flags(table, prob, weights, signal_only=signal_only, top=top)

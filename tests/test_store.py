@@ -1,0 +1,447 @@
+"""DecisionStore: append-only history, concurrency, kills, corrupt files, export."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hohoho_core.labels import CLASSES
+from hohoho_core.store import APPLICATION_ID, DecisionStore, ExportSummary, StoreError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A writer process: waits for a "go" file so that several start writing together, then
+# records N decisions and prints each id after record() returns (i.e. after COMMIT).
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from hohoho_core.store import DecisionStore
+    db, tag, n, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+    store = DecisionStore(db)
+    print("ready", flush=True)
+    while not go.exists():
+        time.sleep(0.005)
+    for i in range(n):
+        rid = store.record(f"ID_{tag}{i:06d}", "subdural", 0, "relabel_1", tag, "c" * 50)
+        print(rid, flush=True)
+    """
+)
+
+# A writer that kills itself (SIGKILL) inside record(), after the INSERT and just before
+# COMMIT: the decision in flight.
+KILL_IN_FLIGHT = textwrap.dedent(
+    """
+    import contextlib, os, signal, sys
+    from hohoho_core.store import DecisionStore
+
+    class Dying:
+        def __init__(self, con):
+            self.con = con
+        def execute(self, sql, *args):
+            if sql == "COMMIT":
+                print("in flight", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return self.con.execute(sql, *args)
+        def __getattr__(self, name):
+            return getattr(self.con, name)
+
+    store = DecisionStore(sys.argv[1])
+    for i in range(5):
+        print(store.record(f"ID_ok{i}", "any", 1, "keep", "r"), flush=True)
+    plain = store._connect
+    @contextlib.contextmanager
+    def dying_connect():
+        with plain() as con:
+            yield Dying(con)
+    store._connect = dying_connect
+    store.record("ID_inflight", "any", 1, "relabel_0", "r")
+    print("not reached", flush=True)
+    """
+)
+
+
+def _spawn(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def _assert_healthy(path: Path) -> None:
+    with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+# ----------------------------------------------------------------- basics
+
+
+def test_record_history_current(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "d.db")
+    a = store.record("ID_a", "epidural", 0, "relabel_1", "ann", "clear EDH")
+    b = store.record("ID_b", "any", 1, "keep", "ann")
+    c = store.record("ID_a", "epidural", 0, "unsure", "bob", "second look")
+    assert (a, b, c) == (1, 2, 3)
+    hist = store.history()
+    assert list(hist["id"]) == [1, 2, 3]
+    assert list(hist["decision"]) == ["relabel_1", "keep", "unsure"]
+    assert list(store.history("ID_a")["id"]) == [1, 3]
+    assert store.history("ID_none").empty
+    stamp = pd.Timestamp(hist["created_at"][0])
+    assert stamp.tzinfo is not None and stamp.utcoffset() == pd.Timedelta(0)
+    cur = store.current()
+    assert list(zip(cur["image_id"], cur["subtype"], cur["decision"], strict=True)) == [
+        ("ID_a", "epidural", "unsure"),
+        ("ID_b", "any", "keep"),
+    ]
+    assert cur.loc[cur["image_id"] == "ID_a", "comment"].item() == "second look"
+    _assert_healthy(tmp_path / "d.db")
+
+
+def test_reopen_keeps_decisions(tmp_path: Path) -> None:
+    DecisionStore(tmp_path / "d.db").record("ID_a", "any", 0, "relabel_1", "ann")
+    again = DecisionStore(tmp_path / "d.db")
+    assert list(again.history()["image_id"]) == ["ID_a"]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"image_id": ""},
+        {"subtype": "hemorrhage"},
+        {"original_label": 2},
+        {"decision": "delete"},
+        {"reviewer": "  "},
+        {"comment": None},
+    ],
+)
+def test_record_rejects_bad_input(tmp_path: Path, kwargs: dict) -> None:
+    store = DecisionStore(tmp_path / "d.db")
+    args = {
+        "image_id": "ID_a",
+        "subtype": "any",
+        "original_label": 0,
+        "decision": "keep",
+        "reviewer": "ann",
+        "comment": "",
+    }
+    with pytest.raises(ValueError):
+        store.record(**{**args, **kwargs})
+    assert store.history().empty
+
+
+def test_update_and_delete_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    store = DecisionStore(path)
+    store.record("ID_a", "any", 0, "relabel_1", "ann")
+    with sqlite3.connect(path) as con:
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            con.execute("UPDATE decisions SET decision = 'keep'")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            con.execute("DELETE FROM decisions")
+        con.execute("PRAGMA recursive_triggers = ON")
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            con.execute(
+                "INSERT OR REPLACE INTO decisions VALUES (1, 'ID_a', 'any', 0, 'keep', 'x', '', 't')"
+            )
+    con.close()
+    assert list(store.history()["decision"]) == ["relabel_1"]
+
+
+def test_progress(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "d.db")
+    store.record("ID_a", "any", 0, "keep", "ann")
+    store.record("ID_b", "subdural", 1, "unsure", "ann")
+    store.record("ID_z", "any", 1, "keep", "ann")  # not in the queue
+    queue = [("ID_a", "any"), ("ID_b", "subdural"), ("ID_c", "any"), ("ID_a", "any")]
+    assert store.progress(queue) == (2, 3)
+    assert store.progress(queue, count_unsure=False) == (1, 3)
+    assert store.progress([]) == (0, 0)
+
+
+def test_threads_share_one_store(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "d.db")
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(25):
+                store.record(f"ID_t{t}_{i}", "any", 0, "keep", f"thread{t}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    hist = store.history()
+    assert len(hist) == 100 and hist["image_id"].nunique() == 100
+    assert list(hist["id"]) == list(range(1, 101))
+
+
+# ----------------------------------------------------------------- processes
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path: Path) -> None:
+    path, go = tmp_path / "d.db", tmp_path / "go"
+    procs = [_spawn(WRITER, str(path), tag, "200", str(go)) for tag in ("a", "b")]
+    for proc in procs:  # both have opened the store (racing on its creation too)
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    go.touch()
+    acked: dict[str, list[int]] = {}
+    for tag, proc in zip(("a", "b"), procs, strict=True):
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        acked[tag] = [int(x) for x in out.split()]
+    hist = DecisionStore(path).history()
+    assert len(hist) == 400
+    assert sorted(hist["id"]) == list(range(1, 401))
+    assert sorted(acked["a"] + acked["b"]) == list(range(1, 401))
+    for tag in ("a", "b"):
+        mine = hist[hist["reviewer"] == tag]
+        assert sorted(mine["image_id"]) == [f"ID_{tag}{i:06d}" for i in range(200)]
+        assert sorted(mine["id"]) == sorted(acked[tag])
+    # The writes really interleaved (otherwise this test would prove nothing).
+    order = list(hist.sort_values("id")["reviewer"])
+    switches = sum(x != y for x, y in zip(order, order[1:], strict=False))
+    assert switches > 1
+    _assert_healthy(path)
+
+
+def test_writer_killed_in_a_stream_loses_only_the_decision_in_flight(tmp_path: Path) -> None:
+    path, go = tmp_path / "d.db", tmp_path / "go"
+    go.touch()
+    proc = _spawn(WRITER, str(path), "k", "100000", str(go))
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    acked: list[int] = []
+    while len(acked) < 40:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read()
+        acked.append(int(line))
+    os.kill(proc.pid, signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    acked += [int(x) for x in rest.split()]
+
+    store = DecisionStore(path)  # opens cleanly
+    ids = list(store.history()["id"])
+    assert set(acked) <= set(ids)
+    assert ids == list(range(1, len(ids) + 1))
+    # At most one decision committed but not yet acknowledged when the kill landed.
+    assert len(ids) - len(acked) in (0, 1)
+    assert store.record("ID_after", "any", 0, "keep", "r") == len(ids) + 1
+    _assert_healthy(path)
+
+
+def test_writer_killed_before_commit_loses_only_that_decision(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    proc = _spawn(KILL_IN_FLIGHT, str(path))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err
+    lines = out.split("\n")
+    assert lines[:6] == ["1", "2", "3", "4", "5", "in flight"]
+    assert "not reached" not in out
+    store = DecisionStore(path)
+    hist = store.history()
+    assert list(hist["image_id"]) == [f"ID_ok{i}" for i in range(5)]
+    # The killed writer held the write lock; it must be free again.
+    assert store.record("ID_next", "any", 0, "keep", "r") == 6
+    _assert_healthy(path)
+
+
+# ----------------------------------------------------------------- refusing files
+
+
+def _real_store(path: Path, n: int = 300) -> bytes:
+    store = DecisionStore(path)
+    for i in range(3):
+        store.record(f"ID_{i:06d}", CLASSES[i % 6], i % 2, "keep", "ann", "x" * 200)
+    # Bulk rows in one transaction (one fsync, not n) so that the file spans many pages.
+    with sqlite3.connect(path) as con:
+        con.executemany(
+            "INSERT INTO decisions (image_id, subtype, original_label, decision, reviewer, "
+            "comment, created_at) VALUES (?, ?, ?, 'keep', 'ann', ?, 't')",
+            [(f"ID_{i:06d}", CLASSES[i % 6], i % 2, "x" * 200) for i in range(3, n)],
+        )
+    con.close()
+    # All connections are closed: the WAL is checkpointed into the main file.
+    assert not Path(f"{path}-wal").exists()
+    return path.read_bytes()
+
+
+def _refused(path: Path, match: str) -> None:
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=match) as info:
+        DecisionStore(path)
+    assert str(path) in str(info.value) and "left untouched" in str(info.value)
+    assert path.read_bytes() == before
+
+
+def test_random_bytes_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "noise.db"
+    path.write_bytes(os.urandom(8192))
+    _refused(path, "not an SQLite database")
+
+
+def test_sqlite_header_over_random_bytes_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fake.db"
+    path.write_bytes(b"SQLite format 3\x00" + bytes(52) + bytes(4) + os.urandom(4096))
+    _refused(path, "corrupt")
+
+
+def test_truncated_copy_of_a_real_store_is_refused(tmp_path: Path) -> None:
+    full = _real_store(tmp_path / "full.db")
+    assert len(full) > 16 * 4096
+    path = tmp_path / "cut.db"
+    path.write_bytes(full[: len(full) // 2])
+    _refused(path, "corrupt or truncated")
+
+
+def test_damaged_pages_of_a_real_store_are_refused(tmp_path: Path) -> None:
+    full = bytearray(_real_store(tmp_path / "full.db"))
+    full[5 * 4096 : 7 * 4096] = os.urandom(2 * 4096)
+    path = tmp_path / "damaged.db"
+    path.write_bytes(bytes(full))
+    _refused(path, "corrupt")
+
+
+def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE patients (name TEXT)")
+        con.execute("INSERT INTO patients VALUES ('x')")
+    con.close()
+    _refused(path, "another application")
+
+
+def test_sqlite_database_with_foreign_application_id_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as con:
+        con.execute("PRAGMA application_id = 1234")
+        con.execute("CREATE TABLE t (x)")
+    con.close()
+    _refused(path, "application_id 1234")
+
+
+def test_other_schema_version_is_not_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    _real_store(path, n=3)
+    with sqlite3.connect(path) as con:
+        con.execute("PRAGMA user_version = 99")
+    con.close()
+    _refused(path, "schema version 99")
+
+
+def test_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="not a regular file"):
+        DecisionStore(tmp_path)
+
+
+def test_empty_file_is_initialised(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    path.touch()
+    DecisionStore(path).record("ID_a", "any", 0, "keep", "ann")
+    _assert_healthy(path)
+
+
+# ----------------------------------------------------------------- export
+
+
+def _write_rsna(path: Path, rows: dict[str, list[int]]) -> None:
+    lines = ["ID,Label"]
+    for image_id, values in rows.items():
+        lines += [f"{image_id}_{c},{v}" for c, v in zip(CLASSES, values, strict=True)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_export_applies_current_relabels(tmp_path: Path) -> None:
+    labels_csv = tmp_path / "stage_2_train.csv"
+    original = {
+        "ID_c": [0, 0, 0, 0, 0, 0],
+        "ID_a": [0, 0, 0, 1, 0, 1],
+        "ID_b": [0, 0, 0, 0, 1, 1],
+    }
+    _write_rsna(labels_csv, original)
+    # The real file has duplicate rows: tolerated.
+    with labels_csv.open("a") as fh:
+        fh.write("ID_a_any,1\n")
+    store = DecisionStore(tmp_path / "d.db")
+    store.record("ID_c", "epidural", 0, "relabel_1", "ann")  # 0 -> 1
+    store.record("ID_c", "any", 0, "relabel_1", "ann")  # 0 -> 1
+    store.record("ID_a", "subarachnoid", 1, "relabel_0", "ann")
+    store.record("ID_a", "subarachnoid", 1, "unsure", "bob")  # latest: leave the 1
+    store.record("ID_b", "subdural", 1, "relabel_0", "ann")
+    store.record("ID_b", "subdural", 1, "relabel_1", "bob")  # latest: 1, no change
+    store.record("ID_b", "any", 1, "keep", "ann")
+    store.record("ID_gone", "any", 0, "relabel_1", "ann")  # not in the labels
+    out = tmp_path / "corrected.csv"
+    summary = store.export_labels(labels_csv, out)
+    assert summary == ExportSummary(images=3, relabelled=2, unmatched=1, any_inconsistent=0)
+    text = out.read_text().splitlines()
+    assert text[0] == "ID,Label"
+    expected = {**original, "ID_c": [1, 0, 0, 0, 0, 1]}
+    assert text[1:] == [
+        f"{i}_{c},{v}" for i, vals in expected.items() for c, v in zip(CLASSES, vals, strict=True)
+    ]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_export_from_dataframe_counts_any_inconsistency(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        [["ID_a", 0, 0, 0, 0, 1, 1], ["ID_b", 0, 0, 0, 0, 0, 0]],
+        columns=["image_id", *CLASSES],
+    )
+    store = DecisionStore(tmp_path / "d.db")
+    store.record("ID_a", "subdural", 1, "relabel_0", "ann")  # leaves any = 1 alone
+    summary = store.export_labels(frame, tmp_path / "out.csv")
+    assert summary == ExportSummary(images=2, relabelled=1, unmatched=0, any_inconsistent=1)
+    back = pd.read_csv(tmp_path / "out.csv")
+    assert back.loc[back["ID"] == "ID_a_subdural", "Label"].item() == 0
+    assert back.loc[back["ID"] == "ID_a_any", "Label"].item() == 1
+    assert len(back) == 12
+
+
+def test_export_refuses_conflicting_duplicates(tmp_path: Path) -> None:
+    labels_csv = tmp_path / "labels.csv"
+    _write_rsna(labels_csv, {"ID_a": [0, 0, 0, 0, 0, 0]})
+    with labels_csv.open("a") as fh:
+        fh.write("ID_a_any,1\n")
+    store = DecisionStore(tmp_path / "d.db")
+    with pytest.raises(ValueError, match="conflicting"):
+        store.export_labels(labels_csv, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_opening_is_quick_for_a_few_thousand_decisions(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    DecisionStore(path)
+    with sqlite3.connect(path) as con:  # bulk insert; the store API is one commit each
+        con.executemany(
+            "INSERT INTO decisions (image_id, subtype, original_label, decision, reviewer, "
+            "comment, created_at) VALUES (?, 'any', 0, 'keep', 'ann', '', 't')",
+            [(f"ID_{i}",) for i in range(5000)],
+        )
+    con.close()
+    start = time.perf_counter()
+    again = DecisionStore(path)
+    assert len(again.current()) == 5000
+    assert time.perf_counter() - start < 5.0
