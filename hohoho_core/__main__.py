@@ -1,0 +1,254 @@
+"""Command line: ``python -m hohoho_core {predict,index,audit} ...``.
+
+predict  PATH... [--weights DIR] [--out preds.csv|preds.json] [--batch-size N] [--device D]
+         Studies from folders, zips, single files or an RSNA-layout folder; writes the RSNA
+         submission CSV plus ``<stem>_studies.csv`` (or one JSON). Under ``torchrun`` the
+         studies are shared out by rank and rank 0 merges the parts.
+index    DATA_DIR [--labels CSV] [--workers N] [--cache-dir DIR]: index an RSNA-layout folder.
+audit    --data DIR --probs oof.csv --out flags.csv: rank likely label errors.
+
+Unusable input ends with exit code 2 and one line on stderr (no traceback, no patient
+identifiers). Heavy modules are imported inside each subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+WEIGHTS_ENV = "HOHOHO_WEIGHTS"
+
+
+class CliError(Exception):
+    """Unusable input: reported as one line, exit code 2."""
+
+
+def default_weights() -> Path:
+    """``$HOHOHO_WEIGHTS`` if set, else the repository's ``weights/`` folder."""
+    env = os.environ.get(WEIGHTS_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def _part_path(out: Path, rank: int) -> Path:
+    return out.with_name(f".{out.name}.part{rank}.json")
+
+
+def _load_sources(paths: Sequence[str]) -> list[Path]:
+    sources = [Path(p) for p in paths]
+    for p in sources:
+        if not p.exists():
+            raise CliError(f"{p}: no such file or folder")
+    return sources
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    # Check the arguments before the heavy imports, so mistakes are reported at once.
+    out = Path(args.out)
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise CliError(f"--out must end in .csv or .json, got {out.name}")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    sources = _load_sources(args.paths)
+    weights = Path(args.weights) if args.weights else default_weights()
+    if not weights.is_dir():
+        raise CliError(
+            f"weights folder {weights} not found (pass --weights DIR or set ${WEIGHTS_ENV})"
+        )
+
+    from tqdm import tqdm
+
+    from hohoho_core import distributed as D
+    from hohoho_core.dicom import StudyLoadError, load_studies
+    from hohoho_core.predict import (
+        Predictor,
+        available_cores,
+        prediction_record,
+        write_predictions,
+    )
+    from hohoho_core.weights import WeightsError
+
+    info = D.init_distributed()
+    try:
+        # Processes on one machine share its cores.
+        local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        threads = max(1, available_cores() // local_world)
+        try:
+            predictor = Predictor.from_folder(
+                weights,
+                device=args.device or info.device,
+                batch_size=args.batch_size,
+                threads=threads,
+            )
+        except WeightsError as err:
+            raise CliError(f"weights {weights}: {err}") from None
+
+        records: list[dict[str, Any]] = []
+        is_main = info.rank == 0
+        bar = None  # created after the first load, so an early error prints alone
+        order = 0
+        try:
+            for src in sources:
+                try:
+                    studies = load_studies(src)
+                except StudyLoadError as err:
+                    raise CliError(f"{src}: {err}") from None
+                # Global order index, so rank 0 can restore the input order after merging.
+                numbered = list(enumerate(studies, start=order))
+                order += len(studies)
+                mine = D.shard(numbered, info.rank, info.world_size)
+                if bar is None:
+                    bar = tqdm(
+                        total=0,
+                        unit="study",
+                        desc="predict",
+                        disable=not is_main,
+                        file=sys.stderr,
+                        leave=False,
+                    )
+                bar.total += len(mine)
+                bar.refresh()
+                for idx, study in mine:
+                    rec = prediction_record(predictor.predict(study))
+                    rec["order"] = idx
+                    records.append(rec)
+                    bar.update(1)
+                del studies, numbered, mine
+        finally:
+            if bar is not None:
+                bar.close()
+
+        if info.distributed:
+            part = _part_path(out, info.rank)
+            part.parent.mkdir(parents=True, exist_ok=True)
+            part.write_text(json.dumps(records), encoding="utf-8")
+            D.barrier()
+            if is_main:
+                records = []
+                for r in range(info.world_size):
+                    p = _part_path(out, r)
+                    records.extend(json.loads(p.read_text(encoding="utf-8")))
+                    p.unlink()
+        if is_main:
+            records.sort(key=lambda r: r["order"])
+            for r in records:
+                r.pop("order", None)
+            written = write_predictions(records, out)
+            n_images = sum(len(r["image_ids"]) for r in records)
+            print(
+                f"{len(records)} studies, {n_images} images -> "
+                + ", ".join(str(p) for p in written)
+            )
+        D.barrier()
+    finally:
+        D.cleanup()
+    return 0
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from hohoho_core.labels import CLASSES
+    from hohoho_core.rsna import build_index
+
+    root = Path(args.data_dir)
+    if not root.is_dir():
+        raise CliError(f"{root}: no such folder")
+    try:
+        index = build_index(
+            root,
+            labels_csv=args.labels,
+            cache_dir=args.cache_dir,
+            workers=args.workers,
+            progress=sys.stderr.isatty(),
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(f"{root}: {err}") from None
+    table = index.table
+    print(f"slices: {len(table)}")
+    print(f"studies: {table['study_uid'].nunique()}")
+    print(f"series: {table['series_uid'].nunique()}")
+    print(f"unreadable files: {len(getattr(index, 'unreadable', []))}")
+    print(f"missing files (labelled, no file): {len(index.missing_files)}")
+    print(f"missing labels (file, no label): {len(index.missing_labels)}")
+    present = [c for c in CLASSES if c in table.columns]
+    if present:
+        # Label columns hold 1, 0, or -1 for unlabelled.
+        counts = ", ".join(f"{c} {int((table[c] == 1).sum())}" for c in present)
+        print(f"positive slices: {counts}")
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from hohoho_core.audit import audit_from_files
+
+    data, probs = Path(args.data), Path(args.probs)
+    if not data.is_dir():
+        raise CliError(f"{data}: no such folder")
+    if not probs.is_file():
+        raise CliError(f"{probs}: no such file")
+    try:
+        flags = audit_from_files(data, probs, labels_csv=args.labels, top=args.top)
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(f"audit: {err}") from None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    flags.to_csv(out, index=False)
+    print(f"{len(flags)} rows -> {out}")
+    return 0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hohoho_core",
+        description="HOHOHO: intracranial hemorrhage detection on head CT (research demo, "
+        "not for clinical use).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="predict studies; write RSNA-format CSV or JSON")
+    p.add_argument("paths", nargs="+", help="study folders, zips, .dcm files or RSNA folders")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help=f"weights folder (default: ${WEIGHTS_ENV} or the repository's weights/)",
+    )
+    p.add_argument("--out", default="preds.csv", help="preds.csv or preds.json")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per CNN batch")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: per rank)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("index", help="index an RSNA-layout folder and print counts")
+    p.add_argument("data_dir")
+    p.add_argument("--labels", default=None, help="labels CSV (default: stage_2_train.csv)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=_cmd_index)
+
+    p = sub.add_parser("audit", help="flag likely label errors from out-of-fold probabilities")
+    p.add_argument("--data", required=True, help="RSNA-layout folder")
+    p.add_argument("--probs", required=True, help="out-of-fold probabilities, RSNA CSV format")
+    p.add_argument("--out", required=True, help="flags CSV to write")
+    p.add_argument("--labels", default=None, help="labels CSV (default: the folder's)")
+    p.add_argument("--top", type=int, default=None, help="keep the N highest-ranked rows")
+    p.set_defaults(func=_cmd_audit)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CliError as err:
+        print(f"hohoho: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Whole-study inference: `Study` -> per-slice probabilities, embeddings, labels, summary.
+
+The `Predictor` wraps a loaded weights folder: it preprocesses a study the way the config
+says, runs the slice CNN in batches (channels-last, ``torch.inference_mode``), then the
+sequence model over the study's embeddings when there is one. The same study always gives
+bit-identical output: fixed batch composition, eval mode, no randomness.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hohoho_core.labels import CLASSES
+from hohoho_core.models import SequenceModel, SliceClassifier
+from hohoho_core.preprocess import PreprocessConfig, make_input
+from hohoho_core.study import Study
+from hohoho_core.weights import ModelConfig, load_weights
+
+__all__ = [
+    "Predictor",
+    "StudyPrediction",
+    "StudySummary",
+    "available_cores",
+    "positive_runs",
+    "prediction_record",
+    "submission_id",
+    "summarise",
+    "write_predictions",
+]
+
+_threads_configured = False
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (affinity-aware where the OS tells)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _configure_threads(threads: int | None) -> None:
+    """Set torch's intra-op threads once per process (explicit values always apply)."""
+    global _threads_configured
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+        _threads_configured = True
+    elif not _threads_configured:
+        torch.set_num_threads(available_cores())
+        _threads_configured = True
+
+
+def positive_runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """``(S,)`` bool -> runs of consecutive True as inclusive ``(first, last)`` indices."""
+    f = np.asarray(flags, dtype=bool).ravel()
+    if not f.any():
+        return []
+    edges = np.diff(np.r_[0, f.astype(np.int8), 0])
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1) - 1
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """Study-level view of one prediction, per class name.
+
+    Attributes:
+        n_slices: slices in the study.
+        max_prob: highest slice probability.
+        positive: True when any slice reaches its class threshold.
+        ranges: runs of positive slices as inclusive ``(first, last)`` slice indices.
+    """
+
+    n_slices: int
+    max_prob: dict[str, float]
+    positive: dict[str, bool]
+    ranges: dict[str, list[tuple[int, int]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n_slices": self.n_slices,
+            "max_prob": dict(self.max_prob),
+            "positive": dict(self.positive),
+            "ranges": {k: [list(r) for r in v] for k, v in self.ranges.items()},
+        }
+
+
+@dataclass
+class StudyPrediction:
+    """Per-slice outputs for one study, slices in study order (``S`` slices, ``K = 6``).
+
+    Attributes:
+        image_ids: ``S`` slice ids (``SliceInfo.image_id``).
+        cnn_prob: ``(S, K)`` float32, stage-1 sigmoid outputs.
+        lstm_prob: ``(S, K)`` float32 stage-2 outputs, or None without a sequence model.
+        prob: ``(S, K)`` the final output (``lstm_prob`` if present, else ``cnn_prob``).
+        embeddings: ``(S, D)`` float32 pooled CNN embeddings.
+        labels: ``(S, K)`` bool, ``prob >= thresholds``.
+        thresholds: ``(K,)`` the thresholds used.
+        summary: `StudySummary`.
+    """
+
+    study_uid: str
+    series_uid: str
+    image_ids: list[str]
+    cnn_prob: np.ndarray
+    lstm_prob: np.ndarray | None
+    prob: np.ndarray
+    embeddings: np.ndarray
+    labels: np.ndarray
+    thresholds: np.ndarray
+    summary: StudySummary
+    classes: tuple[str, ...] = field(default=CLASSES)
+
+
+def summarise(
+    prob: np.ndarray, labels: np.ndarray, classes: Sequence[str] = CLASSES
+) -> StudySummary:
+    """``prob (S, K)``, ``labels (S, K)`` bool -> `StudySummary`."""
+    return StudySummary(
+        n_slices=int(prob.shape[0]),
+        max_prob={c: float(prob[:, k].max()) if len(prob) else 0.0 for k, c in enumerate(classes)},
+        positive={c: bool(labels[:, k].any()) for k, c in enumerate(classes)},
+        ranges={c: positive_runs(labels[:, k]) for k, c in enumerate(classes)},
+    )
+
+
+class Predictor:
+    """Runs a loaded model on whole studies.
+
+    Args:
+        cnn: stage-1 `SliceClassifier`.
+        lstm: stage-2 `SequenceModel` or None.
+        config: the weights' `ModelConfig` (preprocessing and thresholds).
+        device: "cpu", "cuda", "cuda:1", ...
+        batch_size: slices per CNN forward pass.
+        threads: torch intra-op threads; None uses every core available (set once).
+    """
+
+    def __init__(
+        self,
+        cnn: SliceClassifier,
+        lstm: SequenceModel | None,
+        config: ModelConfig,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+        threads: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        _configure_threads(threads)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            # Same algorithms every call, so the same input gives the same bits.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        self.config = config
+        self.preprocess_config = PreprocessConfig.from_dict(config.preprocess)
+        self.batch_size = batch_size
+        self.cnn = cnn.eval().to(self.device, memory_format=torch.channels_last)
+        self.lstm = lstm.eval().to(self.device) if lstm is not None else None
+        self.thresholds = np.asarray(config.thresholds, dtype=np.float64)
+        self.classes: tuple[str, ...] = tuple(config.classes)
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+        threads: int | None = None,
+    ) -> Predictor:
+        """Load a weights folder (`weights.load_weights`; raises `WeightsError`)."""
+        cnn, lstm, config = load_weights(path)
+        return cls(cnn, lstm, config, device=device, batch_size=batch_size, threads=threads)
+
+    def preprocess(self, study: Study) -> np.ndarray:
+        """The study's model input: float32 ``[S, 3, size, size]`` in [0, 1]."""
+        return make_input(study.hu, self.preprocess_config)
+
+    def predict_input(self, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed input ``[S, 3, H, W]`` -> (embeddings ``(S, D)``, logits ``(S, K)``).
+
+        Both float32 NumPy arrays, computed in batches of ``batch_size``.
+        """
+        t = torch.as_tensor(x, dtype=torch.float32)
+        if t.ndim != 4 or t.shape[1] != 3:
+            raise ValueError(f"expected input [S, 3, H, W], got {tuple(t.shape)}")
+        embs, logits = [], []
+        with torch.inference_mode():
+            for start in range(0, t.shape[0], self.batch_size):
+                chunk = t[start : start + self.batch_size].to(self.device)
+                chunk = chunk.contiguous(memory_format=torch.channels_last)
+                e, lg = self.cnn(chunk)
+                embs.append(e.float().cpu())
+                logits.append(lg.float().cpu())
+        if not embs:
+            raise ValueError("input has no slices")
+        return torch.cat(embs).numpy(), torch.cat(logits).numpy()
+
+    def sequence_prob(self, emb: np.ndarray, logits: np.ndarray) -> np.ndarray | None:
+        """Stage-2 probabilities ``(S, K)`` for one study, or None without a sequence model."""
+        if self.lstm is None:
+            return None
+        e = torch.as_tensor(emb, dtype=torch.float32)[None].to(self.device)
+        mask = torch.ones(e.shape[:2], dtype=torch.bool, device=self.device)
+        lg = torch.as_tensor(logits, dtype=torch.float32)[None].to(self.device)
+        with torch.inference_mode():
+            out = self.lstm(e, mask, lg if self.lstm.use_logits else None)
+        return torch.sigmoid(out[0]).float().cpu().numpy()
+
+    def predict(self, study: Study) -> StudyPrediction:
+        """Run the whole pipeline on one sorted study."""
+        emb, logits = self.predict_input(self.preprocess(study))
+        cnn_prob = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        lstm_prob = self.sequence_prob(emb, logits)
+        prob = lstm_prob if lstm_prob is not None else cnn_prob
+        labels = prob >= self.thresholds[None, :]
+        return StudyPrediction(
+            study_uid=study.study_uid,
+            series_uid=study.series_uid,
+            image_ids=list(study.image_ids),
+            cnn_prob=cnn_prob,
+            lstm_prob=lstm_prob,
+            prob=prob,
+            embeddings=emb,
+            labels=labels,
+            thresholds=self.thresholds.copy(),
+            summary=summarise(prob, labels, self.classes),
+            classes=self.classes,
+        )
+
+
+def submission_id(image_id: str, cls: str) -> str:
+    """RSNA submission row id ``ID_<image>_<class>``; an ``ID_`` prefix is not doubled."""
+    base = image_id if image_id.startswith("ID_") else f"ID_{image_id}"
+    return f"{base}_{cls}"
+
+
+def prediction_record(pred: StudyPrediction) -> dict[str, Any]:
+    """JSON-ready dict of one `StudyPrediction` (probabilities as nested lists ``S x K``)."""
+    return {
+        "study_uid": pred.study_uid,
+        "series_uid": pred.series_uid,
+        "classes": list(pred.classes),
+        "image_ids": list(pred.image_ids),
+        "prob": pred.prob.astype(float).tolist(),
+        "cnn_prob": pred.cnn_prob.astype(float).tolist(),
+        "lstm_prob": None if pred.lstm_prob is None else pred.lstm_prob.astype(float).tolist(),
+        "labels": pred.labels.astype(int).tolist(),
+        "thresholds": pred.thresholds.astype(float).tolist(),
+        "summary": pred.summary.to_dict(),
+    }
+
+
+def studies_path(out: Path) -> Path:
+    """Where the per-study summary goes beside a CSV output: ``<stem>_studies.csv``."""
+    return out.with_name(f"{out.stem}_studies.csv")
+
+
+def write_predictions(records: Sequence[dict[str, Any]], out: str | Path) -> list[Path]:
+    """Write `prediction_record` dicts to ``out``.
+
+    ``.csv``: the RSNA submission format (header ``ID,Label``; six rows per image,
+    ``ID_<image>_<class>`` with the final probability) plus ``<stem>_studies.csv`` (study_uid,
+    series_uid, n_slices, ``max_<class>``, ``positive_<class>`` as 0/1). ``.json``: one
+    object with every record (per-slice probabilities and study summaries).
+
+    Returns:
+        The files written.
+    """
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise ValueError(f"output must end in .csv or .json, got {out.name}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".json":
+        doc = {"classes": list(CLASSES), "studies": list(records)}
+        out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        return [out]
+    with out.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "Label"])
+        for rec in records:
+            for image_id, row in zip(rec["image_ids"], rec["prob"], strict=True):
+                for cls, p in zip(rec["classes"], row, strict=True):
+                    w.writerow([submission_id(image_id, cls), f"{p:.6g}"])
+    summary_path = studies_path(out)
+    with summary_path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(
+            ["study_uid", "series_uid", "n_slices"]
+            + [f"max_{c}" for c in CLASSES]
+            + [f"positive_{c}" for c in CLASSES]
+        )
+        for rec in records:
+            s = rec["summary"]
+            w.writerow(
+                [rec["study_uid"], rec["series_uid"], s["n_slices"]]
+                + [f"{s['max_prob'][c]:.6g}" for c in CLASSES]
+                + [int(s["positive"][c]) for c in CLASSES]
+            )
+    return [out, summary_path]

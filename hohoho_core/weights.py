@@ -1,0 +1,350 @@
+"""The weights format: a folder with ``model.safetensors`` and ``config.json``.
+
+``model.safetensors`` holds the slice CNN's tensors under ``cnn.*`` and, when there is a
+sequence model, its tensors under ``lstm.*`` (float16 allowed: cast back to float32 on
+load). ``config.json`` (`ModelConfig`) says how to rebuild the models and how to
+preprocess for them, which thresholds to apply, and how the model was trained and scored.
+
+Pickles are never read: unpickling can execute arbitrary code, so ``*.pt``/``*.pth``/
+``*.bin``/``*.pkl``/``*.ckpt`` files and a pickle renamed ``model.safetensors`` are refused
+with `WeightsError`. Nothing here calls ``torch.load`` or ``pickle``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from hohoho_core.labels import CLASSES
+from hohoho_core.models import MODEL_NAMES, SequenceModel, SliceClassifier, create_model
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT_VERSION",
+    "PICKLE_SUFFIXES",
+    "TENSORS_FILE",
+    "LoadedModel",
+    "ModelConfig",
+    "WeightsError",
+    "load_weights",
+    "save_weights",
+]
+
+FORMAT_VERSION = 1
+TENSORS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+PICKLE_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib")
+_WHY_NO_PICKLE = (
+    "pickled checkpoints are refused because loading a pickle can run arbitrary code; "
+    "convert it once, in a trusted environment, with hohoho_core.weights.save_weights"
+)
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
+
+
+class WeightsError(ValueError):
+    """A weights folder that cannot be used (missing, pickled, or not matching its config)."""
+
+
+def _default_preprocess() -> dict[str, Any]:
+    return {"mode": "stacked", "size": 256, "crop": True}
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild, run and judge a model; saved as ``config.json``.
+
+    Attributes:
+        version: format version (`FORMAT_VERSION`).
+        arch: registered backbone name (`models.MODEL_NAMES`).
+        embed_dim: the backbone's embedding size ``D``.
+        classes: output columns, ``labels.CLASSES``.
+        preprocess: ``preprocess.PreprocessConfig.to_dict()`` (mode, size, crop, window(s)).
+        lstm: `SequenceModel` keyword arguments (without ``in_dim``) or None for CNN only.
+        thresholds: per-class thresholds for the final output (LSTM when present).
+        cnn_thresholds: optional per-class thresholds for the CNN output alone.
+        training: the resolved training arguments.
+        data: what it was trained on (description, counts, folds).
+        metrics: measured validation metrics.
+        created: ISO 8601 UTC time of saving (filled in by `save_weights` when empty).
+    """
+
+    arch: str = "resnet18"
+    embed_dim: int = 512
+    classes: list[str] = field(default_factory=lambda: list(CLASSES))
+    preprocess: dict[str, Any] = field(default_factory=_default_preprocess)
+    lstm: dict[str, Any] | None = None
+    thresholds: list[float] = field(default_factory=lambda: [0.5] * len(CLASSES))
+    cnn_thresholds: list[float] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Build and validate; unknown keys or a newer format version are a `WeightsError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise WeightsError(f"config.json has unknown keys {unknown}")
+        try:
+            cfg = cls(**dict(d))
+        except TypeError as err:
+            raise WeightsError(f"config.json is malformed: {err}") from None
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check values that a model can be rebuilt from; raises `WeightsError`."""
+        if not isinstance(self.version, int) or self.version > FORMAT_VERSION:
+            raise WeightsError(
+                f"weights format version {self.version!r} is newer than this code "
+                f"({FORMAT_VERSION}); update HOHOHO"
+            )
+        if self.arch not in MODEL_NAMES:
+            raise WeightsError(f"unknown arch {self.arch!r}; known: {', '.join(MODEL_NAMES)}")
+        if list(self.classes) != list(CLASSES):
+            raise WeightsError(f"classes must be {list(CLASSES)}, got {list(self.classes)}")
+        for name in ("thresholds", "cnn_thresholds"):
+            thr = getattr(self, name)
+            if thr is None and name == "cnn_thresholds":
+                continue
+            if len(thr) != len(self.classes) or not all(0.0 <= float(t) <= 1.0 for t in thr):
+                raise WeightsError(f"{name} must be {len(self.classes)} values in [0, 1]")
+        if not isinstance(self.preprocess, Mapping):
+            raise WeightsError("preprocess must be a mapping")
+        try:
+            from hohoho_core.preprocess import PreprocessConfig
+
+            PreprocessConfig.from_dict(self.preprocess)
+        except ValueError as err:
+            raise WeightsError(f"preprocess config is invalid: {err}") from None
+        if self.lstm is not None:
+            if not isinstance(self.lstm, Mapping) or "in_dim" in self.lstm:
+                raise WeightsError("lstm must be SequenceModel keyword arguments without in_dim")
+
+
+class LoadedModel(NamedTuple):
+    """What `load_weights` returns; unpacks as ``cnn, lstm, config``."""
+
+    cnn: SliceClassifier
+    lstm: SequenceModel | None
+    config: ModelConfig
+
+
+def _build(config: ModelConfig) -> tuple[SliceClassifier, SequenceModel | None]:
+    cnn = create_model(config.arch, init="random", num_classes=len(config.classes))
+    if cnn.embed_dim != config.embed_dim:
+        raise WeightsError(
+            f"config says embed_dim {config.embed_dim} but {config.arch} has {cnn.embed_dim}"
+        )
+    lstm = None
+    if config.lstm is not None:
+        try:
+            lstm = SequenceModel(in_dim=config.embed_dim, **dict(config.lstm))
+        except (TypeError, ValueError) as err:
+            raise WeightsError(f"lstm config is invalid: {err}") from None
+    return cnn, lstm
+
+
+def _state(cnn: nn.Module, lstm: nn.Module | None) -> dict[str, torch.Tensor]:
+    state = {f"cnn.{k}": v for k, v in cnn.state_dict().items()}
+    if lstm is not None:
+        state.update({f"lstm.{k}": v for k, v in lstm.state_dict().items()})
+    return state
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write via a temporary file in the same folder, then rename: no half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(
+    folder: str | Path,
+    cnn: SliceClassifier,
+    lstm: SequenceModel | None,
+    config: ModelConfig,
+    dtype: torch.dtype = torch.float16,
+) -> Path:
+    """Write ``folder/model.safetensors`` and ``folder/config.json``.
+
+    ``config.arch``, ``embed_dim`` and ``lstm`` must describe the models given (an lstm
+    config without a model, or the reverse, is an error). Floating tensors are stored as
+    ``dtype`` (float16 halves the size; use float32 for bit-exact round trips).
+
+    Returns:
+        The folder.
+    """
+    from safetensors.torch import save_file
+
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"dtype must be float16, bfloat16 or float32, got {dtype}")
+    if config.arch != cnn.arch or config.embed_dim != cnn.embed_dim:
+        raise WeightsError(
+            f"config ({config.arch}, {config.embed_dim}) does not match the CNN "
+            f"({cnn.arch}, {cnn.embed_dim})"
+        )
+    if (config.lstm is None) != (lstm is None):
+        raise WeightsError("config.lstm must be set exactly when an lstm model is saved")
+    config.validate()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not config.created:
+        config.created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    tensors = {}
+    for k, v in _state(cnn, lstm).items():
+        t = v.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(dtype)
+        tensors[k] = t.contiguous().clone()  # safetensors refuses shared storage
+    # Rebuilding from the config must give exactly these tensors; check before writing.
+    _check_tensors(config, tensors)
+    # Serialise the config first: a value JSON cannot hold fails before anything is written.
+    text = json.dumps(config.to_dict(), indent=2, default=_json_default) + "\n"
+    meta = {"format": "pt", "hohoho_format": str(FORMAT_VERSION), "arch": config.arch}
+    _atomic_write(folder / TENSORS_FILE, lambda p: save_file(tensors, p, metadata=meta))
+    _atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    return folder
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for values training scripts put in configs: NumPy scalars and arrays, paths."""
+    if hasattr(value, "tolist"):  # NumPy scalars and arrays, torch tensors
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"config value of type {type(value).__name__} is not JSON serialisable")
+
+
+def _refuse_pickles(folder: Path) -> None:
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickles:
+        raise WeightsError(
+            f"weights folder holds {', '.join(pickles[:3])}: {_WHY_NO_PICKLE}; "
+            f"remove it from the folder"
+        )
+
+
+def _check_safetensors_file(path: Path) -> None:
+    """Refuse a file that is not safetensors (e.g. a ``torch.save`` pickle renamed)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then a JSON object.
+    n = struct.unpack("<Q", head[:8])[0] if len(head) == 9 else -1
+    if 0 < n <= _MAX_HEADER and 8 + n <= size and head[8:9] == b"{":
+        return
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        kind = "it is a zip/pickle as written by torch.save"
+    else:
+        kind = "bad header"
+    raise WeightsError(f"{path.name} is not a safetensors file ({kind}); {_WHY_NO_PICKLE}")
+
+
+def _check_tensors(
+    config: ModelConfig,
+    tensors: Mapping[str, torch.Tensor],
+    models: tuple[SliceClassifier, SequenceModel | None] | None = None,
+) -> None:
+    """Compare stored tensor names and shapes with the models the config describes.
+
+    ``models``: already built from ``config``; otherwise they are built on the meta device
+    (shapes only, no memory, no initialisation cost).
+    """
+    if models is None:
+        with torch.device("meta"):
+            models = _build(config)
+    cnn, lstm = models
+    expected = {k: tuple(v.shape) for k, v in _state(cnn, lstm).items()}
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shaped = sorted(
+        k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != expected[k]
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (first: {', '.join(missing[:4])})")
+    if unexpected:
+        problems.append(
+            f"unexpected {len(unexpected)} tensors (first: {', '.join(unexpected[:4])})"
+        )
+    if shaped:
+        first = ", ".join(f"{k} {tuple(tensors[k].shape)} vs {expected[k]}" for k in shaped[:3])
+        problems.append(f"{len(shaped)} tensors with other shapes ({first})")
+    if problems:
+        raise WeightsError(
+            f"{TENSORS_FILE} does not match config.json ({config.arch}, "
+            f"lstm={'yes' if config.lstm is not None else 'no'}): " + "; ".join(problems)
+        )
+
+
+def _read_config(path: Path) -> ModelConfig:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsError(f"cannot read {path.name}: {err}") from None
+    if not isinstance(raw, dict):
+        raise WeightsError(f"{path.name} must hold a JSON object")
+    return ModelConfig.from_dict(raw)
+
+
+def load_weights(folder: str | Path) -> LoadedModel:
+    """Load a weights folder into float32 models in eval mode.
+
+    Raises:
+        WeightsError: missing folder or files, a pickle in the folder, a non-safetensors
+            ``model.safetensors``, or tensors that do not match the config.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"weights folder not found: {folder}")
+    _refuse_pickles(folder)
+    tensors_path, config_path = folder / TENSORS_FILE, folder / CONFIG_FILE
+    if not tensors_path.is_file():
+        raise WeightsError(f"{folder} has no {TENSORS_FILE}")
+    if not config_path.is_file():
+        raise WeightsError(f"{folder} has no {CONFIG_FILE}")
+    config = _read_config(config_path)
+    _check_safetensors_file(tensors_path)
+    try:
+        tensors = load_file(str(tensors_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"cannot read {TENSORS_FILE}: {err}") from None
+    cnn, lstm = _build(config)
+    _check_tensors(config, tensors, (cnn, lstm))
+    for prefix, model in (("cnn.", cnn), ("lstm.", lstm)):
+        if model is None:
+            continue
+        own = model.state_dict()
+        state = {
+            k[len(prefix) :]: v.to(own[k[len(prefix) :]].dtype)
+            for k, v in tensors.items()
+            if k.startswith(prefix)
+        }
+        model.load_state_dict(state, strict=True)
+        model.eval()
+    return LoadedModel(cnn, lstm, config)
