@@ -66,7 +66,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from hohoho_core import distributed as D
-    from hohoho_core.dicom import StudyLoadError, load_studies
+    from hohoho_core.dicom import StudyLoadError, iter_studies
     from hohoho_core.predict import (
         Predictor,
         available_cores,
@@ -96,31 +96,27 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         order = 0
         try:
             for src in sources:
+                # Studies stream one at a time (an RSNA folder holds thousands); rank r
+                # takes every world_size-th, and the global index restores input order.
                 try:
-                    studies = load_studies(src)
+                    for study in iter_studies(src):
+                        idx, order = order, order + 1
+                        if idx % info.world_size != info.rank:
+                            continue
+                        rec = prediction_record(predictor.predict(study))
+                        rec["order"] = idx
+                        records.append(rec)
+                        if bar is None:  # after the first study, so an early error prints alone
+                            bar = tqdm(
+                                unit="study",
+                                desc="predict",
+                                disable=not is_main,
+                                file=sys.stderr,
+                                leave=False,
+                            )
+                        bar.update(1)
                 except StudyLoadError as err:
                     raise CliError(f"{src}: {err}") from None
-                # Global order index, so rank 0 can restore the input order after merging.
-                numbered = list(enumerate(studies, start=order))
-                order += len(studies)
-                mine = D.shard(numbered, info.rank, info.world_size)
-                if bar is None:
-                    bar = tqdm(
-                        total=0,
-                        unit="study",
-                        desc="predict",
-                        disable=not is_main,
-                        file=sys.stderr,
-                        leave=False,
-                    )
-                bar.total += len(mine)
-                bar.refresh()
-                for idx, study in mine:
-                    rec = prediction_record(predictor.predict(study))
-                    rec["order"] = idx
-                    records.append(rec)
-                    bar.update(1)
-                del studies, numbered, mine
         finally:
             if bar is not None:
                 bar.close()

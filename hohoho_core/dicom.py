@@ -1455,7 +1455,7 @@ def load_study(
         )
 
 
-def load_studies(
+def iter_studies(
     source: Any,
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
@@ -1463,8 +1463,11 @@ def load_studies(
     max_zip_bytes: int = DEFAULT_MAX_ZIP_BYTES,
     max_members: int = DEFAULT_MAX_MEMBERS,
     workers: int | None = None,
-) -> list[Study]:
-    """Every axial (or unknown-orientation) CT series in ``source``, one `Study` each.
+) -> Iterator[Study]:
+    """Yield every axial (or unknown-orientation) CT series in ``source``, one `Study` each.
+
+    Lazy: headers are scanned once up front, but each series' pixels are decoded only
+    when it is reached, so a folder of thousands of studies never sits in memory at once.
 
     Each study's report lists the files no series used (not DICOM, not CT, ...), the
     non-axial series, and its own rejected slices. Ordered by study then series UID.
@@ -1487,22 +1490,47 @@ def load_studies(
                 shared.skip(
                     rec.source, SkipReason.NOT_AXIAL, f"{s.orientation} series ({s.series_uid})"
                 )
-        studies = []
+        n_loaded = 0
         failed = _copy_report(shared)
         for s in sorted(loadable, key=lambda s: (s.study_uid, s.series_uid)):
             report = _copy_report(shared)
             try:
-                studies.append(
-                    _build(
-                        s.study_uid,
-                        s.series_uid,
-                        groups[(s.study_uid, s.series_uid)],
-                        report,
-                        _auto_workers(workers),
-                    )
+                study = _build(
+                    s.study_uid,
+                    s.series_uid,
+                    groups[(s.study_uid, s.series_uid)],
+                    report,
+                    _auto_workers(workers),
                 )
             except StudyLoadError as err:
                 failed.skipped.extend(x for x in err.report.skipped if x not in failed.skipped)
-        if not studies:
+                continue
+            n_loaded += 1
+            yield study
+        if not n_loaded:
             raise StudyLoadError(_failure_message(failed), failed)
-        return studies
+
+def load_studies(
+    source: Any,
+    *,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_total_upload_bytes: int = DEFAULT_MAX_TOTAL_UPLOAD_BYTES,
+    max_zip_bytes: int = DEFAULT_MAX_ZIP_BYTES,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+    workers: int | None = None,
+) -> list[Study]:
+    """Every axial (or unknown-orientation) CT series in ``source`` as a list (see `iter_studies`).
+
+    Raises:
+        StudyLoadError: not one series could be loaded.
+    """
+    return list(
+        iter_studies(
+            source,
+            max_upload_bytes=max_upload_bytes,
+            max_total_upload_bytes=max_total_upload_bytes,
+            max_zip_bytes=max_zip_bytes,
+            max_members=max_members,
+            workers=workers,
+        )
+    )
