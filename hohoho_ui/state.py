@@ -1,0 +1,83 @@
+"""Session state shared by the pages, initialised once per browser session.
+
+Widget values are lost when a page that does not draw the widget runs, so everything
+that must survive a page switch (the open study, the current slice, the window) lives
+in plain keys set here; widgets are synced from them before they are drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from hohoho_core.preprocess import WINDOWS
+from hohoho_core.study import Study
+
+__all__ = ["OpenStudy", "clamp_slice", "current_slice", "init_state", "open_study", "set_slice"]
+
+#: Plain (non-widget) keys and their first values.
+DEFAULTS: dict[str, Any] = {
+    "open_study": None,  # OpenStudy | None
+    "slice": 0,  # 0-based index into the open study
+    "window": "brain",  # a WINDOWS name or "custom"
+    "win_centre": float(WINDOWS["brain"][0]),
+    "win_width": float(WINDOWS["brain"][1]),
+    "pending_source": None,  # (kind, source) of an upload/folder with several series
+    "audit_pos": 0,  # position in the audit queue
+    "sanity": {},  # (fingerprint, slice, method, class) -> RandomisationResult
+}
+
+
+@dataclass
+class OpenStudy:
+    """The study on screen and what is known about it.
+
+    ``labels`` is ``(S, 6)`` int8 aligned with ``study.slices`` (-1 where unknown) or
+    None; ``source_id`` says where it came from (so a demo choice is not reloaded);
+    ``dataset_root`` is the RSNA-layout folder for demo/indexed studies.
+    """
+
+    study: Study
+    key: str  # `views.study_fingerprint`
+    name: str
+    source_id: tuple[str, ...]
+    labels: np.ndarray | None = None
+    dataset_root: str | None = None
+
+
+def init_state() -> None:
+    """Set every default key that is missing (never overwrites)."""
+    for key, value in DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = value.copy() if isinstance(value, dict) else value
+
+
+def open_study(item: OpenStudy, first_slice: int = 0) -> None:
+    """Make ``item`` the study on screen, starting at ``first_slice``."""
+    st.session_state["open_study"] = item
+    st.session_state["slice"] = clamp_slice(first_slice, item.study.n_slices)
+
+
+def current() -> OpenStudy | None:
+    item = st.session_state.get("open_study")
+    return item if isinstance(item, OpenStudy) else None
+
+
+def clamp_slice(index: int, n_slices: int) -> int:
+    return int(min(max(int(index), 0), max(n_slices - 1, 0)))
+
+
+def current_slice() -> int:
+    item = current()
+    n = item.study.n_slices if item is not None else 1
+    return clamp_slice(st.session_state.get("slice", 0), n)
+
+
+def set_slice(index: int) -> None:
+    """Move to slice ``index`` (clamped); safe inside widget callbacks."""
+    item = current()
+    n = item.study.n_slices if item is not None else 1
+    st.session_state["slice"] = clamp_slice(index, n)

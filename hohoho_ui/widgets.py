@@ -1,0 +1,663 @@
+"""Small ``*_ui()`` functions that draw widgets and return what the user chose.
+
+Pages are short scripts that call these and the core. User input never produces a
+traceback: errors from the reader, the weights or the store are shown with ``st.error``
+and the reader's own message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from hohoho_core.dicom import StudyLoadError, Upload, list_series, load_study
+from hohoho_core.labels import ANY_INDEX
+from hohoho_core.predict import Predictor, StudyPrediction
+from hohoho_core.preprocess import WINDOWS
+from hohoho_core.rsna import read_labels
+from hohoho_core.study import LoadReport, Study
+from hohoho_core.weights import TENSORS_FILE, WeightsError
+from hohoho_ui import loaders, state
+from hohoho_ui.settings import Settings, get_settings
+from hohoho_ui.views import (
+    DEMO_WARNING,
+    class_name,
+    class_table,
+    is_demo_weights,
+    metadata_table,
+    next_positive,
+    probability_figure,
+    resolve_under,
+    skipped_table,
+    slice_from_selection,
+    study_fingerprint,
+    summary_table,
+    windowed_uint8,
+)
+
+__all__ = [
+    "ModelState",
+    "dataset_ui",
+    "demo_notice_ui",
+    "kept",
+    "load_error_ui",
+    "model_ui",
+    "open_study_sidebar_ui",
+    "page_setup",
+    "prob_chart_ui",
+    "require_study_ui",
+    "slice_nav_ui",
+    "study_header_ui",
+    "study_source_ui",
+    "summary_ui",
+    "window_ui",
+]
+
+#: Slices narrower than this are enlarged on screen (never shrunk below their matrix).
+DISPLAY_MIN_PX = 512
+_PRESET_KEYS = {"brain": "1", "subdural": "2", "bone": "3", "stroke": "4"}
+
+
+# --------------------------------------------------------------------------- basics
+
+
+def page_setup(title: str, icon: str) -> Settings:
+    """Page config, session defaults and settings (a bad setting stops the page)."""
+    st.set_page_config(page_title=f"HOHOHO · {title}", page_icon=icon, layout="wide")
+    state.init_state()
+    try:
+        return get_settings()
+    except ValueError as err:
+        st.error(str(err))
+        st.stop()
+
+
+def kept(widget: Callable[..., Any], label: str, key: str, default: Any, **kwargs: Any) -> Any:
+    """Draw ``widget`` whose value lives in the plain session key ``key``.
+
+    Streamlit forgets a widget's value when a page without it runs; the plain key does
+    not, so the choice survives page switches. ``options`` (if given) must hold it.
+    """
+    wkey = f"_w_{key}"
+    options = kwargs.get("options")
+    if key not in st.session_state or (
+        options is not None and st.session_state[key] not in list(options)
+    ):
+        st.session_state[key] = default
+    st.session_state[wkey] = st.session_state[key]
+
+    def _store() -> None:
+        st.session_state[key] = st.session_state[wkey]
+
+    return widget(label, key=wkey, on_change=_store, **kwargs)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """The loaded model (or why there is none)."""
+
+    predictor: Predictor | None
+    key: str | None
+    folder: Path | None
+    is_demo: bool
+    message: str | None
+
+
+def _allowed_weights(folder: Path, settings: Settings) -> bool:
+    allowed = {settings.weights_dir.resolve(), settings.shipped_weights.resolve()}
+    return folder in allowed or folder.is_relative_to(settings.data_root)
+
+
+def _describe(predictor: Predictor) -> str:
+    cfg = predictor.config
+    pre = predictor.preprocess_config
+    stage = " + LSTM" if predictor.lstm is not None else " (no LSTM)"
+    return f"{cfg.arch}{stage} · input {pre.size} px, {pre.mode}"
+
+
+def model_ui(settings: Settings) -> ModelState:
+    """Sidebar: the weights folder and the model status; returns the loaded model."""
+    with st.sidebar:
+        st.subheader("Model")
+        text = kept(
+            st.text_input,
+            "Weights folder",
+            "weights_choice",
+            str(settings.weights_dir),
+            help="The configured folder, the shipped weights/ or a folder inside the data root.",
+        )
+        folder = Path(str(text).strip() or settings.weights_dir).expanduser()
+        folder = (folder if folder.is_absolute() else settings.data_root / folder).resolve()
+        if not _allowed_weights(folder, settings):
+            msg = "Weights must be the configured folder or a folder inside the data root."
+            st.error(msg)
+            return ModelState(None, None, None, False, msg)
+        if not (folder / TENSORS_FILE).is_file():
+            msg = f"No model in {folder} yet: studies can be viewed without predictions."
+            st.caption(msg)
+            return ModelState(None, None, folder, False, msg)
+        key = loaders.weights_key(folder)
+        try:
+            predictor = loaders.load_predictor(key, str(folder))
+        except WeightsError as err:
+            st.error(f"Cannot use these weights: {err}")
+            return ModelState(None, None, folder, False, str(err))
+        except Exception as err:  # a broken file must not show a traceback
+            msg = f"Cannot load the weights ({type(err).__name__}): {err}"
+            st.error(msg)
+            return ModelState(None, None, folder, False, msg)
+        demo = is_demo_weights(folder, settings.shipped_weights, predictor.config.data)
+        st.caption(_describe(predictor))
+        if demo:
+            st.caption("Demo weights (synthetic training data).")
+        return ModelState(predictor, key, folder, demo, None)
+
+
+def demo_notice_ui(model: ModelState) -> None:
+    """The not-for-clinical-use warning, whenever demo weights make the predictions."""
+    if model.predictor is not None and model.is_demo:
+        st.warning(DEMO_WARNING, icon="⚠️")
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def _demo_series(table: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(study_uid, series_uid, label) per indexed series, in index order."""
+    out = []
+    groups = table.groupby(["study_uid", "series_uid"], sort=False)
+    for n, ((study_uid, series_uid), rows) in enumerate(groups, start=1):
+        any_pos = int((rows["any"] == 1).sum())
+        text = f"Study {n} · {len(rows)} slices"
+        if (rows["any"] >= 0).all():
+            text += f" · {any_pos} labelled positive" if any_pos else " · no bleed labelled"
+        out.append((study_uid, series_uid, text))
+    return out
+
+
+def open_indexed(
+    root: Path, table: pd.DataFrame, study_uid: str, series_uid: str, name: str, settings: Settings
+) -> state.OpenStudy:
+    """Load one series of an RSNA-layout index and make it the open study."""
+    rows = table[(table["study_uid"] == study_uid) & (table["series_uid"] == series_uid)]
+    rows = rows.sort_values("slice_index")
+    study = loaders.load_indexed_study(tuple(rows["path"]), settings.max_upload_bytes)
+    item = state.OpenStudy(
+        study=study,
+        key=study_fingerprint(study),
+        name=name,
+        source_id=("demo", str(root), study_uid, series_uid),
+        labels=loaders.labels_for(rows, study.image_ids),
+        dataset_root=str(root),
+    )
+    state.open_study(item)
+    st.session_state.pop("load_error", None)
+    return item
+
+
+def _demo_table(settings: Settings) -> pd.DataFrame | None:
+    root = settings.demo_dir
+    if not (root / "stage_2_train").is_dir() and not any(root.glob("*.dcm")):
+        return None
+    table = loaders.dataset_index(root)
+    return table if len(table) else None
+
+
+def _set_error(message: str, report: LoadReport | None = None) -> None:
+    st.session_state["load_error"] = (message, report)
+
+
+def _labels_near(folder: Path, study: Study) -> np.ndarray | None:
+    """Labels from a ``stage_2_train.csv`` in the folder or its parent, when there is one."""
+    for candidate in (folder / "stage_2_train.csv", folder.parent / "stage_2_train.csv"):
+        if candidate.is_file():
+            try:
+                frame = read_labels(candidate).reset_index()
+            except (ValueError, OSError, KeyError):
+                return None
+            labels = loaders.labels_for(frame, study.image_ids)
+            return labels if (labels >= 0).any() else None
+    return None
+
+
+def _open_source(
+    kind: str, source: Any, name: str, settings: Settings, series_uid: str | None = None
+) -> None:
+    """Open uploads or a server folder through the reader; errors go to ``load_error``."""
+    limits = {
+        "max_upload_bytes": settings.max_upload_bytes,
+        "max_total_upload_bytes": settings.max_upload_bytes,
+        "max_zip_bytes": settings.max_upload_bytes,
+    }
+    try:
+        with st.spinner("Reading the files…"):
+            series = list_series(source, **limits)
+            study = load_study(source, series_uid, **limits)
+    except StudyLoadError as err:
+        _set_error(str(err), err.report)
+        return
+    except (ValueError, OSError) as err:
+        _set_error(f"Cannot read these files: {err}")
+        return
+    labels = _labels_near(Path(source), study) if kind == "folder" else None
+    item = state.OpenStudy(
+        study=study,
+        key=study_fingerprint(study),
+        name=name,
+        source_id=(kind, name, study.series_uid),
+        labels=labels,
+    )
+    state.open_study(item)
+    st.session_state.pop("load_error", None)
+    if len(series) > 1:
+        choices = [
+            (s.series_uid, f"{s.description or 'series'} · {s.n_slices} slices · {s.orientation}")
+            for s in series
+        ]
+        st.session_state["pending_source"] = (kind, source, name, choices)
+    else:
+        st.session_state["pending_source"] = None
+
+
+def _series_picker_ui(settings: Settings) -> None:
+    pending = st.session_state.get("pending_source")
+    if not pending:
+        return
+    kind, source, name, choices = pending
+    item = state.current()
+    uids = [uid for uid, _ in choices]
+    labels = dict(choices)
+    default = (
+        item.study.series_uid if item is not None and item.study.series_uid in uids else uids[0]
+    )
+    chosen = st.selectbox(
+        f"Series in {name} ({len(uids)})",
+        uids,
+        index=uids.index(default),
+        format_func=lambda uid: labels[uid],
+        key="series_choice",
+    )
+    if item is None or chosen != item.study.series_uid:
+        _open_source(kind, source, name, settings, series_uid=chosen)
+        st.session_state["pending_source"] = (kind, source, name, choices)
+
+
+def study_source_ui(settings: Settings) -> None:
+    """Sidebar: open a demo study, uploaded files or a server folder."""
+    with st.sidebar:
+        st.subheader("Study")
+        kind = kept(
+            st.radio,
+            "Open from",
+            "source_kind",
+            "Demo studies",
+            options=["Demo studies", "Upload", "Server folder"],
+            horizontal=True,
+        )
+        if kind == "Demo studies":
+            _demo_picker_ui(settings)
+        elif kind == "Upload":
+            _upload_ui(settings)
+        else:
+            _folder_ui(settings)
+        _series_picker_ui(settings)
+
+
+def _demo_picker_ui(settings: Settings) -> None:
+    try:
+        table = _demo_table(settings)
+    except Exception as err:  # an unreadable demo folder must not break the page
+        st.error(f"Cannot index the demo folder: {err}")
+        return
+    if table is None:
+        st.info(f"No demo studies in {settings.demo_dir}: run `make demo`.")
+        return
+    series = _demo_series(table)
+    keys = [f"{s}|{r}" for s, r, _ in series]
+    names = {f"{s}|{r}": text for s, r, text in series}
+    choice = kept(
+        st.selectbox, "Demo study", "demo_choice", keys[0], options=keys, format_func=names.get
+    )
+    study_uid, series_uid = choice.split("|", 1)
+    want = ("demo", str(settings.demo_dir), study_uid, series_uid)
+    item = state.current()
+    if item is None or item.source_id != want:
+        try:
+            open_indexed(settings.demo_dir, table, study_uid, series_uid, names[choice], settings)
+            st.session_state["pending_source"] = None
+        except StudyLoadError as err:
+            _set_error(str(err), err.report)
+
+
+def _upload_ui(settings: Settings) -> None:
+    files = st.file_uploader(
+        f"DICOM files or one .zip (up to {settings.max_upload_mb} MB)",
+        accept_multiple_files=True,
+        key="uploads",
+    )
+    if st.button("Open uploaded files", disabled=not files, key="open_uploads", type="primary"):
+        uploads = [Upload(f.name, f.getvalue()) for f in files or []]
+        too_big = [u.name for u in uploads if len(u.data) > settings.max_upload_bytes]
+        if too_big:
+            _set_error(
+                f"{len(too_big)} files exceed {settings.max_upload_mb} MB "
+                f"(HOHOHO_MAX_UPLOAD_MB), e.g. {too_big[0]}."
+            )
+            return
+        name = uploads[0].name if len(uploads) == 1 else f"{len(uploads)} uploaded files"
+        _open_source("upload", uploads, name, settings)
+
+
+def _folder_ui(settings: Settings) -> None:
+    rel = kept(
+        st.text_input,
+        f"Folder inside {settings.data_root}",
+        "folder_rel",
+        "",
+        placeholder="e.g. demo/stage_2_train",
+    )
+    if st.button("Open folder", key="open_folder", type="primary"):
+        try:
+            target = resolve_under(settings.data_root, rel)
+        except ValueError as err:
+            _set_error(str(err))
+            return
+        shown = target.relative_to(settings.data_root).as_posix() or "."
+        _open_source("folder", target, shown, settings)
+
+
+def load_error_ui() -> None:
+    """The reader's message for the last failed open, with what it skipped and why."""
+    failed = st.session_state.get("load_error")
+    if not failed:
+        return
+    message, report = failed
+    st.error(message)
+    if report is not None and report.skipped:
+        with st.expander(f"Files the reader skipped ({len(report.skipped)})"):
+            st.dataframe(skipped_table(report), hide_index=True)
+
+
+def require_study_ui(settings: Settings) -> state.OpenStudy | None:
+    """The open study; if none, the first demo study (pages can be opened directly)."""
+    item = state.current()
+    if item is not None:
+        return item
+    try:
+        table = _demo_table(settings)
+        if table is not None:
+            study_uid, series_uid, name = _demo_series(table)[0]
+            return open_indexed(settings.demo_dir, table, study_uid, series_uid, name, settings)
+    except StudyLoadError as err:
+        st.error(str(err))
+        return None
+    st.info("Open a study in the viewer first (no demo studies found: run `make demo`).")
+    return None
+
+
+# --------------------------------------------------------------------------- viewer
+
+
+def study_header_ui(item: state.OpenStudy) -> None:
+    """One line: which study, its geometry."""
+    study = item.study
+    st.markdown(
+        f"**{item.name}** · {study.hu.shape[1]} × {study.hu.shape[2]} px of "
+        f"{study.pixel_spacing[0]:.2g} mm · slices {study.slice_spacing:.2g} mm apart"
+    )
+
+
+def open_study_sidebar_ui() -> None:
+    """Sidebar note on the pages: which study is open (it is chosen in the viewer)."""
+    item = state.current()
+    with st.sidebar:
+        st.subheader("Study")
+        if item is None:
+            st.caption("None open: choose one in the viewer (app).")
+        else:
+            st.caption(f"{item.name} · slice {state.current_slice() + 1} / {item.study.n_slices}")
+            st.page_link("app.py", label="Change in the viewer", icon=":material/open_in_new:")
+
+
+def slice_nav_ui(
+    n_slices: int,
+    positive: np.ndarray | None,
+    prefix: str,
+    shortcuts: bool = True,
+) -> int:
+    """First / previous / next / last / next-positive buttons and a slice slider.
+
+    Returns the current 0-based slice. Keyboard (Streamlit button shortcuts): Home and
+    End for first and last, Up and Down for previous and next (OHIF's convention), N for
+    the next slice predicted positive; a focused slider also moves with the arrow keys.
+    """
+    cur = state.current_slice()
+    buttons = [
+        ("first", "First", ":material/first_page:", 0, "Home"),
+        ("prev", "Prev", ":material/keyboard_arrow_up:", cur - 1, "Up"),
+        ("next", "Next", ":material/keyboard_arrow_down:", cur + 1, "Down"),
+        ("last", "Last", ":material/last_page:", n_slices - 1, "End"),
+    ]
+    cols = st.columns([1, 1, 1, 1, 2.2], gap="small")
+    for col, (name, label, icon, target_index, key) in zip(cols, buttons, strict=False):
+        col.button(
+            label,
+            key=f"{prefix}_{name}",
+            icon=icon,
+            on_click=state.set_slice,
+            args=(target_index,),
+            shortcut=key if shortcuts else None,
+            width="stretch",
+        )
+    target = next_positive(positive, cur) if positive is not None else None
+    cols[4].button(
+        "Next positive" if target is None else f"Next positive ({target + 1})",
+        key=f"{prefix}_pos",
+        icon=":material/skip_next:",
+        on_click=state.set_slice,
+        args=(cur if target is None else target,),
+        disabled=target is None,
+        shortcut="N" if shortcuts else None,
+        width="stretch",
+        help="The next slice where the model calls any class positive.",
+    )
+    if n_slices > 1:
+        skey = f"{prefix}_slider"
+        st.session_state[skey] = cur + 1
+
+        def _moved() -> None:
+            state.set_slice(int(st.session_state[skey]) - 1)
+
+        st.slider(
+            "Slice",
+            1,
+            n_slices,
+            key=skey,
+            on_change=_moved,
+            label_visibility="collapsed",
+            help="Drag, or focus and use the arrow keys.",
+        )
+    return state.current_slice()
+
+
+def _set_window(name: str) -> None:
+    st.session_state["window"] = name
+    centre, width = WINDOWS[name]
+    st.session_state["win_centre"] = float(centre)
+    st.session_state["win_width"] = float(width)
+
+
+def window_ui(prefix: str) -> tuple[float, float]:
+    """Preset buttons (keys 1-4: brain, subdural, bone, stroke) and a custom centre/width."""
+    current = st.session_state.get("window", "brain")
+    cols = st.columns(len(WINDOWS) + 1, gap="small")
+    for col, (name, (c, w)) in zip(cols, WINDOWS.items(), strict=False):
+        col.button(
+            name.capitalize(),
+            key=f"{prefix}_win_{name}",
+            on_click=_set_window,
+            args=(name,),
+            type="primary" if current == name else "secondary",
+            help=f"centre {c:g} / width {w:g} HU",
+            shortcut=_PRESET_KEYS[name],
+            width="stretch",
+        )
+    with cols[-1].popover("Custom", width="stretch"):
+
+        def _custom() -> None:
+            st.session_state["window"] = "custom"
+            st.session_state["win_centre"] = float(st.session_state[f"{prefix}_centre"])
+            st.session_state["win_width"] = float(st.session_state[f"{prefix}_width"])
+
+        st.session_state[f"{prefix}_centre"] = float(st.session_state["win_centre"])
+        st.session_state[f"{prefix}_width"] = float(st.session_state["win_width"])
+        st.number_input(
+            "Centre (HU)", -1024.0, 3071.0, step=10.0, key=f"{prefix}_centre", on_change=_custom
+        )
+        st.number_input(
+            "Width (HU)", 1.0, 4096.0, step=10.0, key=f"{prefix}_width", on_change=_custom
+        )
+    return float(st.session_state["win_centre"]), float(st.session_state["win_width"])
+
+
+def slice_image_ui(study: Study, index: int, centre: float, width: float) -> None:
+    """The slice at full resolution in the chosen window."""
+    img = windowed_uint8(study.hu[index], centre, width)
+    window = st.session_state.get("window", "custom")
+    # Never below the native matrix; small matrices are enlarged so they can be read.
+    st.image(
+        img,
+        caption=f"Slice {index + 1} / {study.n_slices} · {window} window "
+        f"(C {centre:g} / W {width:g})",
+        width=max(int(img.shape[1]), DISPLAY_MIN_PX),
+    )
+
+
+def _style_calls(frame: pd.DataFrame) -> Any:
+    def colour(value: str) -> str:
+        return "color: #ff6b6b; font-weight: 700" if value == "POSITIVE" else ""
+
+    return frame.style.map(colour, subset=["Call"])
+
+
+def slice_table_ui(index: int, pred: StudyPrediction | None, labels: np.ndarray | None) -> None:
+    """Labels and predictions of one slice, one row per class."""
+    frame = class_table(
+        index,
+        None if pred is None else pred.cnn_prob,
+        None if pred is None else pred.lstm_prob,
+        None if pred is None else pred.thresholds,
+        labels,
+    )
+    if pred is None:
+        frame = frame[["Class", "Label"]]
+        st.dataframe(frame, hide_index=True)
+    else:
+        st.dataframe(_style_calls(frame), hide_index=True)
+
+
+def prob_chart_ui(pred: StudyPrediction, labels: np.ndarray | None, current: int) -> None:
+    """Per-slice probabilities; clicking a point moves to that slice."""
+    n = len(pred.image_ids)
+
+    def _clicked() -> None:
+        index = slice_from_selection(st.session_state.get("prob_chart"), n)
+        if index is not None:
+            state.set_slice(index)
+
+    fig = probability_figure(pred.cnn_prob, pred.lstm_prob, pred.thresholds, current, labels)
+    st.plotly_chart(
+        fig,
+        key="prob_chart",
+        on_select=_clicked,
+        selection_mode="points",
+        config={"displayModeBar": False},
+    )
+    note = "solid: LSTM, dotted: CNN" if pred.lstm_prob is not None else "CNN only (no LSTM)"
+    extra = "; shaded: slices labelled 'any'" if labels is not None else ""
+    st.caption(
+        f"{note}; dashed: thresholds; white line: this slice{extra}. Click a point to go there."
+    )
+
+
+def summary_ui(item: state.OpenStudy, pred: StudyPrediction | None) -> None:
+    """Highest probability per class, positive ranges, skipped files, metadata."""
+    study = item.study
+    st.subheader("Study summary")
+    if pred is not None:
+        any_max = float(pred.prob[:, ANY_INDEX].max())
+        positive = bool(pred.labels[:, ANY_INDEX].any())
+        verdict = "positive for hemorrhage" if positive else "no slice above threshold"
+        st.markdown(f"Model: **{verdict}** (highest 'any' probability {any_max:.2f}).")
+    frame = summary_table(
+        None if pred is None else pred.cnn_prob,
+        None if pred is None else pred.lstm_prob,
+        None if pred is None else pred.thresholds,
+        item.labels,
+    )
+    st.dataframe(frame, hide_index=True)
+    report = study.report
+    skipped = len(report.skipped)
+    with st.expander(f"Files the reader skipped ({skipped}) · {report.files_seen} files seen"):
+        if skipped:
+            st.dataframe(skipped_table(report), hide_index=True)
+        else:
+            st.write("Every file was used.")
+        for w in report.warnings:
+            st.warning(w)
+    with st.expander("DICOM metadata"):
+        show = kept(
+            st.checkbox,
+            "Show patient name and ID",
+            "show_identifiers",
+            False,
+            help="Off by default: identifiers are never logged or stored by the app.",
+        )
+        st.dataframe(metadata_table(study, show_identifiers=bool(show)), hide_index=True)
+
+
+def class_label(cls: str) -> str:
+    """Display name of a class for selectboxes and tables."""
+    return class_name(cls)
+
+
+def _is_dataset(root: Path) -> bool:
+    return root.is_dir() and ((root / "stage_2_train").is_dir() or any(root.glob("*.dcm")))
+
+
+def dataset_ui(settings: Settings) -> Path | None:
+    """Pick an RSNA-layout dataset: the demo, or a folder inside the data root."""
+    kinds = ["Demo dataset", "Folder inside the data root"]
+    kind = kept(st.radio, "Dataset", "dataset_kind", kinds[0], options=kinds, horizontal=True)
+    if kind == kinds[0]:
+        root = settings.demo_dir
+    else:
+        rel = kept(
+            st.text_input,
+            f"RSNA-layout folder inside {settings.data_root}",
+            "dataset_rel",
+            "",
+            placeholder="e.g. rsna (holding stage_2_train/ and stage_2_train.csv)",
+        )
+        if not str(rel).strip():
+            st.info("Enter a folder holding stage_2_train/ (and stage_2_train.csv for labels).")
+            return None
+        try:
+            root = resolve_under(settings.data_root, rel)
+        except ValueError as err:
+            st.error(str(err))
+            return None
+    if not _is_dataset(root):
+        hint = " (`make demo` writes the demo)" if kind == kinds[0] else ""
+        st.info(f"No DICOM dataset at {root}{hint}.")
+        return None
+    return root

@@ -1,0 +1,520 @@
+"""The study viewer (app.py) through streamlit's AppTest, and the pure helpers behind it.
+
+A small synthetic demo set (3 studies, 128 px) and a random-init weights folder (64 px
+input) are made once per test session; each test points the HOHOHO_* variables at them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from hohoho_core.dicom import load_study
+from hohoho_core.labels import CLASSES
+from hohoho_core.predict import Predictor
+from hohoho_ui.settings import REPO_ROOT, SHIPPED_WEIGHTS, get_settings
+from hohoho_ui.views import (
+    DEMO_WARNING,
+    format_ranges,
+    is_demo_weights,
+    neighbour_indices,
+    next_positive,
+    probability_figure,
+    resolve_under,
+    slice_from_selection,
+    subtype_names,
+)
+
+APP = REPO_ROOT / "app.py"
+TIMEOUT = 120  # seconds per AppTest run: the first one imports torch and runs the model
+
+
+# --------------------------------------------------------------------------- shared data
+
+
+@dataclass(frozen=True)
+class AppData:
+    """Folders the app is pointed at (all under ``root``, the data root)."""
+
+    root: Path
+    demo: Path
+    weights: Path
+    cache: Path
+
+
+_BUILT: dict[str, AppData] = {}
+
+
+def save_random_weights(folder: Path, size: int = 64, data: dict | None = None) -> Path:
+    """A random-init ResNet-18 + small LSTM at ``size`` px, saved the project's way."""
+    import torch
+
+    from hohoho_core.models import SequenceModel, create_model
+    from hohoho_core.weights import ModelConfig, save_weights
+
+    torch.manual_seed(0)
+    cnn = create_model("resnet18", init="random")
+    lstm = SequenceModel(in_dim=cnn.embed_dim, hidden=16, layers=1)
+    config = ModelConfig(
+        arch="resnet18",
+        embed_dim=cnn.embed_dim,
+        preprocess={"mode": "stacked", "size": size, "crop": True},
+        lstm={"hidden": 16, "layers": 1},
+        data=data if data is not None else {"description": "random init for the app tests"},
+    )
+    return save_weights(folder, cnn, lstm, config)
+
+
+def build_app_data(tmp_path_factory: pytest.TempPathFactory) -> AppData:
+    """Demo set + weights, made once per session (shared by the app, page and browser tests)."""
+    if "data" not in _BUILT:
+        from hohoho_core.synthetic import generate_dataset
+
+        root = tmp_path_factory.mktemp("hohoho_app")
+        demo = root / "demo"
+        generate_dataset(demo, 3, 2019, size=128, slices=(8, 12))
+        weights = save_random_weights(root / "weights")
+        _BUILT["data"] = AppData(root=root, demo=demo, weights=weights, cache=root / "cache")
+    return _BUILT["data"]
+
+
+def point_env(monkeypatch: pytest.MonkeyPatch, data: AppData, store: Path, **extra: str) -> None:
+    monkeypatch.setenv("HOHOHO_DEMO_DIR", str(data.demo))
+    monkeypatch.setenv("HOHOHO_WEIGHTS", str(data.weights))
+    monkeypatch.setenv("HOHOHO_DATA_ROOT", str(data.root))
+    monkeypatch.setenv("HOHOHO_STORE", str(store))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(data.cache))
+    monkeypatch.delenv("HOHOHO_MAX_UPLOAD_MB", raising=False)
+    for key, value in extra.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="session")
+def app_data(tmp_path_factory: pytest.TempPathFactory) -> AppData:
+    return build_app_data(tmp_path_factory)
+
+
+@pytest.fixture
+def app_env(
+    monkeypatch: pytest.MonkeyPatch, app_data: AppData, tmp_path: Path
+) -> Iterator[AppData]:
+    point_env(monkeypatch, app_data, tmp_path / "decisions.sqlite")
+    yield app_data
+
+
+def first_study_paths(data: AppData) -> list[Path]:
+    """Files of the first demo series in index order (the app's "Study 1")."""
+    from hohoho_core.rsna import build_index
+
+    table = build_index(data.demo, cache_dir=data.cache, workers=1, progress=False).table
+    first = table.groupby(["study_uid", "series_uid"], sort=False).ngroup() == 0
+    return [data.demo / p for p in table.loc[first].sort_values("slice_index")["path"]]
+
+
+def run_app(path: Path = APP) -> AppTest:
+    at = AppTest.from_file(str(path), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(elements) -> list[str]:
+    return [e.value for e in elements]
+
+
+def decode(value: object) -> np.ndarray:
+    """A plotly array from a JSON spec: plain list, or typed array ``{dtype, bdata}``."""
+    if isinstance(value, dict) and "bdata" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        shape = value.get("shape")
+        if shape:
+            dims = [
+                int(s) for s in str(shape).replace("(", "").replace(")", "").split(",") if s.strip()
+            ]
+            arr = arr.reshape(dims)
+        return arr
+    return np.asarray(value)
+
+
+def image_captions(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions]
+
+
+def chart_spec(at: AppTest) -> dict:
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.spec)
+
+
+def slice_heading(at: AppTest) -> str:
+    heads = [m for m in texts(at.markdown) if m.startswith("### Slice ")]
+    assert len(heads) == 1, texts(at.markdown)
+    return heads[0]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_settings_defaults_and_overrides(tmp_path: Path) -> None:
+    s = get_settings({})
+    assert s.demo_dir == (REPO_ROOT / "data" / "demo").resolve()
+    assert s.weights_dir == SHIPPED_WEIGHTS.resolve()
+    assert s.store_path == (REPO_ROOT / "data" / "decisions.sqlite").resolve()
+    assert s.max_upload_mb == 512 and s.max_upload_bytes == 512 * 1024 * 1024
+    s = get_settings({"HOHOHO_DATA_ROOT": str(tmp_path), "HOHOHO_MAX_UPLOAD_MB": "3"})
+    assert s.data_root == tmp_path.resolve() and s.max_upload_bytes == 3 * 1024 * 1024
+    with pytest.raises(ValueError, match="HOHOHO_MAX_UPLOAD_MB"):
+        get_settings({"HOHOHO_MAX_UPLOAD_MB": "lots"})
+    with pytest.raises(ValueError, match="at least 1"):
+        get_settings({"HOHOHO_MAX_UPLOAD_MB": "0"})
+
+
+def test_resolve_under_keeps_paths_inside_the_root(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "escape").symlink_to(tmp_path / "outside")
+    assert resolve_under(root, "a/b") == (root / "a" / "b").resolve()
+    assert resolve_under(root, str(root / "a")) == (root / "a").resolve()
+    for bad in ("../outside", "a/../../outside", str(tmp_path / "outside"), "escape", "/etc"):
+        with pytest.raises(ValueError, match="inside the data root"):
+            resolve_under(root, bad)
+    with pytest.raises(ValueError, match="not found"):
+        resolve_under(root, "a/missing")
+    with pytest.raises(ValueError, match="Enter a folder"):
+        resolve_under(root, "  ")
+
+
+def test_slice_helpers_by_hand() -> None:
+    flags = np.array([0, 1, 1, 0, 0, 1, 0], dtype=bool)
+    assert next_positive(flags, 0) == 1
+    assert next_positive(flags, 2) == 5
+    assert next_positive(flags, 5) == 1  # wraps round
+    assert next_positive(np.zeros(4, bool), 0) is None
+    assert format_ranges([(0, 0), (2, 5)]) == "1, 3–6"
+    assert format_ranges([]) == "—"
+    assert neighbour_indices(0, 5) == [0, 1]
+    assert neighbour_indices(2, 5) == [1, 2, 3]
+    assert neighbour_indices(4, 5) == [3, 4]
+    labels = np.array([[0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 1, 1], [0, 0, 0, 0, 0, 1]])
+    assert subtype_names(labels) == ["none", "IPH+SDH", "any only"]
+
+
+def test_slice_from_selection_reads_customdata_then_x() -> None:
+    event = {"selection": {"points": [{"x": 4, "y": 0.3, "customdata": 3}]}}
+    assert slice_from_selection(event, 10) == 3
+    assert slice_from_selection({"selection": {"points": [{"x": 7}]}}, 10) == 6
+    assert slice_from_selection({"points": [{"customdata": [2]}]}, 10) == 2
+    assert slice_from_selection({"selection": {"points": [{"customdata": 12}]}}, 10) is None
+    assert slice_from_selection({"selection": {"points": []}}, 10) is None
+    assert slice_from_selection(None, 10) is None
+
+
+def test_probability_figure_has_one_point_per_slice() -> None:
+    rng = np.random.default_rng(0)
+    cnn, lstm = rng.random((9, 6)), rng.random((9, 6))
+    labels = np.zeros((9, 6), dtype=np.int8)
+    labels[3:6, 5] = 1
+    fig = probability_figure(cnn, lstm, np.full(6, 0.5), current=4, labels=labels)
+    assert len(fig.data) == 12
+    for k, trace in enumerate(fig.data):
+        assert list(trace.x) == list(range(1, 10))
+        assert list(trace.customdata) == list(range(9))
+        expected = (cnn if k < 6 else lstm)[:, k % 6]
+        np.testing.assert_allclose(np.asarray(trace.y), expected)
+    shapes = fig.layout.shapes
+    assert any(s.type == "line" and s.x0 == 5 for s in shapes)  # the current slice, 1-based
+    assert any(s.type == "rect" and s.x0 == 3.5 and s.x1 == 6.5 for s in shapes)  # labelled any
+    assert len(probability_figure(cnn, None, np.full(6, 0.5), 0).data) == 6
+
+
+def test_is_demo_weights(tmp_path: Path) -> None:
+    assert is_demo_weights(SHIPPED_WEIGHTS, SHIPPED_WEIGHTS, {})
+    assert is_demo_weights(tmp_path, SHIPPED_WEIGHTS, {"description": "Synthetic phantom set"})
+    assert is_demo_weights(tmp_path, SHIPPED_WEIGHTS, {"synthetic": True})
+    assert not is_demo_weights(tmp_path, SHIPPED_WEIGHTS, {"description": "RSNA 2019 stage 2"})
+
+
+# --------------------------------------------------------------------------- the viewer
+
+
+def test_viewer_scrolls_with_the_buttons(app_env: AppData) -> None:
+    at = run_app()
+    n = len(first_study_paths(app_env))
+    assert slice_heading(at) == f"### Slice 1 / {n}"
+    at.button(key="viewer_next").click().run()
+    at.button(key="viewer_next").click().run()
+    assert at.session_state["slice"] == 2
+    assert slice_heading(at) == f"### Slice 3 / {n}"
+    assert at.slider(key="viewer_slider").value == 3
+    at.button(key="viewer_last").click().run()
+    assert slice_heading(at) == f"### Slice {n} / {n}"
+    at.button(key="viewer_next").click().run()  # clamped at the last slice
+    assert at.session_state["slice"] == n - 1
+    at.button(key="viewer_prev").click().run()
+    assert slice_heading(at) == f"### Slice {n - 1} / {n}"
+    at.slider(key="viewer_slider").set_value(2).run()
+    assert at.session_state["slice"] == 1
+    at.button(key="viewer_first").click().run()
+    assert slice_heading(at) == f"### Slice 1 / {n}"
+    assert not at.exception and not at.error
+
+
+def test_viewer_next_positive_goes_to_the_next_predicted_slice(app_env: AppData) -> None:
+    at = run_app()
+    study = load_study(first_study_paths(app_env))
+    pred = Predictor.from_folder(app_env.weights).predict(study)
+    expected = next_positive(pred.labels.any(axis=1), 0)
+    button = at.button(key="viewer_pos")
+    if expected is None:
+        assert button.disabled
+        return
+    button.click().run()
+    assert at.session_state["slice"] == expected
+
+
+def test_viewer_chart_holds_the_study_probabilities(app_env: AppData) -> None:
+    at = run_app()
+    paths = first_study_paths(app_env)
+    pred = Predictor.from_folder(app_env.weights).predict(load_study(paths))
+    spec = chart_spec(at)
+    traces = spec["data"]
+    assert len(traces) == 12  # six classes x (CNN, LSTM)
+    for k, trace in enumerate(traces):
+        assert len(decode(trace["x"])) == len(paths)
+        assert list(decode(trace["customdata"])) == list(range(len(paths)))
+        expected = (pred.cnn_prob if k < 6 else pred.lstm_prob)[:, k % 6]
+        np.testing.assert_allclose(decode(trace["y"]), expected, atol=1e-6)
+    current = [s for s in spec["layout"]["shapes"] if s.get("xref") == "x" and s["type"] == "line"]
+    assert [s["x0"] for s in current] == [1]
+    at.button(key="viewer_next").click().run()
+    current = [
+        s
+        for s in chart_spec(at)["layout"]["shapes"]
+        if s.get("xref") == "x" and s["type"] == "line"
+    ]
+    assert [s["x0"] for s in current] == [2]
+
+
+def test_scrolling_never_reruns_the_model(
+    app_env: AppData, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A private copy of the weights: a new cache key, so the first prediction happens here.
+    weights = Path(shutil.copytree(app_env.weights, tmp_path / "weights_copy"))
+    monkeypatch.setenv("HOHOHO_WEIGHTS", str(weights))
+    calls = []
+    original = Predictor.predict
+
+    def counting(self: Predictor, study):  # type: ignore[no-untyped-def]
+        calls.append(study.n_slices)
+        return original(self, study)
+
+    monkeypatch.setattr(Predictor, "predict", counting)
+    at = run_app()
+    for key in ("viewer_next", "viewer_next", "viewer_last", "viewer_first"):
+        at.button(key=key).click().run()
+    at.button(key="viewer_win_bone").click().run()
+    assert len(calls) == 1
+
+
+def test_window_presets_and_custom_window(app_env: AppData) -> None:
+    at = run_app()
+    assert (at.session_state["win_centre"], at.session_state["win_width"]) == (40.0, 80.0)
+    at.button(key="viewer_win_bone").click().run()
+    assert (at.session_state["win_centre"], at.session_state["win_width"]) == (600.0, 2800.0)
+    assert any("bone window (C 600 / W 2800)" in c for c in image_captions(at))
+    at.number_input(key="viewer_width").set_value(350.0).run()
+    assert at.session_state["window"] == "custom"
+    assert at.session_state["win_width"] == 350.0
+    assert any("custom window (C 600 / W 350)" in c for c in image_captions(at))
+
+
+def test_summary_lists_labels_and_hides_identifiers(app_env: AppData) -> None:
+    at = run_app()
+    frames = [d.value for d in at.dataframe]
+    summary = next(f for f in frames if "Max LSTM" in f.columns)
+    assert list(summary["Class"])[-1] == "any"
+    metadata = next(f for f in frames if "Field" in f.columns)
+    assert "PatientName" not in set(metadata["Field"])
+    assert not any("SYNTHETIC^" in str(v) for v in metadata["Value"])
+    assert "Manufacturer" in set(metadata["Field"])
+    at.checkbox(key="_w_show_identifiers").check().run()
+    metadata = next(d.value for d in at.dataframe if "Field" in d.value.columns)
+    assert any(str(v).startswith("SYNTHETIC^") for v in metadata["Value"])
+
+
+def test_labels_of_the_demo_study_are_shown(app_env: AppData) -> None:
+    from hohoho_core.rsna import read_labels
+
+    at = run_app()
+    paths = first_study_paths(app_env)
+    labels = read_labels(app_env.demo / "stage_2_train.csv")
+    first = labels.loc[Path(paths[0]).stem]
+    table = next(d.value for d in at.dataframe if "Call" in d.value.columns)
+    assert list(table["Label"]) == [str(int(first[c])) for c in CLASSES]
+
+
+def test_upload_of_dicom_files_and_zip_opens_a_study(app_env: AppData) -> None:
+    paths = first_study_paths(app_env)
+    at = run_app()
+    at.radio(key="_w_source_kind").set_value("Upload").run()
+    at.file_uploader(key="uploads").set_value(
+        [(p.name, p.read_bytes(), "application/dicom") for p in paths]
+    ).run()
+    at.button(key="open_uploads").click().run()
+    assert not at.exception and not at.error
+    assert slice_heading(at) == f"### Slice 1 / {len(paths)}"
+    assert at.session_state["open_study"].source_id[0] == "upload"
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for p in paths[:5]:
+            zf.write(p, f"series/{p.name}")
+    at.file_uploader(key="uploads").set_value(
+        ("study.zip", buf.getvalue(), "application/zip")
+    ).run()
+    at.button(key="open_uploads").click().run()
+    assert not at.exception and not at.error
+    assert slice_heading(at) == "### Slice 1 / 5"
+
+
+def test_bad_upload_shows_the_readers_message(app_env: AppData) -> None:
+    at = run_app()
+    at.radio(key="_w_source_kind").set_value("Upload").run()
+    at.file_uploader(key="uploads").set_value(
+        ("notes.txt", b"not a dicom file", "text/plain")
+    ).run()
+    at.button(key="open_uploads").click().run()
+    assert not at.exception
+    errors = texts(at.error)
+    assert len(errors) == 1 and errors[0].startswith("No usable CT slice found in 1 files")
+    assert "not DICOM" in errors[0]
+    skipped = next(d.value for d in at.dataframe if "Reason" in d.value.columns)
+    assert list(skipped["File"]) == ["notes.txt"]
+
+
+def test_server_folder_inside_the_root_opens_and_outside_is_refused(app_env: AppData) -> None:
+    at = run_app()
+    at.radio(key="_w_source_kind").set_value("Server folder").run()
+    at.text_input(key="_w_folder_rel").input("../../etc").run()
+    at.button(key="open_folder").click().run()
+    assert not at.exception
+    assert any("Only folders inside the data root" in e for e in texts(at.error))
+    at.text_input(key="_w_folder_rel").input("demo/nothing-here").run()
+    at.button(key="open_folder").click().run()
+    assert any(
+        "Folder not found under the data root: demo/nothing-here" in e for e in texts(at.error)
+    )
+
+    at.text_input(key="_w_folder_rel").input("demo/stage_2_train").run()
+    at.button(key="open_folder").click().run()
+    assert not at.exception and not at.error
+    item = at.session_state["open_study"]
+    assert item.source_id[0] == "folder"
+    # Three series in the folder: a picker offers all of them.
+    assert len(at.selectbox(key="series_choice").options) == 3
+    # Labels come from the stage_2_train.csv beside the folder.
+    assert item.labels is not None and (item.labels >= 0).all()
+
+
+def test_no_model_still_shows_the_study(
+    app_env: AppData, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    monkeypatch.setenv("HOHOHO_WEIGHTS", str(empty))
+    at = run_app()
+    assert slice_heading(at).startswith("### Slice 1 / ")
+    assert not at.get("plotly_chart")
+    assert any("No model" in i for i in texts(at.info))
+    assert not any(DEMO_WARNING in w for w in texts(at.warning))
+
+
+def test_pickled_weights_are_refused_with_a_message(
+    app_env: AppData, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bad = Path(shutil.copytree(app_env.weights, tmp_path / "bad_weights"))
+    (bad / "model.pt").write_bytes(b"\x80\x04not really a pickle")
+    monkeypatch.setenv("HOHOHO_WEIGHTS", str(bad))
+    at = run_app()
+    assert not at.exception
+    assert any("pickle" in e for e in texts(at.error))
+    assert slice_heading(at).startswith("### Slice 1 / ")  # the study is still shown
+
+
+def test_demo_weights_warning(
+    app_env: AppData, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    at = run_app()
+    assert not any(DEMO_WARNING in w for w in texts(at.warning))
+    demo = save_random_weights(
+        tmp_path / "demo_weights", data={"description": "synthetic phantom studies"}
+    )
+    monkeypatch.setenv("HOHOHO_WEIGHTS", str(demo))
+    at = run_app()
+    assert DEMO_WARNING in texts(at.warning)
+
+
+def test_weights_folder_outside_the_allowed_places_is_refused(
+    app_env: AppData, tmp_path: Path
+) -> None:
+    at = run_app()
+    at.text_input(key="_w_weights_choice").input(str(tmp_path)).run()
+    assert not at.exception
+    assert any("data root" in e for e in texts(at.error))
+    assert not at.get("plotly_chart")
+
+
+def test_study_table_in_the_summary_matches_positive_runs(app_env: AppData) -> None:
+    at = run_app()
+    paths = first_study_paths(app_env)
+    pred = Predictor.from_folder(app_env.weights).predict(load_study(paths))
+    summary = next(d.value for d in at.dataframe if "Max LSTM" in d.value.columns)
+    assert isinstance(summary, pd.DataFrame) and len(summary) == 6
+    for k, row in enumerate(summary.itertuples(index=False)):
+        assert row[2] == f"{pred.lstm_prob[:, k].max():.2f}"
+        runs = pred.summary.ranges[CLASSES[k]]
+        assert row[3] == format_ranges(runs)
+
+
+def test_without_demo_studies_the_pages_say_what_to_do(
+    app_env: AppData, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOHOHO_DEMO_DIR", str(tmp_path / "no_demo"))
+    at = run_app()
+    assert any("make demo" in i for i in texts(at.sidebar.info))
+    assert any("Open a study from the sidebar" in i for i in texts(at.info))
+    for page in ("pages/1_Saliency.py", "pages/2_Embeddings.py", "pages/3_Label_audit.py"):
+        at.switch_page(page).run()
+        assert not at.exception and not at.error
+        assert any("make demo" in i for i in texts(at.info)), page
+
+
+def test_the_model_is_loaded_once_per_process(
+    app_env: AppData, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    weights = Path(shutil.copytree(app_env.weights, tmp_path / "weights_once"))
+    monkeypatch.setenv("HOHOHO_WEIGHTS", str(weights))
+    loads = []
+    original = Predictor.from_folder.__func__  # type: ignore[attr-defined]
+
+    def counting(cls, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        loads.append(str(path))
+        return original(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "from_folder", classmethod(counting))
+    first = run_app()
+    first.switch_page("pages/1_Saliency.py").run()
+    second = run_app()  # another browser session in the same server process
+    assert not first.exception and not second.exception
+    assert loads == [str(weights.resolve())]

@@ -1,0 +1,289 @@
+"""End to end in headless Chromium: the real app on a free localhost port, driven by Playwright.
+
+Debian's ``/usr/bin/chromium`` is used (``make browser`` installs it); no browser is ever
+downloaded. The app is started with ``streamlit run`` on the session's small demo set;
+the test opens a demo study, moves through slices (buttons, the keyboard and a click on
+the chart), opens the saliency and embeddings pages, records an audit decision, reloads
+and finds it again. With ``HOHOHO_SCREENSHOTS=1`` the screenshots go to
+``docs/screenshots/`` (else to the test's tmp folder).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hohoho_core.rsna import build_index
+from hohoho_core.store import DecisionStore
+from hohoho_ui.settings import SHIPPED_WEIGHTS
+from hohoho_ui.views import DEMO_WARNING
+from tests.test_app import APP, AppData, build_app_data
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = APP.parent / "docs" / "screenshots"
+STEP_MS = 90_000  # the first page runs the model on a cold server
+
+
+def weights_for(data: AppData) -> Path:
+    """The shipped demo weights when they exist (nicer screenshots), else the random ones."""
+    return SHIPPED_WEIGHTS if (SHIPPED_WEIGHTS / "model.safetensors").is_file() else data.weights
+
+
+def input_size(weights: Path) -> int:
+    return int(json.loads((weights / "config.json").read_text())["preprocess"]["size"])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.5)
+    pytest.fail(
+        f"streamlit did not answer /_stcore/health in {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, AppData]]:
+    data = build_app_data(tmp_path_factory)
+    store = tmp_path_factory.mktemp("browser") / "decisions.sqlite"
+    log = store.with_name("streamlit.log")
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        HOHOHO_DEMO_DIR=str(data.demo),
+        HOHOHO_WEIGHTS=str(weights_for(data)),
+        HOHOHO_DATA_ROOT=str(data.root),
+        HOHOHO_STORE=str(store),
+        XDG_CACHE_HOME=str(data.cache),
+    )
+    env.pop("HOHOHO_MAX_UPLOAD_MB", None)
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.port", str(port),
+        "--server.address", "127.0.0.1",
+        "--server.headless", "true",
+        "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false",
+    ]  # fmt: skip
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=APP.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url, store, data
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def settle(page) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the script run the last action started is over."""
+    page.wait_for_function(
+        """() => {
+            const app = document.querySelector('[data-testid="stApp"]');
+            return app && app.getAttribute('data-test-script-state') === 'notRunning';
+        }""",
+        timeout=STEP_MS,
+    )
+
+
+def click_point(page, box: dict) -> None:  # type: ignore[no-untyped-def]
+    """Click a plotly point: hover first, since plotly picks the point from its hover data."""
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x, y)
+    page.wait_for_timeout(400)
+    page.mouse.click(x, y)
+
+
+def shoot(page, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Screenshot without a focus ring or a hover label in the way."""
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    page.mouse.move(1, 1)
+    page.screenshot(path=str(path))
+
+
+def no_exception(page) -> None:  # type: ignore[no-untyped-def]
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (Debian's chromium) first.")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, store_path, data = server
+    shots = SCREENSHOTS if os.environ.get("HOHOHO_SCREENSHOTS") == "1" else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1700})
+            page.set_default_timeout(STEP_MS)
+            expect.set_options(timeout=STEP_MS)
+            heading = page.locator('[data-testid="stMain"] h3', has_text="Slice ")
+
+            # --- the viewer: open a demo study and move through it
+            page.goto(url)
+            expect(heading).to_have_text(re.compile(r"Slice 1 / \d+"))
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            sidebar.locator('[data-testid="stSelectbox"]').click()
+            page.get_by_role("option", name=re.compile(r"^Study 2 ")).click()
+            settle(page)
+            expect(
+                page.locator('[data-testid="stMain"] strong', has_text="Study 2 · ")
+            ).to_be_visible()
+            match = re.fullmatch(r"Slice 1 / (\d+)", heading.inner_text().strip())
+            assert match, heading.inner_text()
+            n2 = int(match.group(1))
+            for k in (2, 3, 4):
+                page.locator(".st-key-viewer_next button").click()
+                expect(heading).to_have_text(f"Slice {k} / {n2}")
+            page.locator(".st-key-viewer_last button").click()
+            expect(heading).to_have_text(f"Slice {n2} / {n2}")
+            page.keyboard.press("Home")  # a button shortcut
+            expect(heading).to_have_text(f"Slice 1 / {n2}")
+            page.keyboard.press("ArrowDown")
+            expect(heading).to_have_text(f"Slice 2 / {n2}")
+
+            # A click on the chart moves to that slice (the any/LSTM trace is drawn last).
+            settle(page)
+            chart = page.locator(".st-key-prob_chart")
+            chart.locator(".main-svg").first.wait_for()
+            chart.scroll_into_view_if_needed()
+            point = chart.locator("g.scatterlayer g.trace").last.locator("path.point").nth(4)
+            point.wait_for(state="visible")
+            box = point.bounding_box()
+            assert box is not None
+            click_point(page, box)
+            expect(heading).to_have_text(f"Slice 5 / {n2}")
+            settle(page)
+            no_exception(page)
+            if weights_for(data) == SHIPPED_WEIGHTS:
+                expect(page.get_by_text(DEMO_WARNING)).to_be_visible()
+            shoot(page, shots / "viewer.png")
+
+            # --- saliency for the current slice (the page switch keeps the session)
+            sidebar.locator('[data-testid="stSidebarNav"] a', has_text="Saliency").click()
+            expect(page.locator('[data-testid="stMain"] h1')).to_have_text("Saliency")
+            images = page.locator('[data-testid="stMain"] [data-testid="stImage"] img')
+            expect(images).to_have_count(2)
+            expect(page.get_by_text(f"Model input · slice 5 / {n2}")).to_be_visible()
+            overlay = images.nth(1).element_handle()
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=overlay)
+            size = input_size(weights_for(data))
+            assert overlay.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [size, size]
+            page.locator(".st-key-sal_sanity button").click()
+            expect(page.get_by_text("Spearman ρ")).to_be_visible()
+            expect(page.get_by_text("Trained model")).to_be_visible()
+            settle(page)
+            no_exception(page)
+            shoot(page, shots / "saliency.png")
+
+            # --- embeddings: the study, then the whole dataset; a click shows the slice
+            sidebar.locator('[data-testid="stSidebarNav"] a', has_text="Embeddings").click()
+            expect(page.get_by_text(f"{n2} points · hover")).to_be_visible()
+            page.locator('[data-testid="stMain"] label', has_text="Whole dataset").click()
+            total = len(
+                build_index(data.demo, cache_dir=data.cache, workers=1, progress=False).table
+            )
+            expect(page.get_by_text(f"{total} points · hover")).to_be_visible()
+            main = page.locator('[data-testid="stMain"]')
+            main.locator('[data-testid="stSelectbox"]').click()
+            page.get_by_role("option", name="Subtype").click()
+            settle(page)
+            tsne = page.locator(".st-key-tsne_chart")
+            tsne.locator(".main-svg").first.wait_for()
+            shown = main.locator('[data-testid="stImage"]', has_text="ID_")
+            dots = tsne.locator("g.scatterlayer g.trace path.point")
+            # A dot may lie under another one or under a hover label: try a few.
+            for k in range(min(5, dots.count())):
+                box = dots.nth(k).bounding_box()
+                if box is None:  # redrawn under us: take the next one
+                    continue
+                click_point(page, box)
+                with contextlib.suppress(AssertionError):
+                    expect(shown).to_be_visible(timeout=10_000)
+                    break
+            expect(shown).to_be_visible()
+            settle(page)
+            no_exception(page)
+            shoot(page, shots / "embeddings.png")
+
+            # --- label audit: record a decision, reload, find it again
+            sidebar.locator('[data-testid="stSidebarNav"] a', has_text="Label audit").click()
+            item = page.locator('[data-testid="stMain"] h3', has_text=" labelled ")
+            expect(item).to_be_visible()
+            head = item.inner_text().strip()
+            image_id, rest = head.split(" · ")[1], head.split(" · ")[-1]
+            cls = rest.split(" labelled ")[0]
+            progress = page.get_by_text(re.compile(r"^\d+ of \d+ reviewed$"))
+            expect(progress).to_have_text(re.compile(r"^0 of \d+ reviewed$"))
+            # Typing letters that are also shortcuts (K, L, U) must only type.
+            comment = page.get_by_label("Comment (optional)")
+            comment.press_sequentially("lukewarm")
+            comment.press("Enter")
+            settle(page)
+            expect(progress).to_have_text(re.compile(r"^0 of \d+ reviewed$"))
+            page.locator(".st-key-audit_keep button").click()
+            expect(progress).to_have_text(re.compile(r"^1 of \d+ reviewed$"))
+            settle(page)
+            no_exception(page)
+            shoot(page, shots / "audit.png")
+
+            page.reload()
+            expect(progress).to_have_text(re.compile(r"^1 of \d+ reviewed$"))
+            expect(page.locator('[data-testid="stMain"] h3', has_text=image_id)).to_be_visible()
+            expect(page.get_by_text("Decision on record: keep by reviewer")).to_be_visible()
+            no_exception(page)
+        finally:
+            browser.close()
+
+    current = DecisionStore(store_path).current()
+    cols = ("image_id", "subtype", "decision", "comment")
+    rows = zip(*(current[c] for c in cols), strict=True)
+    assert list(rows) == [(image_id, cls, "keep", "lukewarm")]
+    for name in ("viewer", "saliency", "embeddings", "audit"):
+        assert (shots / f"{name}.png").stat().st_size > 10_000
