@@ -1082,8 +1082,13 @@ def unwrap_quirk(stored: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- dataset
 
 
-def _plan_dataset(seed: int, n_studies: int, slices: tuple[int, int]) -> list[StudyPlan]:
-    """Stratified plans: 40 % positive, 1 in 5 tilted, 1 in 6 with the 12-bit quirk."""
+def _plan_dataset(
+    seed: int,
+    n_studies: int,
+    slices: tuple[int, int],
+    positive_fraction: float = _POSITIVE_FRACTION,
+) -> list[StudyPlan]:
+    """Stratified plans: 40 % positive (by default), 1 in 5 tilted, 1 in 6 with the 12-bit quirk."""
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     n = n_studies
 
@@ -1093,7 +1098,7 @@ def _plan_dataset(seed: int, n_studies: int, slices: tuple[int, int]) -> list[St
             k = max(k, 1)
         return set(rng.permutation(n)[:k].tolist())
 
-    positives, tilted, quirk = pick(_POSITIVE_FRACTION), pick(_TILT_FRACTION), pick(_QUIRK_FRACTION)
+    positives, tilted, quirk = pick(positive_fraction), pick(_TILT_FRACTION), pick(_QUIRK_FRACTION)
     order = list(rng.permutation(len(SUBTYPES)))
     partner = {
         "intraparenchymal": "intraventricular",
@@ -1341,25 +1346,30 @@ def generate_dataset(
     label_noise: float = 0.0,
     slices: tuple[int, int] = (20, 40),
     workers: int = 1,
+    positive_fraction: float = _POSITIVE_FRACTION,
 ) -> SyntheticTruth:
     """Write ``n_studies`` phantom studies in the RSNA 2019 layout under ``out``.
 
     Writes ``stage_2_train.csv`` (``ID,Label``, six rows per image, noisy labels when
     ``label_noise > 0``), ``stage_2_train/ID_<hex>.dcm``, ``truth.csv`` and, with noise,
     ``label_errors.csv``. Deterministic for ``seed`` (and independent of ``workers``).
+    ``positive_fraction`` (default 0.4, like the generator's natural mix) lets a training
+    set be enriched with bleeds so rare subtypes get enough examples.
 
     Raises:
         FileExistsError: ``out/stage_2_train`` holds DICOM files of another dataset.
     """
     if n_studies < 1:
         raise ValueError("n_studies must be at least 1")
+    if not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError(f"positive_fraction must be in [0, 1], got {positive_fraction}")
     if not 8 <= slices[0] <= slices[1] <= 80:
         raise ValueError("slices must satisfy 8 <= low <= high <= 80")
     start = time.perf_counter()
     out = Path(out)
     folder = out / "stage_2_train"
     folder.mkdir(parents=True, exist_ok=True)
-    plans = _plan_dataset(seed, n_studies, slices)
+    plans = _plan_dataset(seed, n_studies, slices, positive_fraction)
     ids = _image_ids(seed, plans)
     # Never mix with other files: stale slices would contradict the new label CSV.
     wanted = {f"{i}.dcm" for study_ids in ids for i in study_ids}
@@ -1596,6 +1606,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-slices", type=int, default=20)
     parser.add_argument("--max-slices", type=int, default=40)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--positive-fraction",
+        type=float,
+        default=_POSITIVE_FRACTION,
+        help="share of studies with a bleed (default 0.4; enrich a training set with more)",
+    )
     parser.add_argument("--montage", type=Path, default=None, help="also save a PNG montage")
     args = parser.parse_args(argv)
     res = generate_dataset(
@@ -1606,6 +1622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         label_noise=args.label_noise,
         slices=(args.min_slices, args.max_slices),
         workers=args.workers,
+        positive_fraction=args.positive_fraction,
     )
     n_img = len(res.truth)
     pos = int((res.studies["subtypes"] != "").sum())

@@ -284,3 +284,14 @@ def test_refuses_to_mix_with_other_files(tmp_path):
     generate_dataset(tmp_path, 1, seed=1, size=48, slices=(20, 20))  # same files: fine
     with pytest.raises(FileExistsError):
         generate_dataset(tmp_path, 1, seed=2, size=48, slices=(20, 20))
+
+
+def test_positive_fraction_enriches_bleeds(tmp_path: Path) -> None:
+    truth = generate_dataset(
+        tmp_path / "rich", 5, seed=3, size=64, slices=(8, 9), positive_fraction=0.8
+    )
+    assert int((truth.studies["subtypes"] != "").sum()) == 4  # round(0.8 * 5) planned
+    labelled = truth.truth.groupby("study_uid")["any"].max()
+    assert int(labelled.sum()) >= 3  # bleeds become labels (tiny 64 px studies may lose one)
+    with pytest.raises(ValueError, match="positive_fraction"):
+        generate_dataset(tmp_path / "bad", 2, seed=3, size=64, slices=(8, 9), positive_fraction=1.5)
