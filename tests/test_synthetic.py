@@ -287,11 +287,12 @@ def test_refuses_to_mix_with_other_files(tmp_path):
 
 
 def test_positive_fraction_enriches_bleeds(tmp_path: Path) -> None:
-    truth = generate_dataset(
-        tmp_path / "rich", 5, seed=3, size=64, slices=(8, 9), positive_fraction=0.8
+    rich = generate_dataset(
+        tmp_path / "rich", 6, seed=3, size=64, slices=(8, 9), positive_fraction=1.0
     )
-    assert int((truth.studies["subtypes"] != "").sum()) == 4  # round(0.8 * 5) planned
-    labelled = truth.truth.groupby("study_uid")["any"].max()
-    assert int(labelled.sum()) >= 3  # bleeds become labels (tiny 64 px studies may lose one)
+    plain = generate_dataset(tmp_path / "plain", 6, seed=3, size=64, slices=(8, 9))
+    n_rich = int((rich.studies["subtypes"] != "").sum())
+    n_plain = int((plain.studies["subtypes"] != "").sum())
+    assert n_rich >= 5 and n_plain <= 3, (n_rich, n_plain)
     with pytest.raises(ValueError, match="positive_fraction"):
         generate_dataset(tmp_path / "bad", 2, seed=3, size=64, slices=(8, 9), positive_fraction=1.5)
