@@ -1,0 +1,267 @@
+"""Smoke test of bench/: every section's code path at tiny sizes, and the ratio arithmetic.
+
+Nothing here is a timed benchmark: figures from a shared CI machine mean nothing. The
+tests check that `bench/run_all.py` runs end to end and that the numbers it writes are
+consistent with each other (ratios, floors, goal verdicts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bench import run_all
+from bench.common import (
+    Timing,
+    check_goal,
+    cnn_flops,
+    compute_floor_s,
+    lstm_flops,
+    ratio,
+    time_call,
+)
+from bench.context import QUICK, with_overrides
+from bench.report import fmt, merge, render_markdown
+from hohoho_core.models import SequenceModel
+
+TINY = with_overrides(
+    QUICK,
+    study_px=64,
+    model_px=32,
+    repeats=1,
+    matmul_n=64,
+    matmul_repeats=2,
+    batch_sweep=(1,),
+    scan_px=32,
+    saliency_repeats=(("gradcam", 1), ("saliency", 1), ("integrated_gradients", 1),
+                      ("occlusion", 1)),
+    tsne_sizes=((40, 1),),
+    tsne_sklearn_points=40,
+    train_batch=2,
+    train_steps=1,
+    train_warmup=1,
+    app_px=32,
+    app_scroll_steps=1,
+)
+
+
+# --------------------------------------------------------------------------- arithmetic
+
+
+def test_ratio_and_compute_floor() -> None:
+    assert ratio(6.0, 3.0) == 2.0
+    assert ratio(1.0, 4.0) == 0.25
+    for bad in ((1.0, 0.0), (1.0, -2.0), (float("nan"), 1.0), (1.0, float("inf"))):
+        assert math.isnan(ratio(*bad))
+    # 190 GFLOP at 100 GFLOP/s is 1.9 s; a run of 3.8 s is then 2x the floor.
+    floor = compute_floor_s(190e9, 100e9)
+    assert floor == pytest.approx(1.9)
+    assert ratio(3.8, floor) == pytest.approx(2.0)
+
+
+def test_goal_verdicts_keep_the_cause_only_when_missed() -> None:
+    met = check_goal("floor", 1.5, "<=", 2.0, "x", cause="slow CNN")
+    assert met.met is True and met.cause == ""
+    missed = check_goal("floor", 2.5, "<=", 2.0, "x", cause="slow CNN")
+    assert missed.met is False and missed.cause == "slow CNN"
+    assert check_goal("speed-up", 2.0, ">=", 2.0).met is True  # the limit itself counts
+    assert check_goal("speed-up", 1.9, ">=", 2.0).met is False
+    unmeasured = check_goal("t-SNE 20k", float("nan"), "<=", 60.0)
+    assert unmeasured.met is None and unmeasured.cause == "not measured"
+    with pytest.raises(ValueError):
+        check_goal("bad", 1.0, "<", 2.0)
+
+
+def test_timing_median_best_and_call_count() -> None:
+    t = Timing((3.0, 1.0, 2.0))
+    assert (t.median, t.best, t.n) == (2.0, 1.0, 3)
+    calls = []
+    timing = time_call(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and timing.n == 4
+    assert all(s >= 0 for s in timing.samples)
+
+
+def test_flops_match_hand_counts() -> None:
+    # One 3x3 conv, 3 -> 4 channels, 8x8 output: 2 * 4 * 3 * 9 * 64 multiply-adds x 2.
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    assert cnn_flops(conv, torch.zeros(1, 3, 8, 8)) == 2 * 4 * 3 * 9 * 64
+    # LSTM: per step, layer and direction 2 * (4H * in + 4H * H).
+    one = SequenceModel(8, hidden=4, layers=1, bidirectional=False)
+    assert lstm_flops(one, 10) == 10 * 2 * (16 * 8 + 16 * 4)
+    two = SequenceModel(8, hidden=4, layers=2, bidirectional=True)
+    per_step = 2 * (2 * (16 * 8 + 16 * 4) + 2 * (16 * 8 + 16 * 4))  # layer 2 input is 2H = 8
+    assert lstm_flops(two, 5) == 5 * per_step
+
+
+def test_fmt() -> None:
+    assert fmt(None) == "-" and fmt(float("nan")) == "-"
+    assert fmt(1.23456) == "1.23" and fmt(0.0456) == "0.0456" and fmt(123.4) == "123"
+    assert fmt(20000.0) == "20,000" and fmt(0.00012) == "1.2e-04" and fmt(0) == "0"
+    assert fmt("none available") == "none available"
+
+
+def _fake_results(created: str, sections: dict) -> dict:
+    machine = {"cores": 2, "cpu": "Test CPU", "isa": ["avx2"], "torch": "2.x", "numpy": "2.x",
+               "python": "3.11", "threads": 2, "gpu": None, "torch_cpu_capability": "AVX2"}
+    return {"command": "python bench/run_all.py", "created": created, "quick": False,
+            "threads": 2, "machine": machine, "sections": sections}
+
+
+def test_markdown_and_merge() -> None:
+    goal = check_goal("whole study / compute floor", 2.5, "<=", 2.0, "x", cause="CNN at 2.2x")
+    study = {"name": "study", "title": "1. Whole-study analysis", "params": {"model": "m"},
+             "rows": [{"what": "compute floor", "value": 1.9, "unit": "s", "detail": "a|b"}],
+             "goals": [goal.__dict__], "notes": [], "seconds": 3.0, "error": None,
+             "created": "t1", "command": "c1"}
+    first = _fake_results("t1", {"study": study})
+    app = {"name": "app", "title": "6. The app", "params": {}, "rows": [], "goals": [],
+           "notes": [], "seconds": 1.0, "error": "RuntimeError: boom", "created": "t2",
+           "command": "c2"}
+    merged = merge(first, _fake_results("t2", {"app": app}))
+    assert list(merged["sections"]) == ["study", "app"]  # report order, old section kept
+    md = render_markdown(merged)
+    assert "2 cores of Test CPU" in md and "`python bench/run_all.py`" in md
+    assert "| 1. Whole-study analysis | whole study / compute floor | <= 2.00 x | 2.50 x | " \
+           "NOT met | CNN at 2.2x |" in md
+    assert "| compute floor | 1.90 | s | a\\|b |" in md  # pipes escaped inside cells
+    assert "_From an earlier run: `c1` on t1._" in md
+    assert "**Failed:** RuntimeError: boom" in md
+
+
+# --------------------------------------------------------------------------- predict.py speed paths
+
+
+def _tiny_predictor_parts(size: int = 64) -> tuple:
+    from hohoho_core.models import create_model
+    from hohoho_core.weights import ModelConfig
+
+    torch.manual_seed(0)
+    cnn = create_model("resnet18").eval()
+    lstm = SequenceModel(cnn.embed_dim, hidden=8, layers=1).eval()
+    config = ModelConfig(preprocess={"mode": "stacked", "size": size, "crop": True},
+                         lstm={"hidden": 8, "layers": 1})
+    return cnn, lstm, config
+
+
+def test_inference_twin_folds_batch_norm_and_leaves_the_model_alone() -> None:
+    from hohoho_core.predict import inference_twin
+
+    cnn, _, _ = _tiny_predictor_parts()
+    before = {k: v.clone() for k, v in cnn.state_dict().items()}
+    twin = inference_twin(cnn)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in twin.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in cnn.modules())  # original kept
+    assert all(torch.equal(before[k], v) for k, v in cnn.state_dict().items())
+    x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        (e1, l1), (e2, l2) = cnn(x), twin(x)
+    torch.testing.assert_close(e2, e1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(l2, l1, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_predictor_is_close_to_fp32_and_checks_its_arguments() -> None:
+    from hohoho_core.predict import Predictor, phantom_calibration
+
+    cnn, lstm, config = _tiny_predictor_parts()
+    threads = torch.get_num_threads()
+    try:
+        fp32 = Predictor(cnn, lstm, config, threads=1)
+        calib = phantom_calibration(fp32.preprocess_config, n_slices=8, render_px=64)
+        assert calib.shape == (16, 3, 64, 64) and calib.dtype == np.float32
+        int8 = Predictor(cnn, lstm, config, threads=1, precision="int8", calibration=calib)
+        x = phantom_calibration(fp32.preprocess_config, n_slices=8, render_px=64, seed=5)
+        e32, l32 = fp32.predict_input(x)
+        e8, l8 = int8.predict_input(x)
+        assert e8.shape == e32.shape and e8.dtype == np.float32
+        assert np.array_equal(int8.predict_input(x)[1], l8)  # deterministic
+        p32, p8 = 1 / (1 + np.exp(-l32)), 1 / (1 + np.exp(-l8))
+        # Quantisation error, not garbage: close to fp32 but not bit-identical.
+        assert 0 < np.abs(p8 - p32).max() < 0.1
+        assert np.corrcoef(e8.ravel(), e32.ravel())[0, 1] > 0.99
+        with pytest.raises(ValueError, match="precision"):
+            Predictor(cnn, lstm, config, threads=1, precision="bf16")
+        with pytest.raises(ValueError, match="CPU only"):
+            Predictor(cnn, lstm, config, device="cuda", threads=1, precision="int8")
+    finally:
+        torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def _row(section: dict, what: str) -> float:
+    for r in section["rows"]:
+        if r["what"].strip() == what:
+            return float(r["value"])
+    raise KeyError(what)
+
+
+def test_run_all_quick_writes_consistent_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run_all, "QUICK", TINY)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()
+    try:
+        code = run_all.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out),
+                             "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((out / "results.json").read_text())
+    errors = {k: s["error"] for k, s in results["sections"].items() if s["error"]}
+    assert code == 0 and not errors, errors
+    assert list(results["sections"]) == list(run_all.SECTIONS)
+    assert results["quick"] is True and results["threads"] == 1
+    assert results["machine"]["cores"] >= 1 and results["machine"]["torch"] == torch.__version__
+
+    study = results["sections"]["study"]
+    rate = _row(study, "fp32 matmul rate") * 1e9
+    flops = _row(study, "FLOPs per study") * 1e9
+    floor = _row(study, "compute floor")
+    shipped = _row(study, "whole study, shipped path")
+    naive = _row(study, "whole study, naive baseline")
+    assert floor == pytest.approx(flops / rate, rel=1e-9)
+    assert _row(study, "shipped / compute floor") == pytest.approx(shipped / floor, rel=1e-9)
+    assert _row(study, "naive / shipped (speed-up)") == pytest.approx(naive / shipped, rel=1e-9)
+    # ResNet-18 at 32 px on 8 slices: between 0.1 and 1 GFLOP (0.6 at 32 px by hand).
+    assert 0.1e9 < flops < 1e9
+    # The shipped path and the naive fp32 reference agree (the 1e-3 goal), really measured.
+    diff = _row(study, "max |p shipped - p reference|")
+    assert 0 <= diff < 1e-4
+    goals = {g["what"]: g for g in study["goals"]}
+    for g in goals.values():
+        if math.isnan(g["measured"]):
+            assert g["met"] is None
+        else:
+            assert g["met"] == (g["measured"] <= g["limit"] if g["op"] == "<="
+                                else g["measured"] >= g["limit"])
+    # Random-init weights name no test split: the int8 F2 check is reported, not faked.
+    f2_goal = goals["int8: |macro F2 - fp32 macro F2| on the test split"]
+    assert f2_goal["met"] is None and "trained weights" in f2_goal["cause"]
+    assert _row(study, "whole study, int8 path (opt-in)") > 0
+
+    assert {r["what"] for r in results["sections"]["saliency"]["rows"]} == {
+        "gradcam", "integrated_gradients", "saliency", "occlusion"}
+    assert _row(results["sections"]["tsne"], "40 points") > 0
+    assert _row(results["sections"]["app"], "scroll one slice (next button)") > 0
+    md = (out / "results.md").read_text()
+    for sec in results["sections"].values():
+        assert f"## {sec['title']}" in md
+
+    # --only reruns one section and keeps the others.
+    try:
+        code = run_all.main(["--quick", "--only", "tsne", "--work", str(tmp_path / "work"),
+                             "--out", str(out), "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    again = json.loads((out / "results.json").read_text())
+    assert code == 0 and list(again["sections"]) == list(run_all.SECTIONS)
+    assert again["sections"]["study"] == results["sections"]["study"]
+    assert again["command"].endswith("--threads 1") and "--only tsne" in again["command"]
