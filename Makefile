@@ -45,8 +45,11 @@ lint: venv
 test: venv browser lint
 	$(PY) -m pytest
 
+# The settings of the shipped model (weights/MODEL_CARD.md); about 25 minutes on 2 cores.
 weights: venv
-	$(PY) train/make_demo_weights.py --out weights
+	$(PY) train/make_demo_weights.py --out weights --data-dir data/demo_train --work-dir runs/demo \
+		--train-studies 200 --val-studies 50 --test-studies 50 --epochs 8 --lstm-epochs 30 \
+		--threads 1 --cpu-bf16 on
 
 bench: venv
 	$(PY) bench/run_all.py
