@@ -8,12 +8,15 @@ chunked), joins the labels and caches the table on disk, keyed by the folder lis
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import re
+import sys
+import types
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -184,6 +187,25 @@ def _chunks(items: Sequence[str], size: int) -> Iterator[tuple[int, Sequence[str
         yield start, items[start : start + size]
 
 
+@contextlib.contextmanager
+def _plain_main() -> Iterator[None]:
+    """Hide a script-runner's fake ``__main__`` from spawned workers while the pool lives.
+
+    Streamlit (and its AppTest) installs the page script as ``sys.modules["__main__"]``
+    and leaves it there; spawn children re-run ``__main__.__file__``, which would execute
+    the whole app in every worker. The workers only need this module's functions.
+    """
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None:
+        yield  # a real ``python -m`` entry point: spawn imports it by name, safely
+        return
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
 def _scan_headers(
     paths: Sequence[str], workers: int, progress: bool, chunk: int = _CHUNK
 ) -> list[tuple | None]:
@@ -200,7 +222,7 @@ def _scan_headers(
             return results
         # spawn: the parent may hold threads (torch, tqdm); fork would copy their locks.
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with _plain_main(), ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
             futures = {
                 pool.submit(_read_chunk, part): (start, len(part))
                 for start, part in _chunks(paths, chunk)

@@ -190,3 +190,21 @@ def test_index_of_a_synthetic_dataset_matches_truth(tmp_path):
     np.testing.assert_array_equal(table[list(CLASSES)].to_numpy(), expected.to_numpy())
     np.testing.assert_array_equal(expected.to_numpy(), truth[list(CLASSES)].to_numpy())
     assert index.missing_files == [] and index.missing_labels == [] and index.unreadable == []
+
+
+def test_header_pool_survives_a_script_runner_main(tmp_path, monkeypatch) -> None:
+    """Streamlit leaves its page script as __main__; spawned workers must not re-run it."""
+    import sys
+    import types
+
+    from hohoho_core.rsna import _scan_headers
+
+    script = tmp_path / "page.py"
+    script.write_text("raise SystemExit('the page script ran in a worker')\n")
+    fake = types.ModuleType("__main__")
+    fake.__file__ = str(script)
+    monkeypatch.setitem(sys.modules, "__main__", fake)
+    paths = [str(tmp_path / f"missing{i}.dcm") for i in range(4)]
+    results = _scan_headers(paths, workers=2, progress=False, chunk=2)
+    assert len(results) == 4
+    assert sys.modules["__main__"] is fake  # restored
