@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-class SkipReason(str, enum.Enum):
+class SkipReason(enum.StrEnum):
     """Why a file (or frame) was not used. The value is shown to users."""
 
     UNREADABLE = "unreadable"  # truncated or corrupt DICOM

@@ -1,0 +1,188 @@
+"""End-to-end runs of the training scripts on a tiny synthetic set (CPU, 64 px, 1 epoch)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "train"
+
+
+def script(name: str) -> ModuleType:
+    """Import a script from train/ (they import `common` from beside them)."""
+    if str(TRAIN) not in sys.path:
+        sys.path.insert(0, str(TRAIN))
+    return importlib.import_module(name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """The scripts set torch's process-wide thread count; give it back to later tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict:
+    """The whole demo recipe in its --quick form: data, cache, CNN, embeddings, LSTM, card."""
+    root = tmp_path_factory.mktemp("demo")
+    mdw = script("make_demo_weights")
+    args = mdw.get_args_parser().parse_args(
+        ["--quick", "--out", str(root / "weights"), "--data-dir", str(root / "data"),
+         "--work-dir", str(root / "runs"), "--no-progress", "--threads", "1", "--workers", "1"]
+    )
+    info = mdw.main(args)
+    return {"root": root, "info": info, "work": root / "runs", "weights": root / "weights",
+            "cache": root / "runs" / "cache"}
+
+
+def _cnn_args(demo: dict, out: Path, *extra: str) -> list[str]:
+    return ["--cache-dir", str(demo["cache"]), "--splits", str(demo["work"] / "splits.json"),
+            "--size", "64", "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "2",
+            "--device", "cpu",
+            "--threads", "1", "--output-dir", str(out), "--no-progress", *extra]
+
+
+def test_quick_recipe_writes_a_loadable_weights_folder(demo) -> None:
+    from hohoho_core.dicom import load_studies
+    from hohoho_core.metrics import search_thresholds
+    from hohoho_core.predict import Predictor
+    from hohoho_core.weights import load_weights
+
+    cnn, lstm, cfg = load_weights(demo["weights"])
+    assert lstm is not None and lstm.use_logits
+    assert cfg.arch == "resnet18" and cfg.preprocess["size"] == 64
+    assert cfg.preprocess["mode"] == "stacked"
+    assert cfg.training["cnn"]["loss"] == "asl" and cfg.training["cnn"]["init"] == "random"
+    # thresholds were tuned on the validation split: recompute them from its logits
+    from hohoho_core.datasets import load_embeddings
+
+    val = load_embeddings(demo["work"] / "emb" / "emb_val.npz")
+    prob = 1 / (1 + np.exp(-val.logits.astype(np.float64)))
+    np.testing.assert_allclose(cfg.cnn_thresholds, search_thresholds(val.labels, prob),
+                               atol=1e-6)
+    card = (demo["weights"] / "MODEL_CARD.md").read_text()
+    assert "Not for clinical use" in card
+    macro = demo["info"]["shipped_test"]["cnn_lstm"]["slice"]["macro"]
+    assert f"**{macro:.3f}**" in card and "seed" in card
+    # the Predictor runs the folder on a study read from DICOM
+    study = load_studies(demo["root"] / "data" / "test" / "stage_2_train")[0]
+    pred = Predictor.from_folder(demo["weights"]).predict(study)
+    assert pred.prob.shape == (study.n_slices, 6) and pred.lstm_prob is not None
+    assert np.isfinite(pred.prob).all()
+
+
+def test_splits_never_share_a_study(demo) -> None:
+    from hohoho_core.cache import StudyCache
+
+    splits = json.loads((demo["work"] / "splits.json").read_text())
+    keys = [k for s in ("train", "val", "test") for k in splits[s]]
+    assert len(keys) == len(set(keys)) == 8
+    assert sorted(keys) == StudyCache(demo["cache"] / "studies").keys()
+    cnn_splits = json.loads((demo["work"] / "cnn" / "splits.json").read_text())
+    assert cnn_splits == splits
+    emb_test = np.load(demo["work"] / "emb" / "emb_test.npz")["study"]
+    assert set(emb_test.tolist()) == set(splits["test"])
+
+
+def test_training_reads_no_dicom_and_resumes(demo, tmp_path, monkeypatch) -> None:
+    import pydicom
+
+    import hohoho_core.dicom
+
+    def no_dicom(*a, **k):
+        raise AssertionError("DICOM read during training")
+
+    monkeypatch.setattr(pydicom, "dcmread", no_dicom)
+    monkeypatch.setattr(hohoho_core.dicom, "load_study", no_dicom)
+    tc = script("train_cnn")
+    out = tmp_path / "cnn"
+    tc.main(tc.get_args_parser().parse_args(_cnn_args(demo, out, "--optimizer", "sgd")))
+    state = json.loads((out / "checkpoint.json").read_text())
+    assert state["state"]["epoch"] == 0 and state["state"]["args"]["optimizer"] == "sgd"
+    resume = _cnn_args(demo, out, "--optimizer", "sgd", "--resume", str(out))
+    resume[resume.index("--epochs") + 1] = "2"
+    tc.main(tc.get_args_parser().parse_args(resume))
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
+    assert json.loads((out / "checkpoint.json").read_text())["state"]["epoch"] == 1
+    with pytest.raises(SystemExit, match="optimizer"):
+        tc.main(tc.get_args_parser().parse_args(_cnn_args(demo, out, "--resume", str(out))))
+
+
+@pytest.mark.slow
+def test_torchrun_two_process_ddp_writes_one_checkpoint(demo, tmp_path) -> None:
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--standalone", str(TRAIN / "train_cnn.py"),
+           *_cnn_args(demo, out)]
+    cmd[cmd.index("--threads") + 1] = "1"
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "cpu x2" in res.stdout  # both ranks joined one gloo group
+    files = sorted(p.name for p in out.iterdir())
+    assert [f for f in files if f.startswith("checkpoint")] == [
+        "checkpoint.json", "checkpoint.safetensors"]
+    assert sorted(p.name for p in out.glob("*.safetensors")) == [
+        "best_cnn.safetensors", "checkpoint.safetensors"]
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert len(rows) == 2  # header + one epoch, written by rank 0 only
+    assert res.stdout.count("epoch 0:") == 1
+
+
+def test_simclr_pretraining_feeds_train_cnn_init(demo, tmp_path) -> None:
+    from safetensors import safe_open
+
+    from hohoho_core.cache import StudyCache
+
+    ps = script("pretrain_simclr")
+    out = tmp_path / "simclr"
+    res = ps.main(ps.get_args_parser().parse_args(
+        ["--cache-dir", str(demo["cache"]), "--splits", str(demo["work"] / "splits.json"),
+         "--size", "64", "--epochs", "2", "--batch-size", "4", "--steps-per-epoch", "1",
+         "--device", "cpu", "--threads", "1", "--output-dir", str(out), "--no-progress"]))
+    backbone = Path(res["backbone"])
+    assert len(res["losses"]) == 2 and all(np.isfinite(res["losses"]))
+    with safe_open(str(backbone), "pt") as f:
+        assert f.metadata()["arch"] == "resnet18"
+        conv1 = f.get_tensor("backbone.conv1.weight")
+    # fine-tune with lr 0 on half of the labelled studies: the CNN starts from the backbone
+    tc = script("train_cnn")
+    cnn_out = tmp_path / "cnn"
+    tc.main(tc.get_args_parser().parse_args(_cnn_args(
+        demo, cnn_out, "--init", str(backbone), "--labeled-fraction", "0.5", "--lr", "0")))
+    with safe_open(str(cnn_out / "best_cnn.safetensors"), "pt") as f:
+        np.testing.assert_array_equal(f.get_tensor("model.backbone.conv1.weight").numpy(),
+                                      conv1.numpy())
+    common = script("common")
+    train_keys = json.loads((demo["work"] / "splits.json").read_text())["train"]
+    half = common.labelled_subset(train_keys, StudyCache(demo["cache"] / "studies"), 0.5, 0)
+    assert len(half) == 2 and set(half) <= set(train_keys)
+
+
+def test_ablate_quick_writes_the_table(tmp_path) -> None:
+    ab = script("ablate")
+    rows = ab.main(ab.get_args_parser().parse_args(
+        ["--synthetic", "--quick", "--only", "lstm", "--output-dir", str(tmp_path),
+         "--device", "cpu", "--threads", "1", "--no-progress"]))
+    assert [r["variant"] for r in rows] == ["CNN alone", "CNN + LSTM"]
+    md = (tmp_path / "ablation.md").read_text().splitlines()
+    table = [ln for ln in md if ln.startswith("| 3 ")]
+    assert len(table) == 2
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[3].startswith("synthetic") and cells[4] == "64" and cells[6] == "1"
+        assert all(0.0 <= float(v) <= 1.0 for v in cells[7:10])

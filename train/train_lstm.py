@@ -1,0 +1,247 @@
+"""Stage 2: the stacked bidirectional LSTM over each study's slice embeddings, then the
+final weights folder (CNN + LSTM + config) with thresholds tuned on validation.
+
+    python train/train_lstm.py --cnn-run runs/cnn --embeddings runs/emb \
+        --output-dir runs/lstm --weights-out weights
+
+Reads ``emb_{train,val,test}.npz`` from ``extract_embeddings.py``. Studies are padded to the
+longest in a batch and masked, so padding never counts in the BCE. Per-class thresholds for
+the LSTM and for the CNN alone are chosen on the validation split, never on test; test
+metrics are measured once at the end. The LSTM is tiny, so this script runs in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from hohoho_core.datasets import (
+    EmbeddingSequenceDataset,
+    EmbeddingTable,
+    collate_sequences,
+    load_embeddings,
+)
+from hohoho_core.losses import masked_bce
+from hohoho_core.metrics import search_thresholds
+from hohoho_core.models import SequenceModel, create_model
+from hohoho_core.weights import ModelConfig, save_weights
+
+log = logging.getLogger("hohoho.train")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Stage 2: sequence model over slice embeddings")
+    p.add_argument("--cnn-run", type=Path, required=True, help="train_cnn.py output folder")
+    p.add_argument("--embeddings", type=Path, required=True, help="extract_embeddings output")
+    p.add_argument("--weights-out", type=Path, default=None,
+                   help="final weights folder (default: <output-dir>/weights)")
+    p.add_argument("--weights-dtype", choices=["float16", "float32"], default="float16")
+    p.add_argument("--data-json", type=Path, default=None,
+                   help="JSON describing the data, copied into the weights config")
+    g = p.add_argument_group("model")
+    g.add_argument("--hidden", type=int, default=128)
+    g.add_argument("--layers", type=int, default=2)
+    g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--dropout", type=float, default=0.2)
+    g.add_argument("--use-logits", action=argparse.BooleanOptionalAction, default=True,
+                   help="feed the stage-1 logits too")
+    g.add_argument("--use-diffs", action=argparse.BooleanOptionalAction, default=False,
+                   help="feed emb - previous and emb - next too")
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=int, default=30)
+    g.add_argument("--batch-size", type=int, default=8, help="studies per batch")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=1e-4)
+    g.add_argument("--any-weight", type=float, default=1.0)
+    g.add_argument("--emb-noise", type=float, default=0.0,
+                   help="Gaussian noise on train embeddings, relative to their std")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--output-dir", type=Path, required=True)
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    return p
+
+
+def build_loaders(args: argparse.Namespace) -> tuple[dict[str, EmbeddingTable], dict[str, DataLoader]]:
+    tables, loaders = {}, {}
+    for name in common.SPLITS:
+        path = Path(args.embeddings) / f"emb_{name}.npz"
+        if not path.is_file():
+            if name == "test":
+                continue  # a run without a test split still trains
+            raise SystemExit(f"missing {path}: run extract_embeddings.py first")
+        tables[name] = load_embeddings(path)
+        ds = EmbeddingSequenceDataset(tables[name])
+        g = torch.Generator().manual_seed(args.seed)
+        loaders[name] = DataLoader(ds, args.batch_size if name == "train" else 32,
+                                   shuffle=name == "train", generator=g,
+                                   collate_fn=collate_sequences)
+    return tables, loaders
+
+
+def lstm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"hidden": args.hidden, "layers": args.layers, "bidirectional": args.bidirectional,
+            "dropout": args.dropout, "use_logits": args.use_logits, "use_diffs": args.use_diffs}
+
+
+def train_one_epoch(model: SequenceModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    args: argparse.Namespace, device: torch.device, emb_std: float,
+                    g: torch.Generator) -> float:
+    model.train()
+    total, n = 0.0, 0
+    for b in loader:
+        emb, mask = b["emb"].to(device), b["mask"].to(device)
+        labels = b["labels"].to(device)
+        if args.emb_noise > 0:
+            emb = emb + torch.randn(emb.shape, generator=g).to(device) * args.emb_noise * emb_std
+        out = model(emb, mask, b["logits"].to(device) if args.use_logits else None)
+        known = mask & (labels >= 0).all(-1)
+        if not bool(known.any()):
+            continue
+        loss = masked_bce(out, labels.clamp(min=0), known, any_weight=args.any_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        total += loss.item() * int(known.sum())
+        n += int(known.sum())
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def predict(model: SequenceModel, loader: DataLoader, n_rows: int, use_logits: bool,
+            device: torch.device) -> np.ndarray:
+    """LSTM probabilities ``(N, 6)`` in the row order of the split's embedding table."""
+    model.eval()
+    prob = np.zeros((n_rows, 6), np.float32)
+    for b in loader:
+        mask = b["mask"]
+        out = model(b["emb"].to(device), mask.to(device),
+                    b["logits"].to(device) if use_logits else None)
+        p = torch.sigmoid(out).cpu().numpy()
+        rows = b["rows"].numpy()
+        m = mask.numpy()
+        prob[rows[m]] = p[m]
+    return prob
+
+
+def evaluate(model: SequenceModel, loader: DataLoader, table: EmbeddingTable,
+             args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
+    prob = predict(model, loader, len(table.study), args.use_logits, device)
+    thr = search_thresholds(*_labelled(table.labels, prob))
+    rep = common.score(table.labels, prob, thr, table.study)
+    return rep, prob
+
+
+def _labelled(y: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = (y >= 0).all(1)
+    return y[keep].astype(np.int64), prob[keep]
+
+
+def final_metrics(tables: dict[str, EmbeddingTable], lstm_prob: dict[str, np.ndarray]) -> dict:
+    """CNN alone and CNN + LSTM on every split, thresholds tuned on validation only."""
+    cnn_prob = {k: common.sigmoid(t.logits) for k, t in tables.items()}
+    thr_lstm = search_thresholds(*_labelled(tables["val"].labels, lstm_prob["val"]))
+    thr_cnn = search_thresholds(*_labelled(tables["val"].labels, cnn_prob["val"]))
+    out: dict[str, Any] = {"thresholds": common.classes_dict(thr_lstm),
+                           "cnn_thresholds": common.classes_dict(thr_cnn)}
+    for split, t in tables.items():
+        real = np.char.find(t.study.astype(str), "#aug") < 0  # not the augmented copies
+        out[split] = {
+            "cnn": common.score(t.labels[real], cnn_prob[split][real], thr_cnn, t.study[real]),
+            "cnn_lstm": common.score(t.labels[real], lstm_prob[split][real], thr_lstm,
+                                     t.study[real]),
+            "n_studies": len(set(t.study[real].tolist())),
+        }
+    return out
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    common.setup_logging(True)
+    common.seed_everything(args.seed)
+    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available()
+                          else "cpu")
+    common.set_threads(args.threads, common.DistInfo(0, 1, 0, device, False))
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    common.write_json(out_dir / "args.json", common.args_to_dict(args))
+    tables, loaders = build_loaders(args)
+    embed_dim = int(tables["train"].embeddings.shape[1])
+    model = SequenceModel(embed_dim, **lstm_kwargs(args)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(args.epochs, 1))
+    emb_std = float(tables["train"].embeddings.std())
+    g = torch.Generator().manual_seed(args.seed)
+    csv_log = common.CsvLog(out_dir / "log.csv")
+    best: tuple[float, float] = (-1.0, float("inf"))
+    best_state = copy.deepcopy(model.state_dict())
+    for epoch in range(args.epochs):
+        loss = train_one_epoch(model, loaders["train"], optimizer, args, device, emb_std, g)
+        sched.step()
+        rep, _ = evaluate(model, loaders["val"], tables["val"], args, device)
+        row = {"epoch": epoch, "train_loss": loss, "val_f2": rep["slice"]["macro"],
+               "val_study_f2": rep["study"]["macro"], "val_log_loss": rep["log_loss"]}
+        log.info(common.metrics_line(f"lstm epoch {epoch}", row))
+        csv_log.write(row)
+        # best validation F2 (tuned thresholds), ties broken by the lower log loss
+        key = (round(row["val_f2"], 6), -row["val_log_loss"])
+        if key > (best[0], -best[1]):
+            best = (key[0], row["val_log_loss"])
+            best_state = copy.deepcopy(model.state_dict())
+    csv_log.close()
+    model.load_state_dict(best_state)
+    lstm_prob = {k: predict(model, loaders[k], len(t.study), args.use_logits, device)
+                 for k, t in tables.items()}
+    metrics = final_metrics(tables, lstm_prob)
+    common.write_json(out_dir / "metrics.json", metrics)
+    folder = write_weights(args, model.cpu(), metrics, embed_dim)
+    for split in ("val", "test"):
+        if split in metrics:
+            m = metrics[split]
+            log.info("%s macro F2: CNN %.4f, CNN+LSTM %.4f", split,
+                     m["cnn"]["slice"]["macro"], m["cnn_lstm"]["slice"]["macro"])
+    return {"metrics": metrics, "weights": str(folder)}
+
+
+def write_weights(args: argparse.Namespace, lstm: SequenceModel, metrics: dict[str, Any],
+                  embed_dim: int) -> Path:
+    """The final folder in the ``hohoho_core.weights`` format."""
+    from extract_embeddings import read_cnn_run
+
+    cnn_args, cfg, splits = read_cnn_run(args.cnn_run)
+    cnn = create_model(cnn_args["arch"], init="random")
+    common.load_model_weights(Path(args.cnn_run) / "best_cnn.safetensors", cnn)
+    data = {"splits": {k: len(v) for k, v in splits.items()}}
+    if args.data_json is not None:
+        data.update(json.loads(Path(args.data_json).read_text(encoding="utf-8")))
+    config = ModelConfig(
+        arch=cnn_args["arch"],
+        embed_dim=embed_dim,
+        preprocess=cfg.to_dict(),
+        lstm=lstm_kwargs(args),
+        thresholds=list(metrics["thresholds"].values()),
+        cnn_thresholds=list(metrics["cnn_thresholds"].values()),
+        training={"cnn": cnn_args, "lstm": common.args_to_dict(args)},
+        data=data,
+        metrics={k: v for k, v in metrics.items() if k in common.SPLITS},
+    )
+    folder = Path(args.weights_out or Path(args.output_dir) / "weights")
+    dtype = torch.float16 if args.weights_dtype == "float16" else torch.float32
+    save_weights(folder, cnn.eval(), lstm.eval(), config, dtype=dtype)
+    log.info("weights -> %s", folder)
+    return folder
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
