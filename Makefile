@@ -49,7 +49,7 @@ test: venv browser lint
 weights: venv
 	$(PY) train/make_demo_weights.py --out weights --data-dir data/demo_train --work-dir runs/demo \
 		--train-studies 200 --val-studies 50 --test-studies 50 --epochs 8 --lstm-epochs 30 \
-		--threads 1 --cpu-bf16 on
+		--gen-size 256 --test-gen-size 256 --threads 1 --cpu-bf16 on
 
 bench: venv
 	$(PY) bench/run_all.py

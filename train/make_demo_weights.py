@@ -5,11 +5,15 @@
 
 Stages, each timed and recorded in ``<out>/MODEL_CARD.md``:
 
-1. generate three synthetic datasets with fixed seeds (train, val, test: separate seeds, so
-   no study, patient or image is shared) under ``--data-dir``;
+0. a 20-second speed test picks 1 thread or all cores and bfloat16 or float32 for stage 1
+   (whichever trains fastest on this machine now) and measures images/s;
+1. generate three synthetic datasets with fixed seeds (train 300 and val 60 studies at
+   256 px, test 60 studies at 512 px like real CT; separate seeds, so no study or image is
+   shared) under ``--data-dir``;
 2. index them and fill the preprocessed cache (crop to the head, resize to ``--size``);
 3. stage 1: ResNet-18 from random init (ImageNet weights cannot be downloaded here),
-   stacked input, asymmetric loss, generous CT-preserving augmentation;
+   stacked input, asymmetric loss, generous CT-preserving augmentation, for as many epochs
+   as fit ``--budget-min`` (45) given the measured speed (``--epochs N`` fixes them);
 4. embeddings and logits of every slice of every split;
 5. stage 2: bidirectional 2-layer LSTM; thresholds for the CNN and for CNN + LSTM tuned on
    the validation split;
@@ -43,8 +47,8 @@ log = logging.getLogger("hohoho.train")
 
 QUICK = {
     "train_studies": 4, "val_studies": 2, "test_studies": 2, "gen_size": 128,
-    "min_slices": 8, "max_slices": 10, "size": 64, "epochs": 1, "batch_size": 8,
-    "lstm_epochs": 2, "steps_per_epoch": 3,
+    "test_gen_size": 128, "min_slices": 8, "max_slices": 10, "size": 64, "epochs": 1,
+    "batch_size": 8, "lstm_epochs": 2, "steps_per_epoch": 3,
 }
 
 
@@ -55,22 +59,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, default=Path("runs/demo"))
     p.add_argument("--quick", action="store_true", help="tiny smoke run (minutes -> seconds)")
     p.add_argument("--seed", type=int, default=2019, help="train data seed; val +1, test +2")
-    p.add_argument("--train-studies", type=int, default=160)
-    p.add_argument("--val-studies", type=int, default=30)
-    p.add_argument("--test-studies", type=int, default=30)
+    p.add_argument("--train-studies", type=int, default=300)
+    p.add_argument("--val-studies", type=int, default=60)
+    p.add_argument("--test-studies", type=int, default=60)
     p.add_argument("--gen-size", type=int, default=256, help="generated image size (px)")
-    p.add_argument("--test-gen-size", type=int, default=None,
-                   help="generated size of the test split (default: --gen-size)")
+    p.add_argument("--test-gen-size", type=int, default=512,
+                   help="generated size of the test split: 512 like real CT, so the test "
+                        "also checks that the model copes with another source resolution")
     p.add_argument("--min-slices", type=int, default=20)
     p.add_argument("--max-slices", type=int, default=40)
     p.add_argument("--size", type=int, default=128, help="model input size (px)")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", default="auto",
+                   help="stage-1 epochs, or 'auto': as many as fit --budget-min here")
+    p.add_argument("--budget-min", type=float, default=45.0,
+                   help="wall-clock budget of the whole recipe for --epochs auto")
+    p.add_argument("--max-epochs", type=int, default=16)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="cap optimiser steps per epoch (default: one pass over the slices)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--positive-fraction", type=float, default=0.4)
-    p.add_argument("--lstm-epochs", type=int, default=40)
+    p.add_argument("--lstm-epochs", type=int, default=20)
     p.add_argument("--train-copies", type=int, default=1,
                    help="augmented copies of the train studies for stage 2")
     p.add_argument("--workers", type=int, default=2, help="processes for data generation")
@@ -84,21 +93,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Apply ``--quick`` (explicit values win only in the full recipe) and pick threads."""
+    """Apply ``--quick`` and pick threads and precision by a short speed test."""
     if args.quick:
         for k, v in QUICK.items():
             setattr(args, k, v)
-    if args.test_gen_size is None:
-        args.test_gen_size = args.gen_size
-    if args.quick:
         args.threads = "1" if args.threads == "auto" else args.threads
         args.cpu_bf16 = "off" if args.cpu_bf16 == "auto" else args.cpu_bf16
-    threads, bf16 = pick_speed(args.size, str(args.threads), args.cpu_bf16)
-    args.threads, args.cpu_bf16 = threads, "on" if bf16 else "off"
+    args.speed = speed_test(args.size, str(args.threads), args.cpu_bf16,
+                            measure=args.epochs == "auto")
+    args.threads = args.speed["threads"]
+    args.cpu_bf16 = "on" if args.speed["bf16"] else "off"
     return args
 
 
-def _steps_per_s(model: Any, x: Any, threads: int, bf16: bool) -> float:
+def _train_img_s(model: Any, x: Any, threads: int, bf16: bool) -> float:
+    """Training images per second of ``model`` on batch ``x`` (two timed steps)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -111,11 +120,26 @@ def _steps_per_s(model: Any, x: Any, threads: int, bf16: bool) -> float:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return 2 / (time.perf_counter() - t0)
+    return 2 * len(x) / (time.perf_counter() - t0)
 
 
-def pick_speed(size: int, threads: str, bf16: str) -> tuple[int, bool]:
-    """Threads (1 or all cores) and bfloat16 autocast, whichever trains fastest right now.
+def _infer_img_s(model: Any, x: Any, threads: int) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    model.eval()
+    with torch.inference_mode():
+        model(x)
+        t0 = time.perf_counter()
+        model(x)
+        model(x)
+    model.train()
+    return 2 * len(x) / (time.perf_counter() - t0)
+
+
+def speed_test(size: int, threads: str, bf16: str, measure: bool) -> dict[str, Any]:
+    """Pick threads (1 or all cores) and bfloat16 autocast, whichever trains fastest now, and
+    measure training and inference throughput (images/s) for planning the epochs.
 
     OpenMP threads that wait for each other collapse when other processes share the cores
     (measured: 2 threads 3x slower than 1 on a busy 2-core machine); bfloat16 is ~1.8x
@@ -127,30 +151,55 @@ def pick_speed(size: int, threads: str, bf16: str) -> tuple[int, bool]:
 
     from hohoho_core.models import create_model
 
-    if threads != "auto" and bf16 != "auto":
-        return int(threads), bf16 == "on"
+    if threads != "auto" and bf16 != "auto" and not measure:
+        return {"threads": int(threads), "bf16": bf16 == "on"}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = cores or 1
     before = torch.get_num_threads()
     model = create_model("resnet18").to(memory_format=torch.channels_last)
     x = torch.rand(16, 3, size, size).contiguous(memory_format=torch.channels_last)
-    speed: dict[str, float] = {}
+    tried: dict[str, float] = {}
     if threads == "auto":
         choices = [1, cores] if cores > 1 else [1]
         for n in choices:
-            speed[f"{n} threads"] = _steps_per_s(model, x, n, False)
-        n_threads = max(choices, key=lambda n: speed[f"{n} threads"])
+            tried[f"{n} threads fp32"] = _train_img_s(model, x, n, False)
+        n_threads = max(choices, key=lambda n: tried[f"{n} threads fp32"])
     else:
         n_threads = int(threads)
+    fp32 = tried.get(f"{n_threads} threads fp32") or _train_img_s(model, x, n_threads, False)
     use_bf16 = bf16 == "on"
-    if bf16 == "auto":
-        fp32 = speed.get(f"{n_threads} threads") or _steps_per_s(model, x, n_threads, False)
-        speed["bf16"] = _steps_per_s(model, x, n_threads, True)
-        use_bf16 = speed["bf16"] > 1.25 * fp32
+    if bf16 != "off":
+        tried["bf16"] = _train_img_s(model, x, n_threads, True)
+        use_bf16 = use_bf16 or tried["bf16"] > 1.25 * fp32
+    out = {"threads": n_threads, "bf16": use_bf16,
+           "train_img_s": tried["bf16"] if use_bf16 else fp32,
+           "infer_img_s": _infer_img_s(model, torch.cat([x, x, x, x]), n_threads),
+           "tried": {k: round(v, 1) for k, v in tried.items()}}
     torch.set_num_threads(before)
-    log.info("speed test (steps/s): %s -> %d threads, bf16 %s",
-             {k: round(v, 2) for k, v in speed.items()}, n_threads, use_bf16)
-    return n_threads, use_bf16
+    log.info("speed test (train images/s): %s -> %d thread(s), bf16 %s; inference %.0f images/s",
+             out["tried"], n_threads, use_bf16, out["infer_img_s"])
+    return out
+
+
+def plan_epochs(args: argparse.Namespace, stats: dict[str, Any], elapsed: float) -> int:
+    """Stage-1 epochs that fit ``--budget-min`` on this machine, from the speed test.
+
+    Time left = budget x 0.9 - time spent so far - estimated time of the later stages
+    (embeddings of every split and the augmented train copies, the final check, the
+    LSTM); each epoch costs the train slices at the measured training speed plus one
+    validation pass at the inference speed. Clamped to [2, --max-epochs].
+    """
+    sp = args.speed
+    n_tr, n_va, n_te = (stats[s]["slices"] for s in common.SPLITS)
+    studies = stats["train"]["studies"] * (1 + args.train_copies) + stats["val"]["studies"]
+    later = (((1 + args.train_copies) * n_tr + n_va + 2 * n_te) / sp["infer_img_s"]
+             + 0.012 * args.lstm_epochs * studies + 20)
+    per_epoch = n_tr / sp["train_img_s"] + n_va / sp["infer_img_s"]
+    left = args.budget_min * 60 * 0.9 - elapsed - later
+    epochs = int(max(2, min(args.max_epochs, left // per_epoch)))
+    log.info("plan: %.0f s used, ~%.0f s for later stages, %.0f s per epoch -> %d epochs",
+             elapsed, later, per_epoch, epochs)
+    return epochs
 
 
 def generate(args: argparse.Namespace) -> dict[str, Any]:
@@ -299,7 +348,10 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         + ".",
         "",
         "## Settings",
-        f"- Stage 1: {info['epochs']} epochs, batch {info['batch_size']}, Adam lr {info['lr']} "
+        f"- Stage 1: {info['epochs']} epoch{'s' if info['epochs'] != 1 else ''}"
+        + (f" (planned to fit the {info['budget_min']:g}-minute budget from the speed test)"
+           if info["epochs_planned"] else "")
+        + f", batch {info['batch_size']}, Adam lr {info['lr']} "
         "(cosine), positive-aware sampling "
         f"({info['positive_fraction']:.0%} positive slices), augmentation on HU before "
         "windowing: rotation +-30 deg, scale 0.85-1.15, shift 8 %, left-right flips, window "
@@ -311,8 +363,10 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         "mistakes like those on unseen data; best epoch by validation macro F2.",
         f"- Why this size and length: {info['size']} px keeps small bleeds several pixels "
         "wide while ResNet-18 still trains at tens of slices per second on two CPU cores; "
-        "the number of epochs is what fits the 45-minute budget of a 2-core machine (times "
-        f"below). Data is generated at {info['data']['train']['size']} px (test at "
+        + ("the number of epochs is what the measured speed allows within the "
+           f"{info['budget_min']:g}-minute budget (times below). " if info["epochs_planned"]
+           else "the number of epochs was fixed with --epochs. ")
+        + f"Data is generated at {info['data']['train']['size']} px (test at "
         f"{info['data']['test']['size']} px) to keep generation to a few minutes; the model "
         "crops to the head and resizes anyway.",
         f"- Compute: {info['threads']} CPU thread(s), stage 1 in "
@@ -367,11 +421,12 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     common.setup_logging(True)
+    t_start = t = time.perf_counter()
     args = resolve(args)
     work, cache_dir = Path(args.work_dir), Path(args.work_dir) / "cache"
     work.mkdir(parents=True, exist_ok=True)
     cfg = PreprocessConfig(mode="stacked", size=args.size, crop=True, window="brain")
-    times: dict[str, float] = {}
+    times: dict[str, float] = {"speed test": time.perf_counter() - t}
 
     t = time.perf_counter()
     data = generate(args)
@@ -383,6 +438,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     common.write_json(work / "data.json", {"description": "synthetic phantom head CT "
                                            "(hohoho_core.synthetic)", "sets": data,
                                            "stats": stats})
+    planned = args.epochs == "auto"
+    args.epochs = (plan_epochs(args, stats, time.perf_counter() - t_start) if planned
+                   else int(args.epochs))
     cmds = stage_args(args, work, cache_dir, work / "splits.json")
     t = time.perf_counter()
     train_cnn.main(train_cnn.get_args_parser().parse_args(cmds["train_cnn"]))
@@ -399,7 +457,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     times["final check"] = time.perf_counter() - t
 
     info = {
-        "size": args.size, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "size": args.size, "epochs": args.epochs, "epochs_planned": planned,
+        "budget_min": args.budget_min, "speed": args.speed,
+        "batch_size": args.batch_size, "lr": args.lr,
         "positive_fraction": args.positive_fraction, "lstm_epochs": args.lstm_epochs,
         "train_copies": args.train_copies, "threads": args.threads,
         "cpu_bf16": args.cpu_bf16 == "on",
@@ -408,7 +468,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python train/make_demo_weights.py " + " ".join(
             [*(["--quick"] if args.quick else []),
              *(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
-               if k not in ("quick", "progress") and v is not None)]),
+               if k not in ("quick", "progress", "speed") and v is not None)]),
     }
     write_card(Path(args.out) / "MODEL_CARD.md", info)
     common.write_json(work / "demo_result.json", info)

@@ -272,7 +272,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             log.info(common.metrics_line(f"epoch {epoch}", row))
             csv_log.write(row)
             if row["val_f2"] > best["val_f2"]:
-                best = {**{k: v for k, v in row.items()}, "thresholds": thresholds}
+                best = {**row, "thresholds": thresholds}
                 common.save_model_weights(run_dir / "best_cnn.safetensors", model,
                                           {"arch": args.arch, "epoch": epoch,
                                            "preprocess": data.cfg.to_dict()})
