@@ -292,3 +292,25 @@ def test_shard_is_a_disjoint_cover() -> None:
     assert sorted(sum(parts, [])) == items
     with pytest.raises(ValueError):
         shard(items, 3, 3)
+
+
+def test_predict_int8_precision_is_close_to_fp32(
+    rsna_dir: Path, weights_dir: Path, rsna_preds: tuple[Path, int, str], tmp_path: Path
+) -> None:
+    """--precision int8 runs the quantised CNN: same rows, probabilities near fp32's."""
+    import contextlib
+    import io
+
+    out = tmp_path / "int8.csv"
+    with contextlib.redirect_stdout(io.StringIO()):
+        rc = main(
+            ["predict", str(rsna_dir), "--weights", str(weights_dir), "--out", str(out),
+             "--precision", "int8"]
+        )
+    assert rc == 0
+    fp32 = dict(_read_csv(rsna_preds[0])[1:])
+    int8 = dict(_read_csv(out)[1:])
+    assert fp32.keys() == int8.keys()
+    diffs = [abs(float(fp32[k]) - float(int8[k])) for k in fp32]
+    assert max(diffs) < 0.1  # quantised, not identical
+    assert max(diffs) > 0.0
