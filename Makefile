@@ -10,7 +10,7 @@ DEMO_STUDIES ?= 8
 DEMO_SEED ?= 2019
 PORT ?= 8501
 
-.PHONY: venv app test lint browser demo weights bench clean
+.PHONY: venv app test lint browser demo weights bench generalization clean
 
 # Reinstall when pyproject.toml changed, or when the environment no longer imports.
 $(STAMP): pyproject.toml
@@ -53,6 +53,10 @@ weights: venv
 
 bench: venv
 	$(PY) bench/run_all.py
+
+# The shipped model on studies from bench/foreign_phantom.py, a generator it never saw.
+generalization: venv
+	$(PY) bench/generalization.py
 
 clean:
 	rm -rf $(VENV) data/demo .pytest_cache

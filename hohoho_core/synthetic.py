@@ -53,7 +53,9 @@ AREA_THRESHOLD_MM2 = 15.0
 #: Pixel encodings: unsigned with intercept -1024, signed with intercept 0, RSNA 12-bit quirk.
 ENCODINGS: tuple[str, ...] = ("uint16", "int16", "quirk12")
 
-_POSITIVE_FRACTION = 0.4
+#: Fraction of studies with at least one bleed unless asked otherwise.
+DEFAULT_POSITIVE_FRACTION = 0.4
+_POSITIVE_FRACTION = DEFAULT_POSITIVE_FRACTION
 _TILT_FRACTION = 1 / 5
 _QUIRK_FRACTION = 1 / 6
 _SECOND_SUBTYPE = 0.3

@@ -57,6 +57,7 @@ def _cnn_args(demo: dict, out: Path, *extra: str) -> list[str]:
 
 def test_quick_recipe_writes_a_loadable_weights_folder(demo) -> None:
     from hohoho_core.dicom import load_studies
+    from hohoho_core.labels import CLASSES
     from hohoho_core.metrics import search_thresholds
     from hohoho_core.predict import Predictor
     from hohoho_core.weights import load_weights
@@ -77,6 +78,16 @@ def test_quick_recipe_writes_a_loadable_weights_folder(demo) -> None:
     assert "Not for clinical use" in card
     macro = demo["info"]["shipped_test"]["cnn_lstm"]["slice"]["macro"]
     assert f"**{macro:.3f}**" in card and "seed" in card
+    assert "Against the project's target" in card
+    # the recipe ends on studies from the foreign generator, scored with the same thresholds
+    foreign = demo["info"]["foreign"]
+    assert foreign["data"]["generator"] == "bench.foreign_phantom"
+    assert foreign["data"]["studies"] == 2
+    shipped_thr = Predictor.from_folder(demo["weights"]).thresholds
+    used = foreign["metrics"]["cnn_lstm"]["thresholds"]
+    np.testing.assert_allclose([used[c] for c in CLASSES], shipped_thr, atol=1e-6)
+    assert "On a generator it never saw" in card
+    assert f"**{foreign['metrics']['cnn_lstm']['slice']['macro']:.3f}**" in card
     # the Predictor runs the folder on a study read from DICOM
     study = load_studies(demo["root"] / "data" / "test" / "stage_2_train")[0]
     pred = Predictor.from_folder(demo["weights"]).predict(study)

@@ -98,6 +98,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], str]:
             test_studies=args.test_studies, gen_size=args.gen_size,
             test_gen_size=args.gen_size, min_slices=8 if args.quick else 20,
             max_slices=10 if args.quick else 40, workers=max(1, args.prep_workers),
+            train_positive_studies=0.4,
             progress=args.progress)
         demo.generate(gen)
         cfg = PreprocessConfig(mode="stacked", size=args.size)
