@@ -45,11 +45,12 @@ lint: venv
 test: venv browser lint
 	$(PY) -m pytest
 
-# The settings of the shipped model (weights/MODEL_CARD.md); about 25 minutes on 2 cores.
+# The settings of the shipped model (weights/MODEL_CARD.md); about 40 minutes on 2 cores.
 weights: venv
 	$(PY) train/make_demo_weights.py --out weights --data-dir data/demo_train --work-dir runs/demo \
-		--train-studies 200 --val-studies 50 --test-studies 50 --epochs 8 --lstm-epochs 30 \
-		--gen-size 256 --test-gen-size 256 --threads 1 --cpu-bf16 on
+		--train-studies 500 --train-positive-studies 0.6 --val-studies 100 --test-studies 100 \
+		--epochs 15 --steps-per-epoch 280 --lstm-epochs 30 --gen-size 256 --test-gen-size 256 \
+		--threads 2 --cpu-bf16 on
 
 bench: venv
 	$(PY) bench/run_all.py

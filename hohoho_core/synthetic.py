@@ -896,6 +896,8 @@ def _draw_bleed(rng: np.random.Generator, ph: _Phantom, subtype: str, subtle: bo
         return float(rng.uniform(lo2, hi2))
 
     s = subtle
+    # Acute blood spans 50-90 HU: above 80 it is as white as bone in the brain window, so a
+    # model must also find bright bleeds by shape, not only by a grey a little above brain.
     if subtype == "epidural":
         side = float(rng.choice([-1.0, 1.0]))
         ang = math.radians(float(rng.uniform(-55, 40)))
@@ -908,7 +910,7 @@ def _draw_bleed(rng: np.random.Generator, ph: _Phantom, subtype: str, subtle: bo
             "lh": lh,
             "ls": float(rng.uniform(11, 15) if s else rng.uniform(18, 32)),
             "t": float(rng.uniform(3.5, 5.5) if s else rng.uniform(8, 20)),
-            "hu": float(rng.uniform(52, 58) if s else rng.uniform(62, 82)),
+            "hu": float(rng.uniform(52, 58) if s else rng.uniform(60, 90)),
             "fracture": float(rng.random() < 0.7),
             "fracture_off": float(rng.uniform(-6, 6)),
         }
@@ -926,7 +928,7 @@ def _draw_bleed(rng: np.random.Generator, ph: _Phantom, subtype: str, subtle: bo
             "side": side,
             "ls": float(rng.uniform(35, 60) if s else rng.uniform(60, 110)),
             "t": float(rng.uniform(2.5, 4.0) if s else rng.uniform(6, 16)),
-            "hu": float(rng.uniform(50, 57) if s else rng.uniform(58, 80)),
+            "hu": float(rng.uniform(50, 57) if s else rng.uniform(58, 90)),
         }
         p["hlo"], p["hhi"] = h0 - lh, h0 + lh
     elif subtype == "subarachnoid":
@@ -946,7 +948,7 @@ def _draw_bleed(rng: np.random.Generator, ph: _Phantom, subtype: str, subtle: bo
             "h0": h0,
             "r": r,
             "rh": r * 0.8,
-            "hu": float(rng.uniform(48, 55) if s else rng.uniform(58, 75)),
+            "hu": float(rng.uniform(48, 55) if s else rng.uniform(58, 85)),
         }
         p["hlo"], p["hhi"] = h0 - r, h0 + r
     elif subtype == "intraparenchymal":
@@ -976,12 +978,12 @@ def _draw_bleed(rng: np.random.Generator, ph: _Phantom, subtype: str, subtle: bo
             "ph2": float(rng.uniform(0, 6.3)),
             "rim": float(rng.uniform(1.0, 2.5) if s else rng.uniform(3, 7)),
             "oedema": float(rng.uniform(12, 20)),
-            "hu": float(rng.uniform(52, 60) if s else rng.uniform(62, 85)),
+            "hu": float(rng.uniform(52, 60) if s else rng.uniform(60, 90)),
         }
         p["hlo"], p["hhi"] = h0 - rh - 8, h0 + rh + 8
     elif subtype == "intraventricular":
         mode = 0 if rng.random() < 0.75 else 1
-        p = {"mode": float(mode), "hu": float(rng.uniform(48, 56) if s else rng.uniform(55, 80))}
+        p = {"mode": float(mode), "hu": float(rng.uniform(48, 56) if s else rng.uniform(55, 88))}
         both = rng.random() < 0.6
         first = int(rng.integers(0, 2))
         for sgi in (0, 1):
