@@ -29,6 +29,7 @@ import contextlib
 import os
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -184,7 +185,7 @@ class DecisionStore:
     def _initialise(self) -> None:
         """Create the schema once, even when several processes start together."""
         with self._connect() as con:
-            con.execute("PRAGMA journal_mode = WAL")
+            self._enable_wal(con)
             con.execute("BEGIN IMMEDIATE")
             try:
                 app_id = con.execute("PRAGMA application_id").fetchone()[0]
@@ -204,6 +205,29 @@ class DecisionStore:
                     con.execute("ROLLBACK")
                 raise
         self._inspect_read_only()
+
+    def _enable_wal(self, con: sqlite3.Connection) -> None:
+        """Switch the file to WAL, waiting for other processes that hold it.
+
+        Changing the journal mode answers "database is locked" at once, without SQLite's
+        busy handler, while another process (say, one creating the store at the same
+        moment) holds the file; so retry with a short backoff up to the busy timeout.
+        """
+        deadline = time.monotonic() + _BUSY_TIMEOUT_MS / 1000
+        delay = 0.005
+        while True:
+            try:
+                mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() == "wal":
+                    return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+            if time.monotonic() > deadline:
+                raise StoreError(f"{self.path.name}: could not switch to WAL mode, the file "
+                                 "stayed locked by another process")
+            time.sleep(delay)
+            delay = min(2 * delay, 0.2)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -16,7 +16,13 @@ import pandas as pd
 import pytest
 
 from hohoho_core.labels import CLASSES
-from hohoho_core.store import APPLICATION_ID, DecisionStore, ExportSummary, StoreError
+from hohoho_core.store import (
+    APPLICATION_ID,
+    DECISIONS,
+    DecisionStore,
+    ExportSummary,
+    StoreError,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,6 +202,51 @@ def test_threads_share_one_store(tmp_path: Path) -> None:
     hist = store.history()
     assert len(hist) == 100 and hist["image_id"].nunique() == 100
     assert list(hist["id"]) == list(range(1, 101))
+
+
+def test_creation_waits_for_a_process_holding_the_new_file(tmp_path: Path) -> None:
+    # A store created while another connection holds the new file waits for it.
+    path = tmp_path / "d.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    released = threading.Event()
+
+    def release() -> None:
+        time.sleep(0.4)
+        holder.execute("COMMIT")
+        released.set()
+
+    threading.Thread(target=release, daemon=True).start()
+    t0 = time.perf_counter()
+    store = DecisionStore(path)
+    assert released.is_set() and time.perf_counter() - t0 >= 0.3
+    holder.close()
+    store.record("ID_1", "epidural", 1, DECISIONS[0], "t")
+    assert len(store.history()) == 1
+
+
+def test_wal_switch_retries_while_the_file_is_locked(tmp_path: Path) -> None:
+    # SQLite can answer "database is locked" to the journal-mode change at once, without its
+    # busy handler (seen once in CI when two processes created the store together).
+    store = DecisionStore(tmp_path / "d.db")
+    calls = []
+
+    class Locked:
+        def execute(self, sql: str):
+            calls.append(sql)
+            if len(calls) < 3:
+                raise sqlite3.OperationalError("database is locked")
+            return sqlite3.connect(":memory:").execute("SELECT 'wal'")
+
+    store._enable_wal(Locked())
+    assert calls == ["PRAGMA journal_mode = WAL"] * 3
+
+    class Broken:
+        def execute(self, sql: str):
+            raise sqlite3.OperationalError("disk I/O error")
+
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        store._enable_wal(Broken())
 
 
 # ----------------------------------------------------------------- processes
