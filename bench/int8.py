@@ -16,11 +16,9 @@ from typing import Any
 import numpy as np
 
 from bench.context import REPO_ROOT, BenchContext, generate_once
-from hohoho_core.dicom import load_study
-from hohoho_core.labels import CLASSES
 from hohoho_core.metrics import f2_report
 from hohoho_core.predict import Predictor
-from hohoho_core.rsna import build_index
+from hohoho_core.rsna import build_index, iter_labelled_studies
 
 __all__ = ["GOAL_F2_DELTA", "split_f2", "test_split_root"]
 
@@ -66,12 +64,9 @@ def split_f2(predictors: dict[str, Predictor], root: Path) -> dict[str, dict[str
     table = build_index(root, workers=1, progress=False).table
     ys, ids = [], []
     probs: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
-    for (study_uid, series_uid), rows in table.groupby(["study_uid", "series_uid"], sort=False):
-        rows = rows.sort_values("slice_index")
-        study = load_study([root / p for p in rows["path"]])
-        labels = rows.set_index("image_id").loc[study.image_ids, list(CLASSES)].to_numpy()
+    for key, study, labels in iter_labelled_studies(root, table):
         ys.append(labels)
-        ids += [f"{study_uid}|{series_uid}"] * len(labels)
+        ids += [key] * len(labels)
         for name, predictor in predictors.items():
             probs[name].append(predictor.predict(study).prob)
     y = np.concatenate(ys)

@@ -28,12 +28,14 @@ import pandas as pd
 import pydicom
 
 from hohoho_core.labels import CLASSES
+from hohoho_core.study import Study
 
 __all__ = [
     "INDEX_COLUMNS",
     "UNLABELLED",
     "RsnaIndex",
     "build_index",
+    "iter_labelled_studies",
     "read_labels",
 ]
 
@@ -453,3 +455,22 @@ def build_index(
 def _default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hohoho" / "rsna"
+
+
+def iter_labelled_studies(
+    root: str | os.PathLike[str], table: pd.DataFrame
+) -> Iterator[tuple[str, Study, np.ndarray]]:
+    """Each series of an index ``table`` (from `build_index` on ``root``), read from DICOM.
+
+    Yields ``(key, study, labels)``: ``key`` is ``"<study_uid>|<series_uid>"``, ``study``
+    the `Study` as `load_study` sorts it, and ``labels`` its ``(S, 6)``
+    labels in that slice order (-1 where the CSV has none). Evaluations read the split the
+    way users' studies are read, so their numbers are the ones users get.
+    """
+    from hohoho_core.dicom import load_study  # lazy: indexing alone never needs the reader
+
+    root = Path(root)
+    for (study_uid, series_uid), rows in table.groupby(["study_uid", "series_uid"], sort=False):
+        study = load_study([root / p for p in rows["path"]])
+        labels = rows.set_index("image_id").loc[study.image_ids, list(CLASSES)].to_numpy()
+        yield f"{study_uid}|{series_uid}", study, labels

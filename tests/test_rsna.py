@@ -191,6 +191,18 @@ def test_index_of_a_synthetic_dataset_matches_truth(tmp_path):
     np.testing.assert_array_equal(expected.to_numpy(), truth[list(CLASSES)].to_numpy())
     assert index.missing_files == [] and index.missing_labels == [] and index.unreadable == []
 
+    # Read back study by study: slices in true order, labels aligned to them.
+    from hohoho_core.rsna import iter_labelled_studies
+
+    seen = 0
+    for key, study, labels in iter_labelled_studies(tmp_path / "syn", index.table):
+        rows = truth.loc[study.image_ids]
+        assert key.startswith(rows["study_uid"].iloc[0] + "|")
+        assert rows["true_index"].tolist() == list(range(study.n_slices))
+        np.testing.assert_array_equal(labels, rows[list(CLASSES)].to_numpy())
+        seen += study.n_slices
+    assert seen == len(truth)
+
 
 def test_header_pool_survives_a_script_runner_main(tmp_path, monkeypatch) -> None:
     """Streamlit leaves its page script as __main__; spawned workers must not re-run it."""

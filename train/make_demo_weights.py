@@ -298,20 +298,18 @@ def check_folder(folder: Path, root: Path, index_cache: Path) -> dict[str, Any]:
     """Score the written weights folder the way users run it: DICOM files of the split,
     read and sorted by `hohoho_core.dicom`, through `Predictor.predict` (float16 tensors as
     shipped, thresholds from validation)."""
-    from hohoho_core.dicom import load_study
     from hohoho_core.predict import Predictor
-    from hohoho_core.rsna import build_index
+    from hohoho_core.rsna import build_index, iter_labelled_studies
 
     pred = Predictor.from_folder(folder, batch_size=64)
     table = build_index(root, cache_dir=index_cache, workers=1, progress=False).table
     ys, cnn_p, lstm_p, sids = [], [], [], []
-    for (study_uid, series_uid), rows in table.groupby(["study_uid", "series_uid"], sort=False):
-        study = load_study([root / p for p in rows["path"]])
+    for key, study, labels in iter_labelled_studies(root, table):
         out = pred.predict(study)
-        ys.append(rows.set_index("image_id").loc[out.image_ids, list(CLASSES)].to_numpy())
+        ys.append(labels)
         cnn_p.append(out.cnn_prob)
         lstm_p.append(out.prob)
-        sids += [study_key(study_uid, series_uid)] * len(out.image_ids)
+        sids += [key] * len(labels)
     y = np.concatenate(ys)
     cnn_thr = np.asarray(pred.config.cnn_thresholds)
     return {
