@@ -47,17 +47,17 @@ test: venv browser lint
 
 # The settings of the shipped model (weights/MODEL_CARD.md); about 40 minutes on 2 cores.
 weights: venv
-	$(PY) train/make_demo_weights.py --out weights --data-dir data/demo_train --work-dir runs/demo \
+	$(PY) -m train.make_demo_weights --out weights --data-dir data/demo_train --work-dir runs/demo \
 		--train-studies 500 --train-positive-studies 0.6 --val-studies 100 --test-studies 100 \
 		--epochs 15 --steps-per-epoch 280 --lstm-epochs 30 --gen-size 256 --test-gen-size 256 \
 		--threads 2 --cpu-bf16 on
 
 bench: venv
-	$(PY) bench/run_all.py
+	$(PY) -m bench.run_all
 
 # The shipped model on studies from bench/foreign_phantom.py, a generator it never saw.
 generalization: venv
-	$(PY) bench/generalization.py
+	$(PY) -m bench.generalization
 
 clean:
 	rm -rf $(VENV) data/demo .pytest_cache

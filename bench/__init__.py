@@ -1,4 +1,4 @@
-"""HOHOHO benchmarks: ``python bench/run_all.py`` (or ``make bench``), see bench/README.md.
+"""HOHOHO benchmarks: ``python -m bench.run_all`` (or ``make bench``), see bench/README.md.
 
 Each section module (`whole_study`, `preprocessing`, `saliency`, `tsne`, `training`,
 `viewer`) exposes ``run(ctx: BenchContext) -> Section``; `run_all` strings them together and

@@ -1,11 +1,11 @@
 """Score the label audit against injected label errors (issue 5, "Scoring").
 
-    python bench/audit_scoring.py                       # generate, k-fold train, score
-    python bench/audit_scoring.py --probs runs/audit_bench/oof.csv   # score only
+    python -m bench.audit_scoring                       # generate, k-fold train, score
+    python -m bench.audit_scoring --probs runs/audit_bench/oof.csv   # score only
 
 1. A synthetic dataset with sequential label noise (``python -m hohoho_core.synthetic ...
    --label-noise 0.05``), reused when ``<data>/generated.json`` matches the settings.
-2. Out-of-fold probabilities from ``train/oof_predict.py`` (k folds split by patient; every
+2. Out-of-fold probabilities from ``train.oof_predict`` (k folds split by patient; every
    slice judged by a model that never trained on its study), unless ``--probs`` is given.
 3. The audit (``hohoho_core.audit.audit_from_files``, the same path as
    ``python -m hohoho_core audit``) ranks every (image, class) cell four ways: the model
@@ -25,7 +25,6 @@ import argparse
 import json
 import math
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from hohoho_core.labels import ANY_INDEX, CLASSES
+from hohoho_core.system import available_cores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -273,12 +273,11 @@ def oof_argv(args: argparse.Namespace) -> list[str]:
 
 
 def run_oof(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """Train k folds with ``train/oof_predict.py`` (imported, same process)."""
-    sys.path.insert(0, str(REPO / "train"))
-    import oof_predict
+    """Train k folds with ``train.oof_predict`` (imported, same process)."""
+    from train import oof_predict
 
     result = oof_predict.main(oof_predict.get_args_parser().parse_args(oof_argv(args)))
-    result["command"] = "python train/oof_predict.py " + " ".join(oof_argv(args))
+    result["command"] = "python -m train.oof_predict " + " ".join(oof_argv(args))
     return Path(result["out"]), result
 
 
@@ -449,11 +448,9 @@ def _pooled_sentence(r: dict[str, Any], auc_macro: float | None) -> str:
 
 
 def machine() -> str:
-    import os
-
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.machine()} {platform.system()}, {cores} CPU cores, {gpu}, torch "
             f"{torch.__version__}")
@@ -469,7 +466,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         side = Path(args.run_dir) / "oof_result.json"
         oof = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
         if oof:
-            oof["command"] = "python train/oof_predict.py " + " ".join(oof_argv(args))
+            oof["command"] = "python -m train.oof_predict " + " ".join(oof_argv(args))
     t_rank = time.perf_counter()
     rankings = rank_all(args.data, probs, Path(args.run_dir) / "index")
     t_rank = time.perf_counter() - t_rank
@@ -482,7 +479,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                              args.redraws, args.seed) if args.redraws > 0 else None)
     t_redraw = time.perf_counter() - t_redraw
     result = {
-        "command": "python bench/audit_scoring.py " + " ".join(_cli(args)),
+        "command": "python -m bench.audit_scoring " + " ".join(_cli(args)),
         "rescored_from": None if args.probs is None else str(args.probs),
         "data": {**data, "slices": len(truth), "studies_positive": int(
             truth.groupby("study_uid")["any"].max().sum()),

@@ -18,13 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from hohoho_core.system import available_cores
+
 __all__ = [
     "CpuSnapshot",
     "Goal",
     "Row",
     "Section",
     "Timing",
-    "available_cores",
     "check_goal",
     "cnn_flops",
     "compute_floor_s",
@@ -37,14 +38,6 @@ __all__ = [
     "ratio",
     "time_call",
 ]
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (affinity-aware on Linux)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------- timing

@@ -17,7 +17,14 @@ import torch
 
 from hohoho_core.models import SequenceModel, SliceClassifier, create_model
 from hohoho_core.preprocess import PreprocessConfig
-from hohoho_core.weights import CONFIG_FILE, TENSORS_FILE, ModelConfig, load_weights, save_weights
+from hohoho_core.weights import (
+    CONFIG_FILE,
+    TENSORS_FILE,
+    ModelConfig,
+    default_weights_dir,
+    load_weights,
+    save_weights,
+)
 
 __all__ = [
     "FULL",
@@ -33,7 +40,7 @@ __all__ = [
 log = logging.getLogger("hohoho.bench")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_WEIGHTS = REPO_ROOT / "weights"
+SHIPPED_WEIGHTS = default_weights_dir()
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,7 @@ class ModelBundle:
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig.from_dict(self.config.preprocess)
+        return self.config.preprocess
 
     @property
     def size(self) -> int:
@@ -184,7 +191,7 @@ class BenchContext:
         if self.sizes.use_shipped and _has_weights(SHIPPED_WEIGHTS):
             folder = SHIPPED_WEIGHTS
             cnn, lstm, config = load_weights(folder)
-            size = PreprocessConfig.from_dict(config.preprocess).size
+            size = config.preprocess.size
             source = f"shipped weights/ ({config.arch}, {size} px input)"
         else:
             folder = _random_weights(self.work / f"weights_random_{self.sizes.model_px}",

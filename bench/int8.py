@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from bench.context import REPO_ROOT, BenchContext, generate_once
-from hohoho_core.metrics import f2_report
+from hohoho_core.evaluate import predict_index, score
 from hohoho_core.predict import Predictor
-from hohoho_core.rsna import build_index, iter_labelled_studies
+from hohoho_core.rsna import build_index
 
 __all__ = ["GOAL_F2_DELTA", "split_f2", "test_split_root"]
 
@@ -62,23 +62,16 @@ def split_f2(predictors: dict[str, Predictor], root: Path) -> dict[str, dict[str
     slices (-1) are left out.
     """
     table = build_index(root, workers=1, progress=False).table
-    ys, ids = [], []
-    probs: dict[str, list[np.ndarray]] = {name: [] for name in predictors}
-    for key, study, labels in iter_labelled_studies(root, table):
-        ys.append(labels)
-        ids += [key] * len(labels)
-        for name, predictor in predictors.items():
-            probs[name].append(predictor.predict(study).prob)
-    y = np.concatenate(ys)
-    keep = (y >= 0).all(axis=1)
+    # Each predictor reads the split itself: holding every study for both would cost GBs.
+    preds = {name: predict_index(predictor, root, table) for name, predictor in predictors.items()}
     out = {}
     for name, predictor in predictors.items():
-        p = np.concatenate(probs[name])
-        rep = f2_report(y[keep], p[keep], predictor.thresholds, np.asarray(ids)[keep])
+        p = preds[name]
+        rep = score(p.labels, p.prob, predictor.thresholds, p.study_ids)
         out[name] = {"slice": rep["slice"]["macro"], "study": rep["study"]["macro"],
-                     "n_slices": int(keep.sum()), "max_abs_dp": 0.0}
-    if "fp32" in probs:
-        ref = np.concatenate(probs["fp32"])
-        for name in probs:
-            out[name]["max_abs_dp"] = float(np.abs(np.concatenate(probs[name]) - ref).max())
+                     "n_slices": rep["n_slices"], "max_abs_dp": 0.0}
+    if "fp32" in preds:
+        ref = preds["fp32"].prob
+        for name in preds:
+            out[name]["max_abs_dp"] = float(np.abs(preds[name].prob - ref).max())
     return out

@@ -1,8 +1,8 @@
 """Run every benchmark and write bench/results.json and bench/results.md (``make bench``).
 
-    python bench/run_all.py                      # everything, about 5-10 min on 2 cores
-    python bench/run_all.py --only saliency      # rerun one section, merged into the results
-    python bench/run_all.py --quick              # tiny sizes, a smoke run (written elsewhere)
+    python -m bench.run_all                      # everything, about 5-10 min on 2 cores
+    python -m bench.run_all --only saliency      # rerun one section, merged into the results
+    python -m bench.run_all --quick              # tiny sizes, a smoke run (written elsewhere)
 
 Sections: study, preprocess, saliency, tsne, train, app (see bench/README.md).
 """
@@ -21,26 +21,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-_ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, Python puts bench/ first on the path; the package imports need the root.
-if sys.path and Path(sys.path[0]).resolve() == _ROOT / "bench":
-    sys.path[0] = str(_ROOT)
-elif str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-import torch  # noqa: E402
-
-from bench.common import (  # noqa: E402
+from bench.common import (
     Section,
-    available_cores,
     cpu_snapshot,
     machine_info,
     other_load,
 )
-from bench.context import FULL, QUICK, BenchContext, Sizes, with_overrides  # noqa: E402
-from bench.report import SECTION_ORDER, write_results  # noqa: E402
+from bench.context import FULL, QUICK, BenchContext, Sizes, with_overrides
+from bench.report import SECTION_ORDER, write_results
+from hohoho_core.runtime import configure_torch
+from hohoho_core.system import available_cores
 
 log = logging.getLogger("hohoho.bench")
+
+_ROOT = Path(__file__).resolve().parents[1]
 
 #: Section name -> (module under bench/, title used when the section fails).
 SECTIONS: dict[str, tuple[str, str]] = {
@@ -115,14 +109,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = args.threads or available_cores()
     if threads < 1:
         raise SystemExit("--threads must be at least 1")
-    torch.set_num_threads(threads)
+    # The entry point owns torch's process-wide state; the study section runs int8.
+    configure_torch(threads, quantized_engine="auto")
     sizes: Sizes = QUICK if args.quick else FULL
     if args.no_compile:
         sizes = with_overrides(sizes, try_compile=False)
     work = Path(args.work)
     out_dir = args.out or (work / "quick" if args.quick else _ROOT / "bench")
     names = [n for n in SECTIONS if args.only is None or n in args.only]
-    command = "python bench/run_all.py" + (
+    command = "python -m bench.run_all" + (
         " " + shlex.join(argv if argv is not None else sys.argv[1:])
         if (argv if argv is not None else sys.argv[1:]) else "")
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

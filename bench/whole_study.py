@@ -42,7 +42,7 @@ from bench.common import (
 from bench.context import BenchContext, ModelBundle
 from bench.int8 import GOAL_F2_DELTA, split_f2, test_split_root
 from hohoho_core.dicom import load_study
-from hohoho_core.predict import Predictor, phantom_calibration
+from hohoho_core.predict import Predictor, calibration_input, inference_twin
 from hohoho_core.preprocess import (
     PreprocessConfig,
     crop_to_box,
@@ -50,8 +50,9 @@ from hohoho_core.preprocess import (
     input_from_resized_hu,
     resize_stack,
 )
+from hohoho_core.weights import load_calibration
 
-__all__ = ["fold_batchnorm", "naive_analyse", "naive_read", "run"]
+__all__ = ["naive_analyse", "naive_read", "run"]
 
 GOAL_FLOOR = 2.0  # whole study within 2.0x the compute floor
 GOAL_SPEEDUP = 2.0  # at least 2x faster than the naive baseline
@@ -114,13 +115,19 @@ class TorchvisionTwin(nn.Module):
         return emb, n.fc(emb)
 
 
+def _temperatures(bundle: ModelBundle, cnn: bool) -> torch.Tensor:
+    """The weights' calibration (1 where the config has none), as the Predictor applies it."""
+    t = bundle.config.cnn_temperatures if cnn else bundle.config.temperatures
+    return torch.tensor(t if t is not None else [1.0] * len(bundle.config.classes))
+
+
 def _sequence_prob(bundle: ModelBundle, emb: torch.Tensor, logits: torch.Tensor) -> np.ndarray:
     if bundle.lstm is None:
-        return torch.sigmoid(logits).numpy()
+        return torch.sigmoid(logits / _temperatures(bundle, cnn=True)).numpy()
     mask = torch.ones(1, emb.shape[0], dtype=torch.bool)
     with torch.inference_mode():
         out = bundle.lstm(emb[None], mask, logits[None] if bundle.lstm.use_logits else None)
-    return torch.sigmoid(out[0]).numpy()
+    return torch.sigmoid(out[0] / _temperatures(bundle, cnn=False)).numpy()
 
 
 def naive_analyse(
@@ -143,32 +150,11 @@ def naive_analyse(
     prob = _sequence_prob(bundle, emb, lg)
     t.append(time.perf_counter())
     names = ("read + HU", "preprocess", "CNN", "LSTM")
-    return prob, torch.sigmoid(lg).numpy(), {n: t[i + 1] - t[i] for i, n in enumerate(names)}
+    cnn_prob = torch.sigmoid(lg / _temperatures(bundle, cnn=True)).numpy()
+    return prob, cnn_prob, {n: t[i + 1] - t[i] for i, n in enumerate(names)}
 
 
 # --------------------------------------------------------------------------- CNN candidates
-
-
-def fold_batchnorm(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` (eval mode) with each Conv -> BatchNorm pair folded into one conv."""
-    from torch.fx.experimental.optimization import fuse
-
-    return fuse(copy.deepcopy(module).eval(), inplace=True)
-
-
-class _Folded(nn.Module):
-    """A `SliceClassifier`'s forward with a batch-norm-folded backbone."""
-
-    def __init__(self, cnn: nn.Module) -> None:
-        super().__init__()
-        self.backbone = fold_batchnorm(cnn.backbone)
-        self.head = copy.deepcopy(cnn.head)
-        self.register_buffer("mean", cnn.mean.detach().clone())
-        self.register_buffer("std", cnn.std.detach().clone())
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.backbone((x - self.mean) / self.std)
-        return emb, self.head(emb)
 
 
 def run_cnn(model: nn.Module, x: torch.Tensor, batch: int, channels_last: bool) -> torch.Tensor:
@@ -185,7 +171,7 @@ def _candidates(cnn: nn.Module, sweep: tuple[int, ...]) -> list[tuple[str, nn.Mo
     # Copies in each layout (the Predictor may already have made ``cnn`` channels-last).
     plain = copy.deepcopy(cnn).eval().to(memory_format=torch.contiguous_format)
     cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)
-    folded = _Folded(plain).eval()
+    folded = inference_twin(plain)  # the shipped path's batch-norm folding
     folded_cl = copy.deepcopy(folded).to(memory_format=torch.channels_last)
     mid = 16 if 16 in sweep else sweep[-1]
     rows = [
@@ -196,8 +182,8 @@ def _candidates(cnn: nn.Module, sweep: tuple[int, ...]) -> list[tuple[str, nn.Mo
     return rows
 
 
-def _max_diff(logits: torch.Tensor, ref_prob: np.ndarray) -> float:
-    return float(np.abs(torch.sigmoid(logits).numpy() - ref_prob).max())
+def _max_diff(logits: torch.Tensor, ref_prob: np.ndarray, temperatures: torch.Tensor) -> float:
+    return float(np.abs(torch.sigmoid(logits / temperatures).numpy() - ref_prob).max())
 
 
 # --------------------------------------------------------------------------- section
@@ -220,7 +206,7 @@ def run(ctx: BenchContext) -> Section:
             f"torch.mm {s.matmul_n}x{s.matmul_n}, best of {s.matmul_repeats}, "
             f"{ctx.threads} threads")
 
-    predictor = Predictor(bundle.cnn, bundle.lstm, bundle.config, threads=ctx.threads)
+    predictor = Predictor(bundle.cnn, bundle.lstm, bundle.config)  # threads: run_all's
     study = load_study(folder)
     x_np = predictor.preprocess(study)
     x = torch.from_numpy(x_np)
@@ -294,22 +280,26 @@ def run(ctx: BenchContext) -> Section:
 
     # Candidates for the CNN part (same input, same threads).
     ref_cnn = torch.from_numpy(ref_cnn_prob)
+    cnn_t = _temperatures(bundle, cnn=True)
     for label, model, batch, cl in _candidates(bundle.cnn, s.batch_sweep):
         t = time_call(lambda m=model, b=batch, c=cl: run_cnn(m, x, b, c),
                       repeats=s.sweep_repeats, warmup=1)
-        d = _max_diff(run_cnn(model, x, batch, cl), ref_cnn.numpy())
+        d = _max_diff(run_cnn(model, x, batch, cl), ref_cnn.numpy(), cnn_t)
         sec.add(f"  CNN candidate: {label}", t.median, "s",
                 f"{ratio(t.median, floor_cnn):.2f}x floor, {ratio(naive_cnn, t.median):.2f}x "
                 f"naive CNN, max |dp| {d:.1e}", t)
     if s.try_compile:
-        _compile_row(sec, bundle.cnn, x, ref_cnn.numpy(), floor_cnn, naive_cnn, s.sweep_repeats)
+        _compile_row(sec, bundle.cnn, x, ref_cnn.numpy(), cnn_t, floor_cnn, naive_cnn,
+                     s.sweep_repeats)
 
     # The opt-in int8 path: whole study, CNN alone, and the F2 check that makes it eligible.
-    calib = phantom_calibration(cfg, n_slices=8 if s.quick else 16,
-                                render_px=128 if s.quick else 256)
+    # Calibrate as users get it: the studies saved beside the weights, else (random-init
+    # weights have none) the study's own slices.
+    studies = load_calibration(bundle.folder)
+    calib = x_np if studies is None else calibration_input(studies, cfg)
+    calib_from = "the study's own" if studies is None else "calibration.safetensors"
     t0 = time.perf_counter()
-    q = Predictor(bundle.cnn, bundle.lstm, bundle.config, threads=ctx.threads,
-                  precision="int8", calibration=calib)
+    q = Predictor(bundle.cnn, bundle.lstm, bundle.config, precision="int8", calibration=calib)
     setup_s = time.perf_counter() - t0
     q_prob = q.predict(study).prob
     t_q = time_call(lambda: q.predict(load_study(folder)), repeats=s.repeats, warmup=0)
@@ -318,7 +308,7 @@ def run(ctx: BenchContext) -> Section:
     sec.add("whole study, int8 path (opt-in)", t_q.median, "s",
             f"Predictor(precision='int8'): {ratio(t_q.median, floor):.2f}x floor, "
             f"{q_speedup:.2f}x naive, max |dp| {q_diff:.1e}; calibration once per model "
-            f"{setup_s:.1f} s ({len(calib)} phantom slices)", t_q)
+            f"{setup_s:.1f} s ({len(calib)} slices, {calib_from})", t_q)
     t_qcnn = time_call(lambda: q.predict_input(x_np), repeats=s.sweep_repeats, warmup=1)
     sec.add("  CNN candidate: int8 static (FX, x86 engine), batch 16", t_qcnn.median, "s",
             f"{ratio(t_qcnn.median, floor_cnn):.2f}x floor, {ratio(naive_cnn, t_qcnn.median):.2f}x "
@@ -357,7 +347,8 @@ def run(ctx: BenchContext) -> Section:
 
 
 def _compile_row(sec: Section, cnn: nn.Module, x: torch.Tensor, ref_prob: np.ndarray,
-                 floor_cnn: float, naive_cnn: float, repeats: int) -> None:
+                 temperatures: torch.Tensor, floor_cnn: float, naive_cnn: float,
+                 repeats: int) -> None:
     """``torch.compile`` (inductor, frozen weights) of the channels-last CNN, batch 16."""
     try:
         import torch._inductor.config as inductor_config
@@ -369,7 +360,7 @@ def _compile_row(sec: Section, cnn: nn.Module, x: torch.Tensor, ref_prob: np.nda
         out = run()
         compile_s = time.perf_counter() - t0
         t = time_call(run, repeats=repeats, warmup=1)
-        d = _max_diff(out, ref_prob)
+        d = _max_diff(out, ref_prob, temperatures)
         sec.add("  CNN candidate: torch.compile, channels-last, batch 16", t.median, "s",
                 f"{ratio(t.median, floor_cnn):.2f}x floor, {ratio(naive_cnn, t.median):.2f}x "
                 f"naive CNN, max |dp| {d:.1e}; first call (compiling) {compile_s:.1f} s", t)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
-WEIGHTS_ENV = "HOHOHO_WEIGHTS"
+WEIGHTS_ENV = "HOHOHO_WEIGHTS"  # the same name as weights.WEIGHTS_ENV (kept light here)
 
 
 class CliError(Exception):
@@ -31,11 +31,10 @@ class CliError(Exception):
 
 
 def default_weights() -> Path:
-    """``$HOHOHO_WEIGHTS`` if set, else the repository's ``weights/`` folder."""
-    env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "weights"
+    """The default weights folder: `weights.default_weights_dir`."""
+    from hohoho_core.weights import default_weights_dir
+
+    return default_weights_dir()
 
 
 def _part_path(out: Path, rank: int) -> Path:
@@ -68,26 +67,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from hohoho_core import distributed as D
     from hohoho_core.dicom import StudyLoadError, iter_studies
-    from hohoho_core.predict import (
-        Predictor,
-        available_cores,
-        prediction_record,
-        write_predictions,
-    )
+    from hohoho_core.predict import Predictor, prediction_record, write_predictions
+    from hohoho_core.runtime import configure_torch
+    from hohoho_core.system import available_cores
     from hohoho_core.weights import WeightsError
 
     info = D.init_distributed()
     try:
         # Processes on one machine share its cores.
         local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-        threads = max(1, available_cores() // local_world)
+        # The CLI is the entry point: it sets torch's process-wide state, once. Same
+        # algorithms every call on a GPU, so the same input gives the same bits.
+        configure_torch(
+            max(1, available_cores() // local_world),
+            deterministic=True,
+            quantized_engine="auto" if args.precision == "int8" else None,
+        )
         try:
             predictor = Predictor.from_folder(
                 weights,
                 device=args.device or info.device,
                 batch_size=args.batch_size,
                 precision=args.precision,
-                threads=threads,
             )
         except WeightsError as err:
             raise CliError(f"weights {weights}: {err}") from None

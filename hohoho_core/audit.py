@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from hohoho_core.labels import ANY_INDEX, CLASSES
+from hohoho_core.rsna_csv import Source, read_rsna_csv
 
 __all__ = [
     "RULES",
@@ -501,54 +502,40 @@ def rank_flags(
 # --------------------------------------------------------------------------- files
 
 
-def read_probs_csv(path: Path | str, image_ids: np.ndarray | pd.Series | list[str]) -> np.ndarray:
+def read_probs_csv(
+    path: Source,
+    image_ids: np.ndarray | pd.Series | list[str],
+    *,
+    name: str | None = None,
+) -> np.ndarray:
     """Read RSNA-submission-format probabilities into an array aligned with ``image_ids``.
 
     Args:
-        path: CSV with header ``ID,Label`` and rows ``ID_<hex>_<class>,<probability>``.
+        path: CSV with header ``ID,Label`` and rows ``ID_<image>_<class>,<probability>``
+            (a path, its bytes or an open file).
         image_ids: ``(N,)`` image IDs (``ID_<hex>``) in the order wanted.
+        name: what error messages call the file (default: its name).
 
     Returns:
         ``(N, 6)`` float64, columns ``CLASSES``. Rows for other images are ignored;
         identical duplicate rows are tolerated.
 
     Raises:
-        ValueError: missing columns, an unknown class suffix, values outside [0, 1],
-            conflicting duplicates, or an image/class of ``image_ids`` without a value.
+        ValueError: (`RsnaCsvError`) missing columns, a malformed ID, an unknown class
+            suffix, values outside [0, 1], conflicting duplicates, or an image/class of
+            ``image_ids`` without a value. Out-of-fold scores must be complete and
+            unambiguous: a guessed probability would become a guessed label flag.
     """
-    path = Path(path)
-    frame = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
-    if not {"ID", "Label"} <= set(frame.columns):
-        raise ValueError(f"{path.name}: expected columns ID,Label, got {list(frame.columns)}")
-    parts = frame["ID"].str.rsplit("_", n=1, expand=True)
-    if parts.shape[1] != 2 or parts.isna().to_numpy().any():
-        raise ValueError(f"{path.name}: IDs must look like ID_<hex>_<class>")
-    image, cls = parts[0], parts[1]
-    unknown = sorted(set(cls) - set(CLASSES))
-    if unknown:
-        raise ValueError(f"{path.name}: unknown class suffixes {unknown[:5]}")
-    values = pd.to_numeric(frame["Label"], errors="coerce").to_numpy(dtype=np.float64)
-    if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any():
-        raise ValueError(f"{path.name}: Label values must be probabilities in [0, 1]")
-    long = pd.DataFrame({"image_id": image, "class": cls, "value": values})
-    dup = long.duplicated(["image_id", "class"], keep=False)
-    if dup.any():
-        spread = long[dup].groupby(["image_id", "class"])["value"].agg(lambda s: s.max() - s.min())
-        if (spread > 0).any():
-            raise ValueError(
-                f"{path.name}: conflicting duplicate rows for {int((spread > 0).sum())} IDs"
-            )
-        long = long.drop_duplicates(["image_id", "class"])
-    wide = long.pivot(index="image_id", columns="class", values="value")
-    wide = wide.reindex(index=pd.Index(np.asarray(image_ids, dtype=object)), columns=list(CLASSES))
-    holes = wide.isna().to_numpy()
-    if holes.any():
-        bad = wide.index[holes.any(axis=1)]
-        raise ValueError(
-            f"{path.name}: no probability for {int(holes.sum())} image/class pairs "
-            f"({len(bad)} images, e.g. {list(bad[:3])})"
-        )
-    return wide.to_numpy(dtype=np.float64)
+    return read_rsna_csv(
+        path,
+        kind="probabilities",
+        image_ids=image_ids,
+        on_invalid="error",
+        on_duplicate="drop",
+        on_conflict="error",
+        on_missing="error",
+        name=name,
+    ).to_numpy(dtype=np.float64)
 
 
 def audit_from_files(

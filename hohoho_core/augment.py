@@ -5,7 +5,7 @@ the "stacked" input, 1 otherwise), so one ``grid_sample`` call serves the whole 
 or GPU. Geometry is shared by the channels of one sample (the three neighbours move
 together); intensity changes stay in Hounsfield units, so a window-centre/width jitter is
 exactly a slightly different display window, never a colour change that breaks HU meaning
-(domain.md: heavy colour changes hurt).
+(docs/domain.md: heavy colour changes hurt).
 
 Random parameters are drawn on the CPU from a ``torch.Generator`` and only then moved to the
 data's device, so a run is reproducible for a given seed on any device.

@@ -7,8 +7,8 @@ Layout under ``root`` (one pair of files per study, ``key`` a safe file stem)::
     <key>.json   sidecar: image_ids, labels (S, 6) with -1 = unknown, study_uid,
                  series_uid, size, crop, extra meta
 
-Writes go to a dot-prefixed temporary file first and are moved into place with
-``os.replace``; the sidecar is written last, so a study counts as cached only once both
+Writes go through ``hohoho_core.atomic`` (a dot-prefixed temporary file moved into place
+with ``os.replace``); the sidecar is written last, so a study counts as cached only once both
 files are complete. A killed build leaves at most temporary files, which are never
 listed and are overwritten on the next build.
 """
@@ -20,7 +20,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from hohoho_core.atomic import atomic_open, atomic_write_bytes
 from hohoho_core.labels import CLASSES
 from hohoho_core.preprocess import PreprocessConfig, crop_and_resize_hu
 from hohoho_core.study import Study
@@ -100,20 +100,6 @@ class StudyItem:
     series_uid: str = ""
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Write through ``write(file)`` into a hidden temp file, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class StudyCache:
     """Folder of cropped+resized int16 HU studies with label sidecars (see module doc)."""
 
@@ -180,8 +166,9 @@ class StudyCache:
         text = json.dumps(sidecar).encode("utf-8")
         # Array first, sidecar last: the sidecar is the "study complete" marker.
         self._json(key).unlink(missing_ok=True)
-        _atomic_write_bytes(self._npy(key), lambda f: np.save(f, hu16, allow_pickle=False))
-        _atomic_write_bytes(self._json(key), lambda f: f.write(text))
+        with atomic_open(self._npy(key), "wb") as f:
+            np.save(f, hu16, allow_pickle=False)
+        atomic_write_bytes(self._json(key), text)
 
     def _sidecar(self, key: str) -> dict[str, Any]:
         with open(self._json(key), encoding="utf-8") as f:

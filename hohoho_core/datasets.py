@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from hohoho_core.atomic import atomic_open
 from hohoho_core.augment import slab_channels, to_model_input
 from hohoho_core.labels import CLASSES
 from hohoho_core.preprocess import PreprocessConfig
@@ -303,17 +304,16 @@ def save_embeddings(path: Path, table: EmbeddingTable) -> Path:
     """Write an ``.npz`` (embeddings as float16 to halve the size; no pickled objects)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
-        embeddings=table.embeddings.astype(np.float16),
-        logits=table.logits.astype(np.float32),
-        labels=table.labels.astype(np.int8),
-        study=np.asarray(table.study, dtype=str),
-        image_id=np.asarray(table.image_id, dtype=str),
-        slice_index=table.slice_index.astype(np.int32),
-    )
-    tmp.replace(path)
+    with atomic_open(path) as f:  # a file object: np.savez would append ".npz" to a path
+        np.savez(
+            f,
+            embeddings=table.embeddings.astype(np.float16),
+            logits=table.logits.astype(np.float32),
+            labels=table.labels.astype(np.int8),
+            study=np.asarray(table.study, dtype=str),
+            image_id=np.asarray(table.image_id, dtype=str),
+            slice_index=table.slice_index.astype(np.int32),
+        )
     return path
 
 

@@ -9,11 +9,12 @@ and `relative_level` gives the colour that shows t-SNE carries slice level (post
 from __future__ import annotations
 
 import logging
-import os
 from typing import Literal
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from hohoho_core.system import available_cores
 
 __all__ = ["MIN_POINTS", "PARALLEL_FROM", "PCA_DIMS", "relative_level", "subsample", "tsne_2d"]
 
@@ -39,10 +40,7 @@ def _default_jobs(n: int) -> int:
     """
     if n < PARALLEL_FROM:
         return 1
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 def _effective_perplexity(perplexity: float, n: int) -> float:

@@ -37,11 +37,13 @@ from torch import nn
 __all__ = [
     "METHODS",
     "Attribution",
+    "SANITY_PASS_RHO",
     "RandomisationResult",
     "attribute",
     "jet",
     "overlay",
     "randomisation_check",
+    "randomisation_passed",
     "saliency_map",
     "ssim",
     "to_display",
@@ -54,6 +56,10 @@ _ALIASES: dict[str, str] = {"ig": "integrated_gradients", "grad-cam": "gradcam"}
 #: Percentile that maps to 1.0 for the gradient methods: input gradients are spiky, and
 #: scaling by the single largest pixel would leave the rest of the map black.
 GRADIENT_CLIP_PERCENTILE: float = 99.5
+
+#: Spearman rank correlation (trained vs randomised model's map) below which the map counts
+#: as clearly changed, i.e. the method passes the randomisation check.
+SANITY_PASS_RHO: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,22 @@ class RandomisationResult:
     original_map: np.ndarray
     random_map: np.ndarray
     randomised: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Whether the map depends on the weights (see `randomisation_passed`)."""
+        return randomisation_passed(self.spearman)
+
+
+def randomisation_passed(spearman: float, max_rho: float = SANITY_PASS_RHO) -> bool:
+    """The randomisation check's verdict: True when the rank correlation of the trained and
+    the randomised model's maps is below ``max_rho`` (the map changed with the weights).
+
+    NaN (a constant map has no ranks) never passes: a blank map shows nothing of the model.
+    Only the rank correlation decides; SSIM is shown beside it for the reader.
+    """
+    rho = float(spearman)
+    return not np.isnan(rho) and rho < max_rho
 
 
 class _Logits(nn.Module):
@@ -162,7 +184,7 @@ def attribute(
             windowed input space*, i.e. an all-air image (-1000 HU is below every window, so
             it windows to 0). Zeros in the *normalised* space would instead be the ImageNet
             mean, a mid-grey that on CT means soft tissue: attributions would then explain
-            the difference from "uniform brain", not from "nothing there" (domain.md,
+            the difference from "uniform brain", not from "nothing there" (docs/domain.md,
             "Saliency pitfalls"), and the completeness axiom would be anchored to a
             meaningless reference.
         ig_steps: Riemann/Gauss-Legendre steps of Integrated Gradients.

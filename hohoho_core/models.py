@@ -31,6 +31,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MODEL_NAMES",
+    "LstmConfig",
     "PretrainedWeightsUnavailable",
     "SequenceModel",
     "SliceClassifier",
@@ -306,6 +307,50 @@ def create_model(
     if simclr is not None:
         load_simclr_backbone(model, simclr)
     return model
+
+
+@dataclass(frozen=True)
+class LstmConfig:
+    """`SequenceModel` settings as saved in a weights config (``in_dim`` comes from the CNN).
+
+    ``to_dict``/``from_dict`` read and write the ``"lstm"`` object of ``config.json``;
+    missing keys take these defaults (the model's own), unknown keys are a ValueError.
+    """
+
+    hidden: int = 128
+    layers: int = 2
+    bidirectional: bool = True
+    dropout: float = 0.1
+    use_logits: bool = False
+    use_diffs: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"lstm {name} must be an integer >= 1, got {value!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"lstm dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, keys in field order."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> LstmConfig:
+        """Inverse of ``to_dict``; an `LstmConfig` passes through unchanged."""
+        if isinstance(d, LstmConfig):
+            return d
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            allowed = ", ".join(sorted(known))
+            raise ValueError(f"unknown lstm config keys {unknown}; allowed: {allowed}")
+        return cls(**dict(d))
+
+    def build(self, in_dim: int, num_classes: int = len(CLASSES)) -> SequenceModel:
+        """The `SequenceModel` these settings describe over ``in_dim``-wide embeddings."""
+        return SequenceModel(in_dim, num_classes=num_classes, **self.to_dict())
 
 
 class SequenceModel(nn.Module):

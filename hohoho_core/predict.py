@@ -12,6 +12,9 @@ rounding (about 1e-6, far inside the project's 1e-3 tolerance). ``precision="int
 a static int8 CNN (`quantize_int8`), several times faster on CPUs with VNNI/AMX, whose
 probabilities move by a few 1e-2: opt-in, for weights whose macro F2 it keeps (the bench
 checks that on the synthetic test split).
+
+Nothing here changes process-wide torch state (threads, quantised engine, cuDNN flags):
+the entry point sets those once with `runtime.configure_torch`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import copy
 import csv
 import json
 import logging
-import os
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,17 +37,18 @@ from torch import nn
 from hohoho_core.labels import CLASSES
 from hohoho_core.models import SequenceModel, SliceClassifier
 from hohoho_core.preprocess import PreprocessConfig, make_input
+from hohoho_core.rsna_csv import row_id, write_rsna_csv
+from hohoho_core.runtime import QUANTIZED_ENGINES
 from hohoho_core.study import Study
-from hohoho_core.weights import ModelConfig, load_weights
+from hohoho_core.weights import ModelConfig, load_calibration, load_weights
 
 __all__ = [
     "PRECISIONS",
     "Predictor",
     "StudyPrediction",
     "StudySummary",
-    "available_cores",
+    "calibration_input",
     "inference_twin",
-    "phantom_calibration",
     "positive_runs",
     "prediction_record",
     "quantize_int8",
@@ -58,29 +62,6 @@ log = logging.getLogger(__name__)
 #: CNN arithmetic a `Predictor` offers: exact fp32, or static int8 (CPU only, see
 #: `quantize_int8`; accepted only when macro F2 stays within 0.005 of fp32).
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
-
-_threads_configured = False
-
-
-def available_cores() -> int:
-    """CPU cores this process may use (affinity-aware where the OS tells)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _configure_threads(threads: int | None) -> None:
-    """Set torch's intra-op threads once per process (explicit values always apply)."""
-    global _threads_configured
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
-        _threads_configured = True
-    elif not _threads_configured:
-        torch.set_num_threads(available_cores())
-        _threads_configured = True
 
 
 def positive_runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -199,28 +180,46 @@ def inference_twin(cnn: SliceClassifier) -> nn.Module:
 
 
 class _QuantizedClassifier(nn.Module):
-    """An int8 backbone (float in, float embedding out) with the fp32 head."""
+    """An int8 backbone (float in, float embedding out) with the fp32 head.
 
-    def __init__(self, backbone: nn.Module, cnn: SliceClassifier) -> None:
+    Its packed weights belong to the quantised engine active when it was converted; it
+    refuses to run under another one rather than fail deep inside a kernel.
+    """
+
+    def __init__(self, backbone: nn.Module, cnn: SliceClassifier, engine: str) -> None:
         super().__init__()
         self.backbone = backbone
+        self.engine = engine
         self.head = copy.deepcopy(cnn.head).cpu()
         self.register_buffer("mean", cnn.mean.detach().cpu().clone(), persistent=False)
         self.register_buffer("std", cnn.std.detach().cpu().clone(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [N, 3, H, W]`` in [0, 1] -> ``(embedding [N, D], logits [N, K])``, float32."""
+        _check_engine(self.engine)
         emb = self.backbone((x - self.mean) / self.std)
         return emb, self.head(emb)
 
 
-def _quantized_engine() -> str:
-    """The best int8 kernels torch has here: "x86" (oneDNN/fbgemm, VNNI/AMX) when built."""
-    engines = torch.backends.quantized.supported_engines
-    for name in ("x86", "fbgemm", "onednn", "qnnpack"):
-        if name in engines:
-            return name
-    raise RuntimeError("this torch build has no quantized CPU engine")
+def _active_engine() -> str:
+    """The process's quantised engine, when it is one int8 inference can use."""
+    engine = str(torch.backends.quantized.engine)
+    if engine not in QUANTIZED_ENGINES:
+        raise RuntimeError(
+            f"int8 needs a quantized CPU engine, but torch's active one is {engine!r}: call "
+            "hohoho_core.runtime.configure_torch(quantized_engine='auto') at the entry point"
+        )
+    return engine
+
+
+def _check_engine(engine: str) -> None:
+    active = str(torch.backends.quantized.engine)
+    if active != engine:
+        raise RuntimeError(
+            f"this int8 model was quantised for the {engine!r} engine but torch's active "
+            f"quantized engine is now {active!r}; set it back once at the entry point "
+            f"(hohoho_core.runtime.configure_torch(quantized_engine={engine!r}))"
+        )
 
 
 def quantize_int8(cnn: SliceClassifier, calibration: torch.Tensor) -> nn.Module:
@@ -231,7 +230,8 @@ def quantize_int8(cnn: SliceClassifier, calibration: torch.Tensor) -> nn.Module:
     On CPUs with VNNI/AMX-int8 this runs several times faster than fp32, but probabilities
     move by up to a few 1e-2, so it is only acceptable where macro F2 on held-out data stays
     within 0.005 of fp32 (``bench/run_all.py --only study`` checks that on the synthetic test
-    split of the shipped weights). CPU only. Sets torch's global quantized engine.
+    split of the shipped weights). CPU only. Uses torch's active quantized engine (set by
+    the entry point, `runtime.configure_torch`) and never changes it.
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -239,8 +239,7 @@ def quantize_int8(cnn: SliceClassifier, calibration: torch.Tensor) -> nn.Module:
     calib = torch.as_tensor(calibration, dtype=torch.float32).cpu()
     if calib.ndim != 4 or calib.shape[1] != 3 or calib.shape[0] == 0:
         raise ValueError(f"calibration must be [N, 3, H, W], got {tuple(calib.shape)}")
-    engine = _quantized_engine()
-    torch.backends.quantized.engine = engine
+    engine = _active_engine()
     mean = cnn.mean.detach().cpu()
     std = cnn.std.detach().cpu()
     backbone = copy.deepcopy(cnn.backbone).cpu().eval()
@@ -259,27 +258,18 @@ def quantize_int8(cnn: SliceClassifier, calibration: torch.Tensor) -> nn.Module:
             for chunk in calib.split(16):
                 prepared((chunk - mean) / std)
         quantized = convert_fx(prepared)
-    return _QuantizedClassifier(quantized, cnn).eval()
+    return _QuantizedClassifier(quantized, cnn, engine).eval()
 
 
-def phantom_calibration(
-    cfg: PreprocessConfig, n_slices: int = 16, render_px: int = 256, seed: int = 0
-) -> np.ndarray:
-    """Default int8 calibration input: two synthetic phantom studies (one with bleeds).
+def calibration_input(studies: Sequence[np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
+    """HU calibration studies (`weights.load_calibration`) -> int8 calibration input.
 
-    Returns float32 ``[2 * n_slices, 3, cfg.size, cfg.size]``, the same every call. A
-    stand-in only: for weights trained on real scans, pass real slices as calibration.
+    Each ``[S, H, W]`` study is preprocessed on its own, as `Predictor.preprocess` would;
+    returns float32 ``[sum S, 3, cfg.size, cfg.size]`` in saved order.
     """
-    from hohoho_core.synthetic import StudyPlan, make_study
-
-    plans = (
-        StudyPlan(subtypes=("subdural", "intraparenchymal", "intraventricular"),
-                  n_slices=n_slices),
-        StudyPlan(n_slices=n_slices),
-    )
-    parts = [make_input(make_study(seed, i, size=render_px, plan=plan).hu, cfg)
-             for i, plan in enumerate(plans)]
-    return np.concatenate(parts)
+    if not studies:
+        raise ValueError("no calibration studies")
+    return np.concatenate([make_input(np.asarray(hu, dtype=np.float32), cfg) for hu in studies])
 
 
 class Predictor:
@@ -291,12 +281,17 @@ class Predictor:
         config: the weights' `ModelConfig` (preprocessing and thresholds).
         device: "cpu", "cuda", "cuda:1", ...
         batch_size: slices per CNN forward pass.
-        threads: torch intra-op threads; None uses every core available (set once).
         precision: "fp32" (default: same probabilities as the plain model up to rounding)
             or "int8" (`quantize_int8`, CPU only, several times faster, probabilities
-            within a few 1e-2; see bench/README.md before using it).
-        calibration: int8 only: model inputs ``[N, 3, H, W]`` to calibrate on; default
-            `phantom_calibration`.
+            within a few 1e-2; see bench/README.md before using it). int8 uses torch's
+            active quantized engine, which the entry point selects
+            (`runtime.configure_torch`).
+        calibration: int8 only: model inputs ``[N, 3, H, W]`` to calibrate on. None
+            calibrates on the first study predicted (its own slices); `from_folder` passes
+            the folder's ``calibration.safetensors`` when there is one.
+
+    Threads and other process-wide torch settings are the entry point's
+    (`runtime.configure_torch`); constructing a `Predictor` leaves them as they are.
 
     ``predict`` runs `inference_twin` (a batch-norm-folded copy made here), so weights
     changed in ``cnn`` after construction are not seen by it: build a new `Predictor`.
@@ -310,7 +305,6 @@ class Predictor:
         config: ModelConfig,
         device: str | torch.device = "cpu",
         batch_size: int = 16,
-        threads: int | None = None,
         precision: str = "fp32",
         calibration: np.ndarray | torch.Tensor | None = None,
     ) -> None:
@@ -318,27 +312,30 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        _configure_threads(threads)
         self.device = torch.device(device)
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision 'int8' runs on the CPU only")
-        if self.device.type == "cuda":
-            # Same algorithms every call, so the same input gives the same bits.
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
         self.config = config
-        self.preprocess_config = PreprocessConfig.from_dict(config.preprocess)
+        self.preprocess_config: PreprocessConfig = config.preprocess
         self.batch_size = batch_size
         self.precision = precision
         self.cnn = cnn.eval().to(self.device, memory_format=torch.channels_last)
+        # One lock per predictor: the app shares it across sessions, and a lazily
+        # calibrated int8 model must be built once.
+        self._lock = threading.Lock()
+        self._infer_cnn: nn.Module | None = None
         if precision == "int8":
-            if calibration is None:
-                calibration = phantom_calibration(self.preprocess_config)
-            self._infer_cnn = quantize_int8(self.cnn, torch.as_tensor(calibration))
+            _active_engine()  # fail now, not at the first study, without an int8 engine
+            if calibration is not None:
+                self._infer_cnn = quantize_int8(self.cnn, torch.as_tensor(calibration))
         else:
             self._infer_cnn = inference_twin(self.cnn).to(memory_format=torch.channels_last)
         self.lstm = lstm.eval().to(self.device) if lstm is not None else None
         self.thresholds = np.asarray(config.thresholds, dtype=np.float64)
+        # Calibration (temperature per class, fitted on validation): 1 = the raw model.
+        ones = [1.0] * len(config.classes)
+        self.temperatures = np.asarray(config.temperatures or ones, dtype=np.float32)
+        self.cnn_temperatures = np.asarray(config.cnn_temperatures or ones, dtype=np.float32)
         self.classes: tuple[str, ...] = tuple(config.classes)
 
     @classmethod
@@ -347,13 +344,20 @@ class Predictor:
         path: str | Path,
         device: str | torch.device = "cpu",
         batch_size: int = 16,
-        threads: int | None = None,
         precision: str = "fp32",
         calibration: np.ndarray | torch.Tensor | None = None,
     ) -> Predictor:
-        """Load a weights folder (`weights.load_weights`; raises `WeightsError`)."""
+        """Load a weights folder (`weights.load_weights`; raises `WeightsError`).
+
+        int8 without ``calibration`` calibrates on the folder's calibration studies
+        (`weights.load_calibration`) when it has them, else on the first study predicted.
+        """
         cnn, lstm, config = load_weights(path)
-        return cls(cnn, lstm, config, device=device, batch_size=batch_size, threads=threads,
+        if precision == "int8" and calibration is None:
+            studies = load_calibration(path)
+            if studies is not None:
+                calibration = calibration_input(studies, config.preprocess)
+        return cls(cnn, lstm, config, device=device, batch_size=batch_size,
                    precision=precision, calibration=calibration)
 
     def preprocess(self, study: Study) -> np.ndarray:
@@ -368,17 +372,28 @@ class Predictor:
         t = torch.as_tensor(x, dtype=torch.float32)
         if t.ndim != 4 or t.shape[1] != 3:
             raise ValueError(f"expected input [S, 3, H, W], got {tuple(t.shape)}")
+        model = self._cnn_for(t)
         embs, logits = [], []
         with torch.inference_mode():
             for start in range(0, t.shape[0], self.batch_size):
                 chunk = t[start : start + self.batch_size].to(self.device)
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
-                e, lg = self._infer_cnn(chunk)
+                e, lg = model(chunk)
                 embs.append(e.float().cpu())
                 logits.append(lg.float().cpu())
         if not embs:
             raise ValueError("input has no slices")
         return torch.cat(embs).numpy(), torch.cat(logits).numpy()
+
+    def _cnn_for(self, first_input: torch.Tensor) -> nn.Module:
+        """The inference CNN; an uncalibrated int8 one is calibrated on ``first_input``."""
+        if self._infer_cnn is None:
+            with self._lock:
+                if self._infer_cnn is None:
+                    if first_input.shape[0] == 0:
+                        raise ValueError("input has no slices")
+                    self._infer_cnn = quantize_int8(self.cnn, first_input)
+        return self._infer_cnn
 
     def sequence_prob(self, emb: np.ndarray, logits: np.ndarray) -> np.ndarray | None:
         """Stage-2 probabilities ``(S, K)`` for one study, or None without a sequence model."""
@@ -389,12 +404,13 @@ class Predictor:
         lg = torch.as_tensor(logits, dtype=torch.float32)[None].to(self.device)
         with torch.inference_mode():
             out = self.lstm(e, mask, lg if self.lstm.use_logits else None)
-        return torch.sigmoid(out[0]).float().cpu().numpy()
+        out = out[0].float().cpu() / torch.from_numpy(self.temperatures)
+        return torch.sigmoid(out).numpy()
 
     def predict(self, study: Study) -> StudyPrediction:
         """Run the whole pipeline on one sorted study."""
         emb, logits = self.predict_input(self.preprocess(study))
-        cnn_prob = torch.sigmoid(torch.from_numpy(logits)).numpy()
+        cnn_prob = torch.sigmoid(torch.from_numpy(logits / self.cnn_temperatures)).numpy()
         lstm_prob = self.sequence_prob(emb, logits)
         prob = lstm_prob if lstm_prob is not None else cnn_prob
         labels = prob >= self.thresholds[None, :]
@@ -415,8 +431,7 @@ class Predictor:
 
 def submission_id(image_id: str, cls: str) -> str:
     """RSNA submission row id ``ID_<image>_<class>``; an ``ID_`` prefix is not doubled."""
-    base = image_id if image_id.startswith("ID_") else f"ID_{image_id}"
-    return f"{base}_{cls}"
+    return row_id(image_id, cls)
 
 
 def prediction_record(pred: StudyPrediction) -> dict[str, Any]:
@@ -460,13 +475,15 @@ def write_predictions(records: Sequence[dict[str, Any]], out: str | Path) -> lis
         doc = {"classes": list(CLASSES), "studies": list(records)}
         out.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
         return [out]
-    with out.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["ID", "Label"])
-        for rec in records:
-            for image_id, row in zip(rec["image_ids"], rec["prob"], strict=True):
-                for cls, p in zip(rec["classes"], row, strict=True):
-                    w.writerow([submission_id(image_id, cls), f"{p:.6g}"])
+    image_ids: list[str] = []
+    probs: list[np.ndarray] = [np.empty((0, len(CLASSES)))]
+    for rec in records:
+        # Columns in CLASSES order whatever order the record lists them in.
+        cols = [list(rec["classes"]).index(c) for c in CLASSES]
+        prob = np.asarray(rec["prob"], dtype=np.float64).reshape(-1, len(rec["classes"]))
+        image_ids += rec["image_ids"]
+        probs.append(prob[:, cols])
+    write_rsna_csv(out, image_ids, np.concatenate(probs), kind="probabilities")
     summary_path = studies_path(out)
     with summary_path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)

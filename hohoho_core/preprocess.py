@@ -35,7 +35,7 @@ __all__ = [
     "window_hu",
 ]
 
-#: Display windows as (centre, width) in HU (domain.md).
+#: Display windows as (centre, width) in HU (docs/domain.md).
 WINDOWS: dict[str, tuple[float, float]] = {
     "brain": (40, 80),
     "subdural": (80, 200),
@@ -68,7 +68,7 @@ def stack_neighbours(x: np.ndarray) -> np.ndarray:
     """``[S, H, W]`` -> ``[S, 3, H, W]`` whose channels are slices i-1, i, i+1.
 
     ``x`` must already be in study order. The first and last slices repeat themselves
-    for the missing neighbour (domain.md), so a one-slice study gives three equal channels.
+    for the missing neighbour (docs/domain.md), so a one-slice study gives three equal channels.
     """
     if x.ndim != 3:
         raise ValueError(f"stack_neighbours expects [S, H, W], got shape {x.shape}")

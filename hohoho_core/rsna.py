@@ -2,8 +2,8 @@
 
 ``read_labels`` turns ``ID,Label`` rows (``ID_<hex>_<subtype>``, six per image) into one
 row per image. ``build_index`` reads only the few header tags needed to group files into
-series and order them along the slice normal (about 750,000 files: a process pool,
-chunked), joins the labels and caches the table on disk, keyed by the folder listing.
+series and order them with `dicom.order_slices`, the rule `load_study` uses (about
+750,000 files: a process pool, chunked), joins the labels and caches the table on disk, keyed by the folder listing.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import json
 import logging
 import multiprocessing
 import os
-import re
 import sys
 import types
-import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -25,18 +23,35 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
 
+from hohoho_core.atomic import atomic_path, atomic_write_text
+from hohoho_core.dicom import (
+    HeaderRecord,
+    UnreadableFileError,
+    classify,
+    order_slices,
+    read_header,
+)
 from hohoho_core.labels import CLASSES
-from hohoho_core.study import Study
+from hohoho_core.rsna_csv import UNKNOWN_LABEL, read_rsna_csv
+from hohoho_core.study import LoadReport, SkippedFile, Study
+from hohoho_core.system import available_cores
 
 __all__ = [
+    "DICOM_DIR",
     "INDEX_COLUMNS",
+    "LABELS_FILE",
+    "SKIPPED_COLUMNS",
     "UNLABELLED",
     "RsnaIndex",
     "build_index",
+    "default_labels_csv",
+    "dicom_folder",
+    "image_series",
+    "is_dataset_folder",
     "iter_labelled_studies",
     "read_labels",
+    "series_rows",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,17 +68,19 @@ INDEX_COLUMNS: tuple[str, ...] = (
     *CLASSES,
 )
 #: -1 in a label column: the image has no label for that class.
-UNLABELLED = -1
-_HEADER_TAGS = [
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "ImagePositionPatient",
-    "ImageOrientationPatient",
-    "InstanceNumber",
-]
-_CACHE_VERSION = 1
+UNLABELLED = UNKNOWN_LABEL
+#: Columns of `RsnaIndex.skipped`: files `dicom.order_slices` or the usability checks drop.
+SKIPPED_COLUMNS: tuple[str, ...] = (
+    "image_id",
+    "study_uid",
+    "series_uid",
+    "path",
+    "reason",
+    "detail",
+)
+# 2: slices ordered by `dicom.order_slices` (ties, duplicates and odd sizes as load_study).
+_CACHE_VERSION = 2
 _CHUNK = 2000
-_ID_COLUMN = re.compile(r"^(ID_[0-9a-fA-F]+)_([a-z]+)$")
 
 
 @dataclass
@@ -71,8 +88,11 @@ class RsnaIndex:
     """One row per slice file: where it is, its series, its place in it, its labels.
 
     ``table`` columns: `INDEX_COLUMNS`; label columns are int8 with -1 where unlabelled;
-    ``z`` is the position along the slice normal (NaN where the series lacks positions
-    and was ordered by InstanceNumber). ``path`` is relative to ``root``.
+    ``slice_index`` is the slice's index in the `Study` that `load_study` returns for
+    its series (one rule: `dicom.order_slices`); ``z`` is the position along the slice
+    normal (NaN where the series lacks positions and was ordered by InstanceNumber or
+    file name). ``path`` is relative to ``root``. Files that rule drops are in
+    ``skipped``, not in ``table``.
     """
 
     root: Path
@@ -83,6 +103,11 @@ class RsnaIndex:
     missing_labels: list[str] = field(default_factory=list)
     #: Files (relative paths) whose header could not be read.
     unreadable: list[str] = field(default_factory=list)
+    #: Readable files that `load_study` would not use either, so they are not in
+    #: ``table`` (whose ``slice_index`` must match the `Study`): columns
+    #: `SKIPPED_COLUMNS`, ``reason`` a `SkipReason` value (duplicate position, size
+    #: mismatch, not CT...). Their labels still count as present (not ``missing_files``).
+    skipped: pd.DataFrame = field(default_factory=lambda: _empty_skipped())
 
     @property
     def n_studies(self) -> int:
@@ -95,87 +120,55 @@ class RsnaIndex:
 def read_labels(csv_path: str | os.PathLike[str]) -> pd.DataFrame:
     """Parse ``stage_2_train.csv`` into a ``(n_images, 6)`` int8 frame.
 
-    Rows look like ``ID_<hex>_<subtype>,<0|1>``. Exact duplicate rows are dropped;
-    duplicates that disagree take the maximum (a positive wins) with a warning. A class
-    missing for an image is -1.
+    The RSNA file as it is: rows with an unknown ID, class or value are ignored with a
+    warning; exact duplicate rows are dropped; duplicates that disagree take the maximum (a
+    positive wins) with a warning; a class missing for an image is `UNLABELLED`. The rules
+    are `rsna_csv.read_rsna_csv`'s policies, spelled out here.
 
     Returns:
-        Index ``image_id``; columns `CLASSES` in order; dtype int8.
+        Index ``image_id``, sorted; columns `CLASSES` in order; dtype int8.
     """
-    raw = pd.read_csv(csv_path, dtype={"ID": str}, usecols=["ID", "Label"])
-    parts = raw["ID"].str.extract(_ID_COLUMN)
-    bad = parts[0].isna() | ~parts[1].isin(CLASSES)
-    labels = pd.to_numeric(raw["Label"], errors="coerce")
-    bad |= ~labels.isin([0, 1])
-    if bad.any():
-        warnings.warn(
-            f"{int(bad.sum())} label rows have an unknown ID, class or value and were ignored",
-            stacklevel=2,
-        )
-    long = pd.DataFrame(
-        {"image_id": parts[0][~bad], "cls": parts[1][~bad], "label": labels[~bad].astype(np.int8)}
-    )
-    dup = long.duplicated(["image_id", "cls"], keep=False)
-    if dup.any():
-        spread = long[dup].groupby(["image_id", "cls"])["label"].agg(["min", "max"])
-        conflicts = spread[spread["min"] != spread["max"]]
-        if len(conflicts):
-            warnings.warn(
-                f"{len(conflicts)} (image, class) pairs have conflicting duplicate labels; "
-                "the maximum was kept",
-                stacklevel=2,
-            )
-        long = long.groupby(["image_id", "cls"], as_index=False, sort=False)["label"].max()
-    wide = long.pivot(index="image_id", columns="cls", values="label")
-    wide = wide.reindex(columns=list(CLASSES)).fillna(UNLABELLED).astype(np.int8)
-    wide.columns.name = None
-    wide.index.name = "image_id"
-    return wide.sort_index()
+    return read_rsna_csv(
+        csv_path,
+        kind="labels",
+        on_invalid="drop",
+        on_duplicate="drop",
+        on_conflict="max",
+        on_missing="unknown",
+    ).sort_index()
 
 
 # --------------------------------------------------------------------------- headers
 
 
-def _read_index_header(
-    path: str,
-) -> tuple[str, str, tuple[float, ...] | None, tuple[float, ...] | None, int | None]:
-    """(study_uid, series_uid, position (3,), orientation (6,), instance_number) of one file.
+def _read_index_header(path: str) -> HeaderRecord | _SkippedHeader | None:
+    """One file's ordering header (`dicom.read_header` fast mode: pixel data never read).
 
-    Only the five tags are parsed (``specific_tags``); pixel data is never read.
-    Raises on an unreadable file.
+    Returns the record of a usable slice, the record and reason of a readable file that
+    `load_study` would skip too (not CT, no pixels...), or None when the header cannot
+    be read or lacks its study or series UID.
     """
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-    study = ds.get("StudyInstanceUID")
-    series = ds.get("SeriesInstanceUID")
-    if not study or not series:
-        raise ValueError("StudyInstanceUID or SeriesInstanceUID missing")
-    return (
-        str(study),
-        str(series),
-        _floats(ds.get("ImagePositionPatient"), 3),
-        _floats(ds.get("ImageOrientationPatient"), 6),
-        _int(ds.get("InstanceNumber")),
-    )
-
-
-def _floats(value: object, n: int) -> tuple[float, ...] | None:
     try:
-        out = tuple(float(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
+        rec = read_header(path, fast=True)
+    except UnreadableFileError:
         return None
-    return out if len(out) == n and all(np.isfinite(out)) else None
-
-
-def _int(value: object) -> int | None:
-    try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    if not rec.study_uid or not rec.series_uid:
         return None
+    why = classify(rec)
+    return rec if why is None else _SkippedHeader(rec, why)
 
 
-def _read_chunk(paths: Sequence[str]) -> list[tuple | None]:
+@dataclass(frozen=True)
+class _SkippedHeader:
+    """A readable header that `classify` rejects: kept for `RsnaIndex.skipped`."""
+
+    rec: HeaderRecord
+    why: SkippedFile
+
+
+def _read_chunk(paths: Sequence[str]) -> list[HeaderRecord | _SkippedHeader | None]:
     """Headers of many files (one pool task); None for a file that cannot be read."""
-    out: list[tuple | None] = []
+    out: list[HeaderRecord | _SkippedHeader | None] = []
     for p in paths:
         try:
             out.append(_read_index_header(p))
@@ -210,11 +203,11 @@ def _plain_main() -> Iterator[None]:
 
 def _scan_headers(
     paths: Sequence[str], workers: int, progress: bool, chunk: int = _CHUNK
-) -> list[tuple | None]:
+) -> list[HeaderRecord | _SkippedHeader | None]:
     """Headers of ``paths`` in order, with a process pool when it pays off."""
     from tqdm.auto import tqdm
 
-    results: list[tuple | None] = [None] * len(paths)
+    results: list[HeaderRecord | _SkippedHeader | None] = [None] * len(paths)
     bar = tqdm(total=len(paths), desc="DICOM headers", unit="file", disable=not progress)
     try:
         if workers <= 1 or len(paths) <= chunk:
@@ -241,9 +234,46 @@ def _scan_headers(
 # --------------------------------------------------------------------------- index
 
 
-def _dicom_folder(root: Path) -> Path:
-    train = root / "stage_2_train"
+#: The RSNA 2019 layout: DICOM files in this sub-folder, labels in this CSV beside it.
+DICOM_DIR: str = "stage_2_train"
+LABELS_FILE: str = "stage_2_train.csv"
+
+
+def dicom_folder(root: str | os.PathLike[str]) -> Path:
+    """Where a dataset's DICOM files are: ``root/stage_2_train`` when it exists, else ``root``
+    (a flat folder of ``.dcm`` files is indexed as it is)."""
+    root = Path(root)
+    train = root / DICOM_DIR
     return train if train.is_dir() else root
+
+
+def default_labels_csv(root: str | os.PathLike[str]) -> Path:
+    """Where a dataset's label CSV would be (``root/stage_2_train.csv``); it may not exist."""
+    return Path(root) / LABELS_FILE
+
+
+def is_dataset_folder(root: str | os.PathLike[str]) -> bool:
+    """Whether ``build_index`` has something to index: an RSNA-layout folder (holding
+    ``stage_2_train/``) or a folder with ``.dcm`` files directly in it."""
+    root = Path(root)
+    return root.is_dir() and ((root / DICOM_DIR).is_dir() or any(root.glob("*.dcm")))
+
+
+def series_rows(table: pd.DataFrame, study_uid: str, series_uid: str) -> pd.DataFrame:
+    """The rows of one series of an index ``table`` (`RsnaIndex.table` or a subset with its
+    columns), in ``slice_index`` order."""
+    rows = table[(table["study_uid"] == study_uid) & (table["series_uid"] == series_uid)]
+    return rows.sort_values("slice_index")
+
+
+def image_series(table: pd.DataFrame, image_id: str) -> pd.DataFrame:
+    """The rows of the series holding ``image_id`` (its first row when listed twice), in
+    ``slice_index`` order. Raises ``KeyError`` when the table has no such image."""
+    hits = table.loc[table["image_id"] == image_id]
+    if hits.empty:
+        raise KeyError(f"image {image_id} is not in the index")
+    rec = hits.iloc[0]
+    return series_rows(table, rec["study_uid"], rec["series_uid"])
 
 
 def _listing(folder: Path) -> list[str]:
@@ -281,20 +311,20 @@ def _cache_paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
 def _save_cache(index: RsnaIndex, cache_dir: Path, key: str) -> None:
     table_path, meta_path = _cache_paths(cache_dir, key)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = table_path.with_name(table_path.name + ".tmp")
-        if table_path.suffix == ".parquet":
-            index.table.to_parquet(tmp, index=False)
-        else:
-            index.table.to_csv(tmp, index=False, compression="gzip")
-        meta = {
-            "version": _CACHE_VERSION,
-            "missing_files": index.missing_files,
-            "missing_labels": index.missing_labels,
-            "unreadable": index.unreadable,
-        }
-        meta_path.write_text(json.dumps(meta))
-        os.replace(tmp, table_path)  # the table appears last, complete
+        # the table is renamed into place last (on leaving the block), after its sidecar
+        with atomic_path(table_path) as tmp:
+            if table_path.suffix == ".parquet":
+                index.table.to_parquet(tmp, index=False)
+            else:
+                index.table.to_csv(tmp, index=False, compression="gzip")
+            meta = {
+                "version": _CACHE_VERSION,
+                "missing_files": index.missing_files,
+                "missing_labels": index.missing_labels,
+                "unreadable": index.unreadable,
+                "skipped": index.skipped.to_dict(orient="records"),
+            }
+            atomic_write_text(meta_path, json.dumps(meta))
     except OSError as exc:
         logger.warning("could not write the index cache (%s)", type(exc).__name__)
 
@@ -321,6 +351,7 @@ def _load_cache(root: Path, cache_dir: Path, key: str) -> RsnaIndex | None:
         missing_files=list(meta["missing_files"]),
         missing_labels=list(meta["missing_labels"]),
         unreadable=list(meta["unreadable"]),
+        skipped=pd.DataFrame(meta["skipped"], columns=list(SKIPPED_COLUMNS)).astype(str),
     )
 
 
@@ -336,33 +367,46 @@ def _typed(table: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _order_series(
-    headers: pd.DataFrame, positions: np.ndarray, orientations: np.ndarray
-) -> pd.DataFrame:
-    """Add ``z``, ``slice_index`` and ``n_slices``; rows sorted by series then slice.
+def _empty_skipped() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=str) for c in SKIPPED_COLUMNS})
 
-    ``z`` = position . (row cosines x column cosines): correct with gantry tilt. A series
-    with any slice lacking position or orientation is ordered by InstanceNumber instead
-    (its ``z`` is NaN).
+
+def _order_series(
+    records: Sequence[HeaderRecord], paths: dict[int, str]
+) -> tuple[list[tuple], list[tuple]]:
+    """Rows of the kept slices and of the dropped files, series by series.
+
+    Each series is ordered by `dicom.order_slices`, the rule `load_study` uses, so a
+    row's ``slice_index`` is its place in the `Study`. ``z`` is the position along the
+    slice normal, NaN where the series lacks positions or orientation (ordered by
+    InstanceNumber or file name). ``paths`` maps ``id(record)`` to its relative path.
+
+    Returns:
+        ``(image_id, study_uid, series_uid, slice_index, n_slices, z, path)`` rows sorted
+        by series then slice, and `SKIPPED_COLUMNS` rows.
     """
-    normal = np.cross(orientations[:, :3], orientations[:, 3:])
-    norm = np.linalg.norm(normal, axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normal = normal / norm
-    z = np.einsum("ij,ij->i", normal, positions)
-    headers = headers.assign(z=z)
-    series = ["study_uid", "series_uid"]
-    lacking = headers["z"].isna().groupby([headers[c] for c in series], sort=False).transform("any")
-    complete = ~lacking.to_numpy(dtype=bool)
-    headers.loc[~complete, "z"] = np.nan
-    inst = headers["instance_number"].astype("float64").fillna(np.inf)
-    headers = headers.assign(_key=np.where(complete, headers["z"], inst), _inst=inst)
-    headers = headers.sort_values([*series, "_key", "_inst", "image_id"], kind="mergesort")
-    headers["slice_index"] = headers.groupby(series, sort=False).cumcount().astype(np.int32)
-    headers["n_slices"] = (
-        headers.groupby(series, sort=False)["image_id"].transform("size").astype(np.int32)
-    )
-    return headers.drop(columns=["_key", "_inst"])
+    groups: dict[tuple[str, str], list[HeaderRecord]] = {}
+    for rec in records:
+        groups.setdefault((rec.study_uid, rec.series_uid), []).append(rec)
+    kept: list[tuple] = []
+    dropped: list[tuple] = []
+    for (study, series), recs in sorted(groups.items(), key=lambda kv: kv[0]):
+        report = LoadReport()
+        # A multi-frame file (not in the RSNA layout) is one row, at its first frame.
+        slices = [c for c in order_slices(recs, report) if not c.frame]
+        by_source = {r.source: r for r in recs}
+        for i, c in enumerate(slices):
+            z = c.z if report.sort_method == "normal" else np.nan
+            path = paths[id(c.rec)]
+            kept.append((Path(path).stem, study, series, i, len(slices), z, path))
+        for skip in report.skipped:
+            rec = by_source.get(skip.source)
+            if rec is not None:  # frame-level drops of multi-frame files have no row
+                path = paths[id(rec)]
+                dropped.append(
+                    (Path(path).stem, study, series, path, skip.reason.value, skip.detail)
+                )
+    return kept, dropped
 
 
 def build_index(
@@ -383,14 +427,15 @@ def build_index(
         cache_dir: where the table is cached; default ``$XDG_CACHE_HOME/hohoho/rsna``
             (``~/.cache``). The cache key is the folder listing (file count, names,
             folder mtime) and the label file's size and mtime.
-        workers: processes reading headers (default: all CPUs; 1 reads in-process).
+        workers: processes reading headers (default: every core this process may use;
+            1 reads in-process).
         progress: show a tqdm progress bar.
         use_cache: read and write the cache.
     """
     root = Path(root)
-    folder = _dicom_folder(root)
-    if labels_csv is None and (root / "stage_2_train.csv").is_file():
-        labels_csv = root / "stage_2_train.csv"
+    folder = dicom_folder(root)
+    if labels_csv is None and default_labels_csv(root).is_file():
+        labels_csv = default_labels_csv(root)
     labels_path = Path(labels_csv) if labels_csv is not None else None
     names = _listing(folder)
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
@@ -402,36 +447,36 @@ def build_index(
             return cached
 
     paths = [str(folder / n) for n in names]
-    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    n_workers = workers if workers is not None else available_cores()
     headers = _scan_headers(paths, n_workers, progress)
     rel_folder = folder.relative_to(root) if folder != root else Path()
-    rows, unreadable = [], []
-    pos = np.full((len(names), 3), np.nan)
-    ori = np.full((len(names), 6), np.nan)
+    records: list[HeaderRecord] = []
+    rel_paths: dict[int, str] = {}
+    unreadable: list[str] = []
+    dropped: list[tuple] = []
     for name, head in zip(names, headers, strict=True):
         rel = (rel_folder / name).as_posix()
         if head is None:
             unreadable.append(rel)
-            continue
-        study, series, position, orientation, instance = head
-        i = len(rows)
-        if position is not None:
-            pos[i] = position
-        if orientation is not None:
-            ori[i] = orientation
-        rows.append((Path(name).stem, study, series, instance, rel))
-    pos, ori = pos[: len(rows)], ori[: len(rows)]
-    table = pd.DataFrame(
-        rows, columns=["image_id", "study_uid", "series_uid", "instance_number", "path"]
-    )
-    table["instance_number"] = table["instance_number"].astype("Int64")
-    table = _order_series(table, pos, ori)
+        elif isinstance(head, _SkippedHeader):
+            r, why = head.rec, head.why
+            dropped.append(
+                (Path(name).stem, r.study_uid, r.series_uid, rel, why.reason.value, why.detail)
+            )
+        else:
+            records.append(head)
+            rel_paths[id(head)] = rel
+    rows, order_dropped = _order_series(records, rel_paths)
+    table = pd.DataFrame(rows, columns=list(INDEX_COLUMNS[:7]))
+    skipped = pd.DataFrame(dropped + order_dropped, columns=list(SKIPPED_COLUMNS))
+    skipped = skipped.sort_values("path", kind="mergesort").reset_index(drop=True)
 
     missing_files: list[str] = []
     if labels_path is not None:
         labels = read_labels(labels_path)
         table = table.join(labels, on="image_id")
-        missing_files = sorted(set(labels.index) - set(table["image_id"]))
+        present = set(table["image_id"]) | set(skipped["image_id"])
+        missing_files = sorted(set(labels.index) - present)
     else:
         for cls in CLASSES:
             table[cls] = np.nan
@@ -444,6 +489,7 @@ def build_index(
         missing_files=missing_files,
         missing_labels=missing_labels,
         unreadable=unreadable,
+        skipped=skipped.astype(str) if len(skipped) else _empty_skipped(),
     )
     if unreadable:
         logger.warning("%d files could not be read", len(unreadable))
@@ -467,7 +513,7 @@ def iter_labelled_studies(
     labels in that slice order (-1 where the CSV has none). Evaluations read the split the
     way users' studies are read, so their numbers are the ones users get.
     """
-    from hohoho_core.dicom import load_study  # lazy: indexing alone never needs the reader
+    from hohoho_core.dicom import load_study  # looked up per call: tests replace it
 
     root = Path(root)
     for (study_uid, series_uid), rows in table.groupby(["study_uid", "series_uid"], sort=False):

@@ -2,7 +2,7 @@
 
 Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
 ICML 2020. Colour jitter, hue, saturation and grayscale make no sense on windowed CT
-(domain.md), so the views jitter the display window instead, keep crops large (area >= 0.4)
+(docs/domain.md), so the views jitter the display window instead, keep crops large (area >= 0.4)
 so that small bleeds survive, and add rotation, flips, noise and blur. Neighbouring slices of
 one study may serve as extra positives (``neighbour_positive_mask``).
 

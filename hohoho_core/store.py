@@ -26,9 +26,7 @@ threads (Streamlit runs each session's script in its own thread) and processes.
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from hohoho_core.labels import ANY_INDEX, CLASSES
+from hohoho_core.rsna_csv import read_rsna_csv, write_rsna_csv
 
 __all__ = [
     "APPLICATION_ID",
@@ -372,21 +371,7 @@ class DecisionStore:
         relabelled = int((before != new[known]).sum())
         inconsistent = int((values[:, :ANY_INDEX].max(axis=1) != values[:, ANY_INDEX]).sum())
 
-        out_csv = Path(out_csv)
-        ids = np.repeat(table.index.to_numpy(dtype=object), len(CLASSES))
-        suffix = np.tile(np.array([f"_{c}" for c in CLASSES], dtype=object), len(table))
-        frame = pd.DataFrame({"ID": ids + suffix, "Label": values.reshape(-1)})
-        fd, tmp = tempfile.mkstemp(dir=out_csv.parent, prefix=f".{out_csv.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                frame.to_csv(fh, index=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, out_csv)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_rsna_csv(out_csv, table.index.to_numpy(dtype=object), values, kind="labels")
         return ExportSummary(
             images=len(table),
             relabelled=relabelled,
@@ -414,27 +399,18 @@ def _labels_frame(labels: pd.DataFrame | Path | str) -> pd.DataFrame:
 
 
 def _read_rsna_csv(path: Path) -> pd.DataFrame:
-    """Parse an RSNA ``ID,Label`` CSV; identical duplicate rows (in the real file) are fine."""
-    raw = pd.read_csv(path, dtype={"ID": str}, keep_default_na=False)
-    if not {"ID", "Label"} <= set(raw.columns):
-        raise ValueError(f"{path.name}: expected columns ID,Label")
-    parts = raw["ID"].str.rsplit("_", n=1, expand=True)
-    if parts.shape[1] != 2 or parts.isna().to_numpy().any() or not parts[1].isin(CLASSES).all():
-        raise ValueError(f"{path.name}: IDs must look like ID_<hex>_<class>")
-    value = pd.to_numeric(raw["Label"], errors="coerce")
-    if not value.isin([0, 1]).all():
-        raise ValueError(f"{path.name}: labels must be 0 or 1")
-    long = pd.DataFrame({"image_id": parts[0], "class": parts[1], "value": value.astype(np.int64)})
-    long = long.drop_duplicates()
-    if long.duplicated(["image_id", "class"]).any():
-        raise ValueError(f"{path.name}: conflicting duplicate rows")
-    # Keep the file's image order (pivot would sort it).
-    order = pd.unique(long["image_id"])
-    wide = long.pivot(index="image_id", columns="class", values="value")
-    wide = wide.reindex(index=order, columns=list(CLASSES))
-    if wide.isna().to_numpy().any():
-        raise ValueError(f"{path.name}: some images lack one of the six labels")
-    wide = wide.astype(np.int64)
-    wide.index = pd.Index(order, dtype=object, name="image_id")
-    wide.columns.name = None
-    return wide
+    """An RSNA ``ID,Label`` CSV as int64 labels in the file's image order.
+
+    Identical duplicate rows (the real file has some) are fine; anything the export could
+    only guess at (a malformed row, conflicting duplicates, a missing label) is refused.
+    """
+    frame = read_rsna_csv(
+        path,
+        kind="labels",
+        on_invalid="error",
+        on_duplicate="drop",
+        on_conflict="error",
+        on_missing="error",
+    ).astype(np.int64)
+    frame.index = pd.Index(frame.index.to_numpy(dtype=object), dtype=object, name="image_id")
+    return frame

@@ -12,37 +12,59 @@ with `WeightsError`. Nothing here calls ``torch.load`` or ``pickle``.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
+import math
 import os
 import struct
-import tempfile
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from hohoho_core.atomic import atomic_path, atomic_write_text
 from hohoho_core.labels import CLASSES
-from hohoho_core.models import MODEL_NAMES, SequenceModel, SliceClassifier, create_model
+from hohoho_core.models import (
+    MODEL_NAMES,
+    LstmConfig,
+    SequenceModel,
+    SliceClassifier,
+    create_model,
+)
+from hohoho_core.preprocess import PreprocessConfig
 
 __all__ = [
+    "CALIBRATION_FILE",
     "CONFIG_FILE",
     "FORMAT_VERSION",
     "PICKLE_SUFFIXES",
     "TENSORS_FILE",
+    "WEIGHTS_ENV",
     "LoadedModel",
+    "LstmConfig",
     "ModelConfig",
+    "PreprocessConfig",
     "WeightsError",
+    "default_weights_dir",
+    "shipped_weights_dir",
+    "load_calibration",
     "load_weights",
+    "save_calibration",
     "save_weights",
 ]
 
 FORMAT_VERSION = 1
 TENSORS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+#: Optional int8 calibration studies beside the weights (`save_calibration`).
+CALIBRATION_FILE = "calibration.safetensors"
+#: Environment variable naming the default weights folder.
+WEIGHTS_ENV = "HOHOHO_WEIGHTS"
 PICKLE_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib")
 _WHY_NO_PICKLE = (
     "pickled checkpoints are refused because loading a pickle can run arbitrary code; "
@@ -55,8 +77,22 @@ class WeightsError(ValueError):
     """A weights folder that cannot be used (missing, pickled, or not matching its config)."""
 
 
-def _default_preprocess() -> dict[str, Any]:
-    return {"mode": "stacked", "size": 256, "crop": True}
+def default_weights_dir() -> Path:
+    """The weights folder used when none is given (CLI, app, bench).
+
+    ``$HOHOHO_WEIGHTS`` when set; else the repository's ``weights/`` beside the package when
+    it exists (a source checkout or an editable install); else ``./weights``. A package
+    installed into site-packages has no repository beside it, hence the last fallback.
+    """
+    env = os.environ.get(WEIGHTS_ENV)
+    return Path(env) if env else shipped_weights_dir()
+
+
+def shipped_weights_dir() -> Path:
+    """The shipped demo weights: the repository's ``weights/`` beside the package when it
+    exists (a source checkout or an editable install), else ``./weights``."""
+    beside = Path(__file__).resolve().parent.parent / "weights"
+    return beside if beside.is_dir() else Path("weights")
 
 
 @dataclass
@@ -68,31 +104,71 @@ class ModelConfig:
         arch: registered backbone name (`models.MODEL_NAMES`).
         embed_dim: the backbone's embedding size ``D``.
         classes: output columns, ``labels.CLASSES``.
-        preprocess: ``preprocess.PreprocessConfig.to_dict()`` (mode, size, crop, window(s)).
-        lstm: `SequenceModel` keyword arguments (without ``in_dim``) or None for CNN only.
+        preprocess: `preprocess.PreprocessConfig` (mode, size, crop, window(s)).
+        lstm: `models.LstmConfig` (the `SequenceModel` settings) or None for CNN only.
         thresholds: per-class thresholds for the final output (LSTM when present).
         cnn_thresholds: optional per-class thresholds for the CNN output alone.
+        temperatures: optional per-class temperatures of the final output: its probability
+            is ``sigmoid(logit / T)`` (`calibration.fit_temperature`, fitted on validation);
+            thresholds apply to these calibrated probabilities.
+        cnn_temperatures: the same for the CNN output alone (the LSTM still reads the raw
+            CNN logits).
         training: the resolved training arguments.
         data: what it was trained on (description, counts, folds).
         metrics: measured validation metrics.
         created: ISO 8601 UTC time of saving (filled in by `save_weights` when empty).
+
+    ``preprocess`` and ``lstm`` may be given as the JSON dicts; they are parsed into their
+    dataclasses here, once, so consumers never re-parse them. ``to_dict`` writes them back
+    as dicts: ``config.json`` keeps its layout.
     """
 
     arch: str = "resnet18"
     embed_dim: int = 512
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
-    preprocess: dict[str, Any] = field(default_factory=_default_preprocess)
-    lstm: dict[str, Any] | None = None
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    lstm: LstmConfig | None = None
     thresholds: list[float] = field(default_factory=lambda: [0.5] * len(CLASSES))
     cnn_thresholds: list[float] | None = None
+    temperatures: list[float] | None = None
+    cnn_temperatures: list[float] | None = None
     training: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     version: int = FORMAT_VERSION
 
+    def __post_init__(self) -> None:
+        if isinstance(self.preprocess, Mapping):
+            try:
+                self.preprocess = PreprocessConfig.from_dict(self.preprocess)
+            except (TypeError, ValueError) as err:
+                raise WeightsError(f"preprocess config is invalid: {err}") from None
+        if isinstance(self.lstm, Mapping):
+            if "in_dim" in self.lstm:
+                raise WeightsError("lstm must be SequenceModel keyword arguments without in_dim")
+            try:
+                self.lstm = LstmConfig.from_dict(self.lstm)
+            except (TypeError, ValueError) as err:
+                raise WeightsError(f"lstm config is invalid: {err}") from None
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready dict in ``config.json``'s layout (nested configs as dicts)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("training", "data", "metrics"):
+            d[name] = copy.deepcopy(d[name])
+        d["classes"] = list(self.classes)
+        d["thresholds"] = list(self.thresholds)
+        if self.cnn_thresholds is not None:
+            d["cnn_thresholds"] = list(self.cnn_thresholds)
+        for name in ("temperatures", "cnn_temperatures"):  # absent keys keep old layouts
+            if d[name] is None:
+                del d[name]
+            else:
+                d[name] = [float(t) for t in d[name]]
+        d["preprocess"] = self.preprocess.to_dict()
+        d["lstm"] = None if self.lstm is None else self.lstm.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
@@ -125,17 +201,18 @@ class ModelConfig:
                 continue
             if len(thr) != len(self.classes) or not all(0.0 <= float(t) <= 1.0 for t in thr):
                 raise WeightsError(f"{name} must be {len(self.classes)} values in [0, 1]")
-        if not isinstance(self.preprocess, Mapping):
-            raise WeightsError("preprocess must be a mapping")
-        try:
-            from hohoho_core.preprocess import PreprocessConfig
-
-            PreprocessConfig.from_dict(self.preprocess)
-        except ValueError as err:
-            raise WeightsError(f"preprocess config is invalid: {err}") from None
-        if self.lstm is not None:
-            if not isinstance(self.lstm, Mapping) or "in_dim" in self.lstm:
-                raise WeightsError("lstm must be SequenceModel keyword arguments without in_dim")
+        for name in ("temperatures", "cnn_temperatures"):
+            temp = getattr(self, name)
+            if temp is None:
+                continue
+            if (not isinstance(temp, (list, tuple)) or len(temp) != len(self.classes)
+                    or not all(isinstance(t, (int, float)) and math.isfinite(t) and t > 0
+                               for t in temp)):
+                raise WeightsError(f"{name} must be {len(self.classes)} positive numbers")
+        if not isinstance(self.preprocess, PreprocessConfig):
+            raise WeightsError("preprocess must be a PreprocessConfig")
+        if self.lstm is not None and not isinstance(self.lstm, LstmConfig):
+            raise WeightsError("lstm must be an LstmConfig or None")
 
 
 class LoadedModel(NamedTuple):
@@ -155,7 +232,7 @@ def _build(config: ModelConfig) -> tuple[SliceClassifier, SequenceModel | None]:
     lstm = None
     if config.lstm is not None:
         try:
-            lstm = SequenceModel(in_dim=config.embed_dim, **dict(config.lstm))
+            lstm = config.lstm.build(config.embed_dim, num_classes=len(config.classes))
         except (TypeError, ValueError) as err:
             raise WeightsError(f"lstm config is invalid: {err}") from None
     return cnn, lstm
@@ -166,18 +243,6 @@ def _state(cnn: nn.Module, lstm: nn.Module | None) -> dict[str, torch.Tensor]:
     if lstm is not None:
         state.update({f"lstm.{k}": v for k, v in lstm.state_dict().items()})
     return state
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same folder, then rename: no half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_weights(
@@ -223,8 +288,9 @@ def save_weights(
     # Serialise the config first: a value JSON cannot hold fails before anything is written.
     text = json.dumps(config.to_dict(), indent=2, default=_json_default) + "\n"
     meta = {"format": "pt", "hohoho_format": str(FORMAT_VERSION), "arch": config.arch}
-    _atomic_write(folder / TENSORS_FILE, lambda p: save_file(tensors, p, metadata=meta))
-    _atomic_write(folder / CONFIG_FILE, lambda p: Path(p).write_text(text, encoding="utf-8"))
+    with atomic_path(folder / TENSORS_FILE) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+    atomic_write_text(folder / CONFIG_FILE, text)
     return folder
 
 
@@ -348,3 +414,67 @@ def load_weights(folder: str | Path) -> LoadedModel:
         model.load_state_dict(state, strict=True)
         model.eval()
     return LoadedModel(cnn, lstm, config)
+
+
+def save_calibration(
+    folder: str | Path, studies: Sequence[np.ndarray], description: str = ""
+) -> Path:
+    """Write int8 calibration studies beside the weights: ``folder/calibration.safetensors``.
+
+    Args:
+        folder: the weights folder.
+        studies: HU volumes ``[S, H, W]`` (one per study, sorted slices). Stored as int16
+            when every value is a whole number in int16 range (exact for CT), else float32.
+        description: where the studies come from (saved in the file's metadata).
+
+    Stored as HU, not as model input, so the `predict.Predictor` preprocesses them for its
+    own config exactly as it would a user's study.
+
+    Returns:
+        The file written.
+    """
+    from safetensors.numpy import save_file
+
+    if not studies:
+        raise ValueError("calibration needs at least one study")
+    tensors: dict[str, np.ndarray] = {}
+    for i, hu in enumerate(studies):
+        arr = np.asarray(hu)
+        if arr.ndim != 3 or arr.shape[0] == 0:
+            raise ValueError(f"calibration study {i} must be [S, H, W], got {arr.shape}")
+        whole = np.array_equal(arr, np.round(arr))
+        fits = arr.size and arr.min() >= -32768 and arr.max() <= 32767
+        dtype = np.int16 if whole and fits else np.float32
+        tensors[f"study_{i:03d}"] = np.ascontiguousarray(arr.astype(dtype))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CALIBRATION_FILE
+    meta = {"hohoho_format": str(FORMAT_VERSION), "kind": "int8 calibration studies (HU)",
+            "description": description}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=meta)
+    return path
+
+
+def load_calibration(folder: str | Path) -> list[np.ndarray] | None:
+    """The calibration studies of a weights folder (float32 HU ``[S, H, W]`` each, in saved
+    order), or None when the folder has no ``calibration.safetensors``.
+
+    Raises:
+        WeightsError: the file is not safetensors or holds something other than studies.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(folder) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    _check_safetensors_file(path)
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise WeightsError(f"cannot read {CALIBRATION_FILE}: {err}") from None
+    studies = [tensors[k] for k in sorted(tensors)]
+    if not studies or any(a.ndim != 3 or a.shape[0] == 0 for a in studies):
+        raise WeightsError(f"{CALIBRATION_FILE} must hold HU volumes [S, H, W]")
+    return [a.astype(np.float32) for a in studies]

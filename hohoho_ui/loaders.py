@@ -8,6 +8,8 @@ a slice, a method...), with a bounded number of entries. Arguments whose names s
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,12 +18,14 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from hohoho_core.dicom import load_study
+from hohoho_core.dicom import SourceScan, Upload, load_study, scan_source
 from hohoho_core.embed import tsne_2d
+from hohoho_core.evaluate import predict_index
 from hohoho_core.explain import RandomisationResult, randomisation_check, saliency_map
 from hohoho_core.labels import CLASSES
 from hohoho_core.predict import Predictor, StudyPrediction
-from hohoho_core.rsna import build_index
+from hohoho_core.rsna import build_index, default_labels_csv, dicom_folder
+from hohoho_core.runtime import configure_torch
 from hohoho_core.store import DecisionStore
 from hohoho_core.study import Study
 from hohoho_core.weights import CONFIG_FILE, TENSORS_FILE
@@ -38,6 +42,7 @@ __all__ = [
     "randomisation",
     "saliency",
     "tsne",
+    "upload_scan",
     "weights_key",
 ]
 
@@ -62,7 +67,44 @@ def weights_key(folder: Path | str) -> str:
 @st.cache_resource(max_entries=3, show_spinner="Loading the model…")
 def load_predictor(key: str, folder: str) -> Predictor:
     """One `Predictor` per weights folder (and version) per process; raises `WeightsError`."""
+    _configure_process()
     return Predictor.from_folder(folder, device="cpu")
+
+
+@st.cache_resource
+def _configure_process() -> None:
+    """The app's process-wide torch settings (every core), set once per server process:
+    library objects leave them alone, and every page loads the model through here."""
+    configure_torch(None)
+
+
+def uploads_key(uploads: list[Upload]) -> str:
+    """Names and SHA-256 of the uploads' contents: the same files give the same key."""
+    h = hashlib.sha256()
+    for u in uploads:
+        h.update(f"{len(u.name)}:{u.name}:{len(u.data)}:".encode())
+        h.update(u.data)
+    return h.hexdigest()
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading the files…")
+def _upload_scan(key: str, max_upload_bytes: int, _uploads: tuple[Upload, ...]) -> SourceScan:
+    # One upload bound for each file, all files and what a zip may extract (settings doc).
+    return scan_source(
+        list(_uploads),
+        max_upload_bytes=max_upload_bytes,
+        max_total_upload_bytes=max_upload_bytes,
+        max_zip_bytes=max_upload_bytes,
+    )
+
+
+def upload_scan(uploads: list[Upload], max_upload_bytes: int) -> SourceScan:
+    """One `SourceScan` per set of uploaded files: a zip is extracted once, not per load.
+
+    A resource (not data): it owns the extracted files, and loading from it only reads,
+    so sessions may share it; an evicted scan's folder is removed when it is collected.
+    """
+    return _upload_scan(uploads_key(uploads), max_upload_bytes, tuple(uploads))
 
 
 @st.cache_resource(max_entries=4)
@@ -72,10 +114,8 @@ def decision_store(path: str) -> DecisionStore:
 
 
 def _listing_key(root: Path) -> str:
-    folder = root / "stage_2_train"
-    folder = folder if folder.is_dir() else root
     parts = [str(root.resolve())]
-    for p in (folder, root / "stage_2_train.csv"):
+    for p in (dicom_folder(root), default_labels_csv(root)):
         try:
             parts.append(str(p.stat().st_mtime_ns))
         except OSError:
@@ -105,6 +145,14 @@ def dataset_index(root: Path | str) -> pd.DataFrame:
 def load_indexed_study(paths: tuple[str, ...], max_upload_bytes: int) -> Study:
     """Load the files of one indexed series (a tuple of paths) as a `Study`."""
     return load_study(list(paths), max_upload_bytes=max_upload_bytes)
+
+
+def load_series_slice(series: pd.DataFrame, image_id: str, max_upload_bytes: int) -> tuple[Study, int]:
+    """Load one indexed series (rows from `rsna.series_rows`/`rsna.image_series`) and find
+    ``image_id`` in it: ``(study, position)`` in the loaded study's slice order, which is the
+    order the pages show. Raises ``ValueError`` when the reader dropped that image."""
+    study = load_indexed_study(tuple(series["path"]), max_upload_bytes)
+    return study, study.image_ids.index(image_id)
 
 
 @st.cache_data(max_entries=32, show_spinner="Running the model on the study…")
@@ -179,29 +227,46 @@ class DatasetPrediction:
 def predict_dataset(
     wkey: str, root: str, listing: str, max_upload_bytes: int, _predictor: Predictor
 ) -> DatasetPrediction:
-    """`Predictor.predict` on every series of the dataset at ``root`` (cached per listing)."""
+    """`evaluate.predict_index` on every series of the dataset at ``root`` (cached per
+    listing), through the cached reader; an unreadable series is reported, not fatal."""
     table = dataset_index(root)
-    parts, probs, cnn_probs, embs, failed = [], [], [], [], []
-    for (_study, series_uid), rows in table.groupby(["study_uid", "series_uid"], sort=False):
-        try:
-            study = load_indexed_study(tuple(rows["path"]), max_upload_bytes)
-        except Exception as err:  # one unreadable series must not hide the rest
-            failed.append(f"series …{series_uid[-8:]}: {err}")
-            continue
-        pred = _predictor.predict(study)
-        pos = pd.Index(pred.image_ids).get_indexer(rows["image_id"])
+    failed: list[str] = []
+    read: list[tuple[pd.DataFrame, int]] = []  # index rows and slice count per series read
+
+    def readable() -> Iterator[tuple[str, Study, np.ndarray]]:
+        for (study_uid, series_uid), rows in table.groupby(["study_uid", "series_uid"],
+                                                           sort=False):
+            try:
+                study = load_indexed_study(tuple(rows["path"]), max_upload_bytes)
+            except Exception as err:  # one unreadable series must not hide the rest
+                failed.append(f"series …{series_uid[-8:]}: {err}")
+                continue
+            read.append((rows, study.n_slices))
+            yield f"{study_uid}|{series_uid}", study, labels_for(rows, study.image_ids)
+
+    try:
+        pred = predict_index(_predictor, root, table, keep_embeddings=True, studies=readable())
+    except ValueError:
+        if read:
+            raise
+        raise ValueError(
+            "No series of this dataset could be read: " + "; ".join(failed[:3])
+        ) from None
+    # Back to index order: each series' rows that the reader kept, in the table's order.
+    parts, order, start = [], [], 0
+    for rows, n in read:
+        pos = pd.Index(pred.image_ids[start : start + n]).get_indexer(rows["image_id"])
         keep = pos >= 0
         parts.append(rows[keep])
-        probs.append(pred.prob[pos[keep]])
-        cnn_probs.append(pred.cnn_prob[pos[keep]])
-        embs.append(pred.embeddings[pos[keep]])
-    if not parts:
-        raise ValueError("No series of this dataset could be read: " + "; ".join(failed[:3]))
+        order.append(start + pos[keep])
+        start += n
+    idx = np.concatenate(order)
+    assert pred.embeddings is not None  # keep_embeddings=True
     return DatasetPrediction(
         table=pd.concat(parts, ignore_index=True),
-        prob=np.concatenate(probs).astype(np.float64),
-        cnn_prob=np.concatenate(cnn_probs).astype(np.float64),
-        embeddings=np.concatenate(embs).astype(np.float32),
+        prob=pred.prob[idx].astype(np.float64),
+        cnn_prob=pred.cnn_prob[idx].astype(np.float64),
+        embeddings=pred.embeddings[idx].astype(np.float32),
         failed=failed,
     )
 

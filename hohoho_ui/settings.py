@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hohoho_core.weights import shipped_weights_dir
+
 __all__ = ["REPO_ROOT", "SHIPPED_WEIGHTS", "Settings", "get_settings"]
 
 #: The repository root (the folder holding ``app.py``).
 REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 #: The shipped demo weights (trained on synthetic phantoms).
-SHIPPED_WEIGHTS: Path = REPO_ROOT / "weights"
+SHIPPED_WEIGHTS: Path = shipped_weights_dir()
 
 DEMO_ENV = "HOHOHO_DEMO_DIR"
 WEIGHTS_ENV = "HOHOHO_WEIGHTS"

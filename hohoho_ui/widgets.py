@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from hohoho_core.dicom import StudyLoadError, Upload, list_series, load_study
+from hohoho_core.dicom import StudyLoadError, Upload, scan_source
 from hohoho_core.labels import ANY_INDEX
 from hohoho_core.predict import Predictor, StudyPrediction
 from hohoho_core.preprocess import WINDOWS
-from hohoho_core.rsna import read_labels
+from hohoho_core.rsna import default_labels_csv, is_dataset_folder, read_labels, series_rows
 from hohoho_core.study import LoadReport, Study
 from hohoho_core.weights import TENSORS_FILE, WeightsError
 from hohoho_ui import loaders, state
@@ -188,8 +188,7 @@ def open_indexed(
     root: Path, table: pd.DataFrame, study_uid: str, series_uid: str, name: str, settings: Settings
 ) -> state.OpenStudy:
     """Load one series of an RSNA-layout index and make it the open study."""
-    rows = table[(table["study_uid"] == study_uid) & (table["series_uid"] == series_uid)]
-    rows = rows.sort_values("slice_index")
+    rows = series_rows(table, study_uid, series_uid)
     study = loaders.load_indexed_study(tuple(rows["path"]), settings.max_upload_bytes)
     item = state.OpenStudy(
         study=study,
@@ -206,7 +205,7 @@ def open_indexed(
 
 def _demo_table(settings: Settings) -> pd.DataFrame | None:
     root = settings.demo_dir
-    if not (root / "stage_2_train").is_dir() and not any(root.glob("*.dcm")):
+    if not is_dataset_folder(root):
         return None
     table = loaders.dataset_index(root)
     return table if len(table) else None
@@ -218,7 +217,7 @@ def _set_error(message: str, report: LoadReport | None = None) -> None:
 
 def _labels_near(folder: Path, study: Study) -> np.ndarray | None:
     """Labels from a ``stage_2_train.csv`` in the folder or its parent, when there is one."""
-    for candidate in (folder / "stage_2_train.csv", folder.parent / "stage_2_train.csv"):
+    for candidate in (default_labels_csv(folder), default_labels_csv(folder.parent)):
         if candidate.is_file():
             try:
                 frame = read_labels(candidate).reset_index()
@@ -240,8 +239,15 @@ def _open_source(
     }
     try:
         with st.spinner("Reading the files…"):
-            series = list_series(source, **limits)
-            study = load_study(source, series_uid, **limits)
+            if kind == "upload":
+                # One cached scan per upload: a zip is extracted once for the series list
+                # and every series loaded from it, including later picks.
+                scan = loaders.upload_scan(source, settings.max_upload_bytes)
+                series, study = scan.series, scan.load(series_uid)
+            else:
+                # A server folder may change between clicks: scanned afresh, once per open.
+                with scan_source(source, **limits) as scan:
+                    series, study = scan.series, scan.load(series_uid)
     except StudyLoadError as err:
         _set_error(str(err), err.report)
         return
@@ -630,10 +636,6 @@ def class_label(cls: str) -> str:
     return class_name(cls)
 
 
-def _is_dataset(root: Path) -> bool:
-    return root.is_dir() and ((root / "stage_2_train").is_dir() or any(root.glob("*.dcm")))
-
-
 def dataset_ui(settings: Settings) -> Path | None:
     """Pick an RSNA-layout dataset: the demo, or a folder inside the data root."""
     kinds = ["Demo dataset", "Folder inside the data root"]
@@ -656,7 +658,7 @@ def dataset_ui(settings: Settings) -> Path | None:
         except ValueError as err:
             st.error(str(err))
             return None
-    if not _is_dataset(root):
+    if not is_dataset_folder(root):
         hint = " (`make demo` writes the demo)" if kind == kinds[0] else ""
         st.info(f"No DICOM dataset at {root}{hint}.")
         return None

@@ -15,6 +15,7 @@ import streamlit as st
 
 from hohoho_core.embed import MIN_POINTS, relative_level, subsample
 from hohoho_core.labels import ANY_INDEX, CLASSES, SHORT_NAMES
+from hohoho_core.rsna import series_rows
 from hohoho_ui import loaders, widgets
 from hohoho_ui.views import subtype_names, tsne_figure, windowed_uint8
 
@@ -163,12 +164,11 @@ if points:
             if scope == "This study":
                 hu = item.study.hu[int(rec["slice_index"])]
             else:
-                series = table[
-                    (table["study_uid"] == rec["study_uid"])
-                    & (table["series_uid"] == rec["series_uid"])
-                ].sort_values("slice_index")
-                study = loaders.load_indexed_study(tuple(series["path"]), settings.max_upload_bytes)
-                hu = study.hu[study.image_ids.index(rec["image_id"])]
+                series = series_rows(table, rec["study_uid"], rec["series_uid"])
+                study, pos = loaders.load_series_slice(
+                    series, rec["image_id"], settings.max_upload_bytes
+                )
+                hu = study.hu[pos]
         except (ValueError, RuntimeError, OSError) as err:
             st.error(f"Cannot show this slice: {err}")
         else:

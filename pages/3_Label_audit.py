@@ -17,6 +17,7 @@ import streamlit as st
 
 from hohoho_core.audit import rank_flags, read_probs_csv
 from hohoho_core.labels import CLASSES
+from hohoho_core.rsna import image_series
 from hohoho_core.store import DecisionStore, StoreError
 from hohoho_ui import loaders, widgets
 from hohoho_ui.settings import Settings
@@ -56,10 +57,7 @@ def _probs_from_csv(
         st.info("Upload an ID,Label CSV of out-of-fold probabilities.")
         return None
     data = upload.getvalue()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / (Path(upload.name).name or "probs.csv")
-        path.write_bytes(data)
-        prob = read_probs_csv(path, ids)
+    prob = read_probs_csv(data, ids, name=Path(upload.name).name or "probs.csv")
     return prob, f"upload {hashlib.sha256(data).hexdigest()}"
 
 
@@ -213,13 +211,9 @@ if saved:
 if st.session_state.get("audit_error"):
     st.error(st.session_state["audit_error"])
 
-rec = index.loc[index["image_id"] == image_id].iloc[0]
-series = index[
-    (index["study_uid"] == rec["study_uid"]) & (index["series_uid"] == rec["series_uid"])
-].sort_values("slice_index")
+series = image_series(index, image_id)
 try:
-    study = loaders.load_indexed_study(tuple(series["path"]), settings.max_upload_bytes)
-    centre_idx = study.image_ids.index(image_id)
+    study, centre_idx = loaders.load_series_slice(series, image_id, settings.max_upload_bytes)
 except (ValueError, RuntimeError, OSError) as err:
     st.error(f"Cannot show this slice: {err}")
     study, centre_idx = None, None

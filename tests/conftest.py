@@ -55,7 +55,7 @@ def _tilted_orientation(tilt_deg: float) -> tuple[float, ...]:
 
 @pytest.fixture
 def write_ct_series() -> Callable[..., WrittenSeries]:
-    """Factory: write a phantom CT series into a folder (needs `hohoho_core.dicom_writer`).
+    """Factory: write a phantom CT series into a folder (needs `hohoho_core.synthetic.writer`).
 
     Call as ``write_ct_series(folder, n_slices=6, size=64, spacing=5.0, tilt_deg=0.0,
     names=None, instance_numbers=None, hu=None, seed=0, study_uid=None, series_uid=None,
@@ -65,7 +65,7 @@ def write_ct_series() -> Callable[..., WrittenSeries]:
     moves slice k within its own plane (mm along the column direction), which changes
     its z coordinate but not its place along the normal.
     """
-    from hohoho_core.dicom_writer import ct_dataset, write_dataset
+    from hohoho_core.synthetic.writer import ct_dataset, write_dataset
 
     def _write(
         folder: Path,

@@ -1,7 +1,7 @@
 """Smoke test of bench/: every section's code path at tiny sizes, and the ratio arithmetic.
 
 Nothing here is a timed benchmark: figures from a shared CI machine mean nothing. The
-tests check that `bench/run_all.py` runs end to end and that the numbers it writes are
+tests check that `python -m bench.run_all` runs end to end and that the numbers it writes are
 consistent with each other (ratios, floors, goal verdicts).
 """
 
@@ -109,7 +109,7 @@ def test_fmt() -> None:
 def _fake_results(created: str, sections: dict) -> dict:
     machine = {"cores": 2, "cpu": "Test CPU", "isa": ["avx2"], "torch": "2.x", "numpy": "2.x",
                "python": "3.11", "threads": 2, "gpu": None, "torch_cpu_capability": "AVX2"}
-    return {"command": "python bench/run_all.py", "created": created, "quick": False,
+    return {"command": "python -m bench.run_all", "created": created, "quick": False,
             "threads": 2, "machine": machine, "sections": sections}
 
 
@@ -126,7 +126,7 @@ def test_markdown_and_merge() -> None:
     merged = merge(first, _fake_results("t2", {"app": app}))
     assert list(merged["sections"]) == ["study", "app"]  # report order, old section kept
     md = render_markdown(merged)
-    assert "2 cores of Test CPU" in md and "`python bench/run_all.py`" in md
+    assert "2 cores of Test CPU" in md and "`python -m bench.run_all`" in md
     assert "| 1. Whole-study analysis | whole study / compute floor | <= 2.00 x | 2.50 x | " \
            "NOT met | CNN at 2.2x |" in md
     assert "| compute floor | 1.90 | s | a\\|b |" in md  # pipes escaped inside cells
@@ -165,31 +165,38 @@ def test_inference_twin_folds_batch_norm_and_leaves_the_model_alone() -> None:
     torch.testing.assert_close(l2, l1, rtol=1e-4, atol=1e-5)
 
 
+def _phantom_input(cfg, seed: int, n_slices: int = 8, render_px: int = 64) -> np.ndarray:
+    """Model input of two phantom studies (one with bleeds), as int8 calibration data."""
+    from hohoho_core.preprocess import make_input
+    from hohoho_core.synthetic import StudyPlan, make_study
+
+    plans = (StudyPlan(subtypes=("subdural", "intraparenchymal"), n_slices=n_slices),
+             StudyPlan(n_slices=n_slices))
+    return np.concatenate([make_input(make_study(seed, i, size=render_px, plan=plan).hu, cfg)
+                           for i, plan in enumerate(plans)])
+
+
 def test_int8_predictor_is_close_to_fp32_and_checks_its_arguments() -> None:
-    from hohoho_core.predict import Predictor, phantom_calibration
+    from hohoho_core.predict import Predictor
 
     cnn, lstm, config = _tiny_predictor_parts()
-    threads = torch.get_num_threads()
-    try:
-        fp32 = Predictor(cnn, lstm, config, threads=1)
-        calib = phantom_calibration(fp32.preprocess_config, n_slices=8, render_px=64)
-        assert calib.shape == (16, 3, 64, 64) and calib.dtype == np.float32
-        int8 = Predictor(cnn, lstm, config, threads=1, precision="int8", calibration=calib)
-        x = phantom_calibration(fp32.preprocess_config, n_slices=8, render_px=64, seed=5)
-        e32, l32 = fp32.predict_input(x)
-        e8, l8 = int8.predict_input(x)
-        assert e8.shape == e32.shape and e8.dtype == np.float32
-        assert np.array_equal(int8.predict_input(x)[1], l8)  # deterministic
-        p32, p8 = 1 / (1 + np.exp(-l32)), 1 / (1 + np.exp(-l8))
-        # Quantisation error, not garbage: close to fp32 but not bit-identical.
-        assert 0 < np.abs(p8 - p32).max() < 0.1
-        assert np.corrcoef(e8.ravel(), e32.ravel())[0, 1] > 0.99
-        with pytest.raises(ValueError, match="precision"):
-            Predictor(cnn, lstm, config, threads=1, precision="bf16")
-        with pytest.raises(ValueError, match="CPU only"):
-            Predictor(cnn, lstm, config, device="cuda", threads=1, precision="int8")
-    finally:
-        torch.set_num_threads(threads)
+    fp32 = Predictor(cnn, lstm, config)
+    calib = _phantom_input(fp32.preprocess_config, seed=0)
+    assert calib.shape == (16, 3, 64, 64) and calib.dtype == np.float32
+    int8 = Predictor(cnn, lstm, config, precision="int8", calibration=calib)
+    x = _phantom_input(fp32.preprocess_config, seed=5)
+    e32, l32 = fp32.predict_input(x)
+    e8, l8 = int8.predict_input(x)
+    assert e8.shape == e32.shape and e8.dtype == np.float32
+    assert np.array_equal(int8.predict_input(x)[1], l8)  # deterministic
+    p32, p8 = 1 / (1 + np.exp(-l32)), 1 / (1 + np.exp(-l8))
+    # Quantisation error, not garbage: close to fp32 but not bit-identical.
+    assert 0 < np.abs(p8 - p32).max() < 0.1
+    assert np.corrcoef(e8.ravel(), e32.ravel())[0, 1] > 0.99
+    with pytest.raises(ValueError, match="precision"):
+        Predictor(cnn, lstm, config, precision="bf16")
+    with pytest.raises(ValueError, match="CPU only"):
+        Predictor(cnn, lstm, config, device="cuda", precision="int8")
 
 
 # --------------------------------------------------------------------------- end to end
@@ -265,3 +272,4 @@ def test_run_all_quick_writes_consistent_results(
     assert code == 0 and list(again["sections"]) == list(run_all.SECTIONS)
     assert again["sections"]["study"] == results["sections"]["study"]
     assert again["command"].endswith("--threads 1") and "--only tsne" in again["command"]
+    assert again["command"].startswith("python -m bench.run_all ")  # how the bench is run now

@@ -363,7 +363,7 @@ def test_index_missing_required_column(tmp_path: Path) -> None:
 
 def write_rsna_series(root: Path, study: str, series: str, zs: list[float], seed: int) -> list[str]:
     """Write one RSNA-style series (files ``ID_<hex>.dcm``); slice at z holds HU = z."""
-    from hohoho_core.dicom_writer import ct_dataset, write_dataset
+    from hohoho_core.synthetic.writer import ct_dataset, write_dataset
 
     names = []
     for k, z in enumerate(zs):

@@ -23,19 +23,19 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import EnhancedCTImageStorage, JPEG2000Lossless, RLELossless, generate_uid
 
-from hohoho_core import dicom
 from hohoho_core.dicom import (
     StudyLoadError,
     UnreadableFileError,
     Upload,
     extract_zip,
+    headers,
     list_series,
     load_studies,
     load_study,
     read_header,
 )
-from hohoho_core.dicom_writer import ct_dataset, stored_values, write_dataset
 from hohoho_core.study import SkipReason
+from hohoho_core.synthetic.writer import ct_dataset, stored_values, write_dataset
 
 from .conftest import phantom_volume
 
@@ -373,7 +373,7 @@ def test_missing_decoder_is_reported(tmp_path, write_ct_series, monkeypatch):
     def no_rle(ts):
         return "no plugin for RLE here" if ts == RLELossless else None
 
-    monkeypatch.setattr(dicom, "_decoder_problem", no_rle)
+    monkeypatch.setattr(headers, "_decoder_problem", no_rle)
     study = load_study(tmp_path)
     assert _reasons(study.report) == {series.paths[2].name: SkipReason.MISSING_DECODER}
     np.testing.assert_array_equal(study.hu, series.hu[[0, 1, 3, 4, 5]])

@@ -1,4 +1,4 @@
-"""Round trips through `hohoho_core.dicom_writer`: pydicom must read back what was meant."""
+"""Round trips through `hohoho_core.synthetic.writer`: pydicom must read back what was meant."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from hohoho_core.dicom_writer import ct_dataset, stored_values, write_dataset
+from hohoho_core.synthetic.writer import ct_dataset, stored_values, write_dataset
 
 
 def _hu_image(rng: np.random.Generator) -> np.ndarray:

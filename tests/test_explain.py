@@ -338,3 +338,28 @@ def test_gradcam_on_every_registered_model(name: str) -> None:
     assert sal.shape == (SIZE, SIZE) and np.isfinite(sal).all()
     assert 0.0 <= sal.min() and sal.max() <= 1.0
     assert _hooks(model) == 0
+
+
+# --- the randomisation check's verdict ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rho", "passed"),
+    [(0.1, True), (-0.3, True), (0.499, True), (0.5, False), (0.9, False), (float("nan"), False)],
+)
+def test_randomisation_verdict_on_hand_made_correlations(rho: float, passed: bool) -> None:
+    from hohoho_core.explain import SANITY_PASS_RHO, randomisation_passed
+
+    assert SANITY_PASS_RHO == 0.5  # the bar the app has always shown
+    assert randomisation_passed(rho) is passed
+    assert randomisation_passed(0.6, max_rho=0.7) is True
+
+
+def test_randomisation_result_carries_its_verdict() -> None:
+    from hohoho_core.explain import RandomisationResult
+
+    blank = np.zeros((4, 4), np.float32)
+    changed = RandomisationResult(0.2, 0.3, blank, blank, ("",))
+    same = RandomisationResult(0.95, 0.9, blank, blank, ("",))
+    constant = RandomisationResult(float("nan"), float("nan"), blank, blank, ("",))
+    assert (changed.passed, same.passed, constant.passed) == (True, False, False)

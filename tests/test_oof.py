@@ -1,38 +1,20 @@
-"""Out-of-fold probabilities (train/oof_predict.py) and the audit scoring arithmetic
-(bench/audit_scoring.py)."""
+"""Out-of-fold probabilities (train.oof_predict) and the audit scoring arithmetic
+(bench.audit_scoring)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from bench import audit_scoring as bench
 from hohoho_core.audit import read_probs_csv
 from hohoho_core.labels import CLASSES
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "train") not in sys.path:
-    sys.path.insert(0, str(REPO / "train"))
-
-import oof_predict  # noqa: E402  (train/ scripts import their neighbours by name)
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("audit_scoring", REPO / "bench" / "audit_scoring.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
-
+from train import oof_predict
 
 # --- a tiny real run ------------------------------------------------------------------
 

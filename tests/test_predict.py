@@ -66,7 +66,7 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_predict_shapes_labels_and_summary(weights_dir: Path) -> None:
-    predictor = Predictor.from_folder(weights_dir, batch_size=2, threads=1)
+    predictor = Predictor.from_folder(weights_dir, batch_size=2)
     study = make_study(5)
     pred = predictor.predict(study)
     assert pred.image_ids == study.image_ids
@@ -84,7 +84,7 @@ def test_predict_shapes_labels_and_summary(weights_dir: Path) -> None:
 
 
 def test_predict_matches_models_and_is_deterministic(weights_dir: Path) -> None:
-    predictor = Predictor.from_folder(weights_dir, batch_size=4, threads=1)
+    predictor = Predictor.from_folder(weights_dir, batch_size=4)
     study = make_study(6, seed=1)
     a, b = predictor.predict(study), predictor.predict(study)
     for name in ("cnn_prob", "lstm_prob", "embeddings", "labels"):
@@ -100,7 +100,7 @@ def test_predict_matches_models_and_is_deterministic(weights_dir: Path) -> None:
     np.testing.assert_allclose(a.cnn_prob, torch.sigmoid(logits).numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(a.lstm_prob, torch.sigmoid(seq).numpy(), rtol=1e-4, atol=1e-6)
     # Batch size changes only rounding.
-    small = Predictor.from_folder(weights_dir, batch_size=1, threads=1).predict(study)
+    small = Predictor.from_folder(weights_dir, batch_size=1).predict(study)
     np.testing.assert_allclose(small.cnn_prob, a.cnn_prob, rtol=1e-4, atol=1e-6)
     emb2, logits2 = predictor.predict_input(x.numpy())
     assert np.array_equal(emb2, a.embeddings) and logits2.shape == (6, 6)
@@ -111,15 +111,15 @@ def test_save_load_round_trip_gives_identical_predictions(tmp_path: Path) -> Non
     cnn, lstm, config = load_weights(first)
     save_weights(tmp_path / "b", cnn, lstm, config, dtype=torch.float32)
     study = make_study(4, seed=2)
-    in_memory = Predictor(cnn, lstm, config, threads=1).predict(study)
-    reloaded = Predictor.from_folder(tmp_path / "b", threads=1).predict(study)
+    in_memory = Predictor(cnn, lstm, config).predict(study)
+    reloaded = Predictor.from_folder(tmp_path / "b").predict(study)
     for name in ("cnn_prob", "lstm_prob", "embeddings", "labels"):
         assert np.array_equal(getattr(in_memory, name), getattr(reloaded, name)), name
 
 
 def test_cnn_only_weights(tmp_path: Path) -> None:
     folder = make_weights(tmp_path, lstm=False, thresholds=[1.0] * 6)
-    pred = Predictor.from_folder(folder, threads=1).predict(make_study(3))
+    pred = Predictor.from_folder(folder).predict(make_study(3))
     assert pred.lstm_prob is None
     np.testing.assert_array_equal(pred.prob, pred.cnn_prob)
     assert not pred.labels.any() and pred.summary.ranges["any"] == []
@@ -132,7 +132,7 @@ def test_positive_runs() -> None:
 
 
 def test_write_predictions_csv_and_json(weights_dir: Path, tmp_path: Path) -> None:
-    predictor = Predictor.from_folder(weights_dir, threads=1)
+    predictor = Predictor.from_folder(weights_dir)
     preds = [predictor.predict(make_study(3, seed=s)) for s in (4, 5)]
     records = [prediction_record(p) for p in preds]
     out = tmp_path / "preds.csv"
@@ -155,3 +155,128 @@ def test_write_predictions_csv_and_json(weights_dir: Path, tmp_path: Path) -> No
     assert submission_id("1.2.840.99", "any") == "ID_1.2.840.99_any"
     with pytest.raises(ValueError):
         write_predictions(records, tmp_path / "p.txt")
+
+
+# --------------------------------------------------------------------------- process state
+
+
+@pytest.fixture
+def odd_torch_state():
+    """Thread count and int8 engine set to values no library default would pick."""
+    threads, engine = torch.get_num_threads(), torch.backends.quantized.engine
+    torch.set_num_threads(3)
+    torch.backends.quantized.engine = "qnnpack"
+    yield 3, "qnnpack"
+    torch.set_num_threads(threads)
+    torch.backends.quantized.engine = engine
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_constructing_a_predictor_leaves_process_state_alone(
+    weights_dir: Path, odd_torch_state: tuple[int, str], precision: str
+) -> None:
+    threads, engine = odd_torch_state
+    cnn, lstm, config = load_weights(weights_dir)
+    study = make_study(4)
+    calib = Predictor(cnn, lstm, config).preprocess(study)
+    deterministic = torch.backends.cudnn.deterministic
+    predictor = Predictor(cnn, lstm, config, precision=precision, calibration=calib)
+    predictor.predict(study)
+    Predictor.from_folder(weights_dir, precision=precision).predict(study)
+    assert torch.get_num_threads() == threads
+    assert torch.backends.quantized.engine == engine
+    assert torch.backends.cudnn.deterministic == deterministic
+
+
+def test_int8_refuses_to_run_under_another_engine(
+    weights_dir: Path, odd_torch_state: tuple[int, str]
+) -> None:
+    cnn, lstm, config = load_weights(weights_dir)
+    study = make_study(4)
+    int8 = Predictor(cnn, lstm, config, precision="int8")  # qnnpack, calibrated lazily
+    int8.predict(study)
+    torch.backends.quantized.engine = "x86" if "x86" in torch.backends.quantized.supported_engines \
+        else "fbgemm"
+    with pytest.raises(RuntimeError, match="quantised for the 'qnnpack' engine"):
+        int8.predict(study)
+
+
+def test_int8_without_calibration_calibrates_on_the_first_study(weights_dir: Path) -> None:
+    cnn, lstm, config = load_weights(weights_dir)
+    study = make_study(6, seed=3)
+    lazy = Predictor(cnn, lstm, config, precision="int8")
+    explicit = Predictor(cnn, lstm, config, precision="int8",
+                         calibration=Predictor(cnn, lstm, config).preprocess(study))
+    a, b = lazy.predict(study), explicit.predict(study)
+    assert np.array_equal(a.cnn_prob, b.cnn_prob)
+    # Later studies reuse that calibration: same model, same output as the explicit one.
+    other = make_study(5, seed=7)
+    assert np.array_equal(lazy.predict(other).cnn_prob, explicit.predict(other).cnn_prob)
+
+
+def test_from_folder_int8_uses_the_calibration_file(weights_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from hohoho_core.weights import save_calibration
+
+    folder = tmp_path / "w"
+    shutil.copytree(weights_dir, folder)
+    studies = [make_study(6, seed=11).hu, make_study(5, seed=12).hu]
+    save_calibration(folder, studies, "test phantoms")
+    cnn, lstm, config = load_weights(folder)
+    fp32 = Predictor(cnn, lstm, config)
+    calib = np.concatenate([fp32.preprocess(make_study(6, seed=11)),
+                            fp32.preprocess(make_study(5, seed=12))])
+    want = Predictor(cnn, lstm, config, precision="int8", calibration=calib)
+    got = Predictor.from_folder(folder, precision="int8")
+    study = make_study(4, seed=1)
+    assert np.array_equal(got.predict(study).cnn_prob, want.predict(study).cnn_prob)
+    # Calibrating on the study itself instead gives another int8 model.
+    assert not np.array_equal(
+        Predictor.from_folder(weights_dir, precision="int8").predict(study).cnn_prob,
+        got.predict(study).cnn_prob)
+
+
+def test_inference_never_imports_the_phantom_generator() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, hohoho_core.predict, hohoho_core.evaluate, hohoho_core.weights; "
+            "print(any(m.startswith('hohoho_core.synthetic') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_temperatures_in_the_config_calibrate_both_outputs(weights_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """config.temperatures divide the LSTM logits and cnn_temperatures the CNN's; the
+    LSTM itself still reads the raw CNN logits, so only the reported probabilities move."""
+    cnn, lstm, config = load_weights(weights_dir)
+    study = make_study()
+    plain = Predictor(cnn, lstm, config).predict(study)
+    temps = [2.0, 0.5, 1.0, 3.0, 1.5, 4.0]
+    config.temperatures, config.cnn_temperatures = temps, temps[::-1]
+    folder = save_weights(tmp_path / "w", cnn, lstm, config)
+    hot = Predictor.from_folder(folder).predict(study)
+
+    def scaled(p: np.ndarray, t: list[float]) -> np.ndarray:
+        z = np.log(p) - np.log1p(-p)
+        return 1 / (1 + np.exp(-z / np.asarray(t)))
+
+    np.testing.assert_allclose(hot.prob, scaled(plain.prob, temps), atol=2e-3)
+    np.testing.assert_allclose(hot.cnn_prob, scaled(plain.cnn_prob, temps[::-1]), atol=2e-3)
+    np.testing.assert_array_equal(hot.embeddings, plain.embeddings)
+
+
+def test_temperatures_are_validated_and_absent_keys_stay_absent() -> None:
+    from hohoho_core.weights import WeightsError
+
+    base = ModelConfig().to_dict()
+    assert "temperatures" not in base and "cnn_temperatures" not in base
+    with pytest.raises(WeightsError, match="temperatures"):
+        ModelConfig.from_dict({**base, "temperatures": [1.0, 0.0, 1, 1, 1, 1]})
+    with pytest.raises(WeightsError, match="cnn_temperatures"):
+        ModelConfig.from_dict({**base, "cnn_temperatures": [1.0] * 5})
+    ok = ModelConfig.from_dict({**base, "temperatures": [1.5] * 6})
+    assert ok.to_dict()["temperatures"] == [1.5] * 6

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ from hohoho_core.synthetic import (
 
 N_STUDIES = 10
 SIZE = 128
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -297,3 +301,114 @@ def test_positive_fraction_enriches_bleeds(tmp_path: Path) -> None:
     assert n_rich >= 4 and n_rich > n_plain, (n_rich, n_plain)
     with pytest.raises(ValueError, match="positive_fraction"):
         generate_dataset(tmp_path / "bad", 2, seed=3, size=64, slices=(8, 9), positive_fraction=1.5)
+
+
+def _run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hohoho_core.synthetic", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_python_m_writes_the_same_tiny_dataset_as_the_library(tmp_path: Path) -> None:
+    args = ["--studies", "1", "--seed", "4", "--size", "32", "--min-slices", "8"]
+    res = _run_module("--out", str(tmp_path / "cli"), *args, "--max-slices", "8")
+    assert res.returncode == 0, res.stderr
+    assert "wrote 1 studies, 8 slices" in res.stdout
+    made = generate_dataset(tmp_path / "lib", 1, seed=4, size=32, slices=(8, 8))
+    files = sorted((tmp_path / "cli" / "stage_2_train").glob("ID_*.dcm"))
+    assert [p.stem for p in files] == sorted(made.truth["image_id"])
+    for name in ("stage_2_train.csv", "truth.csv"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+    for path in files:
+        assert path.read_bytes() == (tmp_path / "lib" / "stage_2_train" / path.name).read_bytes()
+
+
+def test_python_m_help_lists_every_option() -> None:
+    res = _run_module("--help")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("usage: python -m hohoho_core.synthetic")
+    for option in (
+        "--out",
+        "--studies",
+        "--seed",
+        "--size",
+        "--label-noise",
+        "--min-slices",
+        "--max-slices",
+        "--workers",
+        "--positive-fraction",
+        "--montage",
+    ):
+        assert option in res.stdout
+
+
+def test_public_names_are_importable() -> None:
+    import hohoho_core
+    from hohoho_core import synthetic
+    from hohoho_core.synthetic import plan, study, writer
+
+    expected = {
+        "AREA_THRESHOLD_MM2",
+        "DEFAULT_POSITIVE_FRACTION",
+        "ENCODINGS",
+        "NEUTRAL_VARIATION",
+        "Bleed",
+        "StudyPlan",
+        "SyntheticStudy",
+        "SyntheticTruth",
+        "Variation",
+        "ct_dataset",
+        "draw_variation",
+        "generate_dataset",
+        "inject_label_noise",
+        "main",
+        "make_study",
+        "save_montage",
+        "save_randomisation_montage",
+        "stored_values",
+        "unwrap_quirk",
+        "write_dataset",
+    }
+    assert set(synthetic.__all__) == expected
+    for name in expected:
+        assert getattr(synthetic, name) is not None, name
+    # One definition each: the package re-exports its modules' objects, it does not copy them.
+    assert synthetic.StudyPlan is plan.StudyPlan and synthetic.make_study is study.make_study
+    assert synthetic.write_dataset is writer.write_dataset
+    assert hohoho_core.generate_dataset is synthetic.generate_dataset
+    assert hohoho_core.save_montage is synthetic.save_montage
+    assert synthetic.DEFAULT_POSITIVE_FRACTION == 0.4
+    assert synthetic.ENCODINGS == ("uint16", "int16", "quirk12")
+
+
+#: Modules on the inference path: none of them may import the phantom generator.
+INFERENCE_MODULES = ("predict", "dicom", "rsna", "preprocess", "models", "weights", "cache")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_inference_modules_never_import_the_generator() -> None:
+    core = REPO / "hohoho_core"
+    files: list[Path] = []
+    for name in INFERENCE_MODULES:
+        files += [core / f"{name}.py"] if (core / f"{name}.py").exists() else []
+        files += sorted((core / name).rglob("*.py")) if (core / name).is_dir() else []
+    assert len(files) >= len(INFERENCE_MODULES)
+    for path in files:
+        bad = {m for m in _imported_modules(path) if "synthetic" in m}
+        assert not bad, f"{path.relative_to(REPO)} imports {sorted(bad)}"

@@ -14,14 +14,11 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "train"
 
 
 def script(name: str) -> ModuleType:
-    """Import a script from train/ (they import `common` from beside them)."""
-    if str(TRAIN) not in sys.path:
-        sys.path.insert(0, str(TRAIN))
-    return importlib.import_module(name)
+    """Import a script of the ``train`` package (``common``, ``train_cnn``, ...)."""
+    return importlib.import_module(f"train.{name}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,8 +61,8 @@ def test_quick_recipe_writes_a_loadable_weights_folder(demo) -> None:
 
     cnn, lstm, cfg = load_weights(demo["weights"])
     assert lstm is not None and lstm.use_logits
-    assert cfg.arch == "resnet18" and cfg.preprocess["size"] == 64
-    assert cfg.preprocess["mode"] == "stacked"
+    assert cfg.arch == "resnet18" and cfg.preprocess.size == 64
+    assert cfg.preprocess.mode == "stacked"
     assert cfg.training["cnn"]["loss"] == "asl" and cfg.training["cnn"]["init"] == "random"
     # thresholds were tuned on the validation split: recompute them from its logits
     from hohoho_core.datasets import load_embeddings
@@ -138,7 +135,7 @@ def test_torchrun_two_process_ddp_writes_one_checkpoint(demo, tmp_path) -> None:
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--standalone", str(TRAIN / "train_cnn.py"),
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--standalone", "-m", "train.train_cnn",
            *_cnn_args(demo, out)]
     cmd[cmd.index("--threads") + 1] = "1"
     res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -197,3 +194,24 @@ def test_ablate_quick_writes_the_table(tmp_path) -> None:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[3].startswith("synthetic") and cells[4] == "64" and cells[6] == "1"
         assert all(0.0 <= float(v) <= 1.0 for v in cells[7:10])
+
+
+TRAIN_SCRIPTS = ("train_cnn", "extract_embeddings", "train_lstm", "pretrain_simclr", "ablate",
+                 "oof_predict", "make_demo_weights")
+
+
+def test_every_script_runs_as_a_module_from_the_repo_root() -> None:
+    # `python -m train.<script>` with no PYTHONPATH: the package imports need nothing else
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    for name in TRAIN_SCRIPTS:
+        res = subprocess.run([sys.executable, "-m", f"train.{name}", "--help"], cwd=REPO,
+                             env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, name + ": " + res.stderr[-2000:]
+        assert "usage:" in res.stdout
+
+
+def test_no_script_or_test_edits_the_import_path() -> None:
+    needle = "sys." + "path"  # spelled apart so this file does not match itself
+    offenders = [str(p.relative_to(REPO)) for folder in ("train", "bench", "tests")
+                 for p in (REPO / folder).rglob("*.py") if needle in p.read_text(encoding="utf-8")]
+    assert offenders == []

@@ -6,19 +6,27 @@ import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hohoho_core.models import SequenceModel, create_model
+from hohoho_core.models import LstmConfig, SequenceModel, create_model
+from hohoho_core.preprocess import PreprocessConfig
 from hohoho_core.weights import (
+    CALIBRATION_FILE,
     CONFIG_FILE,
     TENSORS_FILE,
     ModelConfig,
     WeightsError,
+    default_weights_dir,
+    load_calibration,
     load_weights,
+    save_calibration,
     save_weights,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 LSTM_KW = {"hidden": 8, "layers": 2, "use_logits": True, "use_diffs": True}
 
@@ -61,7 +69,8 @@ def test_round_trip_float32_is_identical(tmp_path: Path) -> None:
     for a, b in zip(_outputs(cnn, lstm, x), _outputs(loaded_cnn, loaded_lstm, x), strict=True):
         assert torch.equal(a, b)
     assert loaded_cfg.thresholds == config.thresholds
-    assert loaded_cfg.lstm == LSTM_KW and loaded_cfg.training == {"loss": "asl", "epochs": 1}
+    assert loaded_cfg.lstm == LstmConfig(**LSTM_KW)
+    assert loaded_cfg.training == {"loss": "asl", "epochs": 1}
     assert loaded_cfg.created  # filled in at save time
     assert not loaded_cnn.training
 
@@ -195,3 +204,98 @@ def test_numpy_values_in_config_are_saved_as_json(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         save_weights(tmp_path / "w3", cnn, lstm, config)
     assert not (tmp_path / "w3" / TENSORS_FILE).exists()
+
+
+# --------------------------------------------------------------------------- typed config
+
+
+def test_shipped_config_loads_typed_and_saves_the_same_json() -> None:
+    raw = json.loads((REPO / "weights" / CONFIG_FILE).read_text(encoding="utf-8"))
+    cfg = ModelConfig.from_dict(raw)
+    assert isinstance(cfg.preprocess, PreprocessConfig) and cfg.preprocess.size == 128
+    assert isinstance(cfg.lstm, LstmConfig) and cfg.lstm.use_logits and cfg.lstm.dropout == 0.2
+    again = json.loads(json.dumps(cfg.to_dict()))
+    assert again == raw
+    assert list(again) == list(raw)  # same key order, so the file text is the same too
+    assert ModelConfig.from_dict(again) == cfg
+
+
+def test_config_round_trip_through_save_writes_identical_json(tmp_path: Path) -> None:
+    cnn, lstm, config = _models()
+    save_weights(tmp_path / "a", cnn, lstm, config)
+    first = (tmp_path / "a" / CONFIG_FILE).read_text(encoding="utf-8")
+    c2, l2, cfg2 = load_weights(tmp_path / "a")
+    save_weights(tmp_path / "b", c2, l2, cfg2)
+    assert (tmp_path / "b" / CONFIG_FILE).read_text(encoding="utf-8") == first
+    assert json.loads(first)["lstm"] == {**LstmConfig().to_dict(), **LSTM_KW}
+
+
+def test_dict_and_dataclass_configs_are_the_same_config() -> None:
+    as_dicts = ModelConfig(preprocess={"mode": "gray", "size": 32}, lstm={"hidden": 4})
+    typed = ModelConfig(preprocess=PreprocessConfig(mode="gray", size=32),
+                        lstm=LstmConfig(hidden=4))
+    assert as_dicts == typed
+    with pytest.raises(WeightsError, match="lstm config is invalid"):
+        ModelConfig(lstm={"hidden": 4, "heads": 2})
+    with pytest.raises(WeightsError, match="in_dim"):
+        ModelConfig(lstm={"in_dim": 512})
+    with pytest.raises(WeightsError, match="preprocess"):
+        ModelConfig(preprocess={"size": 3})
+
+
+def test_lstm_config_builds_the_sequence_model() -> None:
+    model = LstmConfig(hidden=6, layers=1, use_logits=True).build(in_dim=10)
+    assert isinstance(model, SequenceModel) and model.use_logits
+    assert model.lstm.hidden_size == 6 and model.lstm.num_layers == 1
+
+
+# --------------------------------------------------------------------------- default folder
+
+
+def test_default_weights_dir_prefers_the_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HOHOHO_WEIGHTS", str(tmp_path / "mine"))
+    assert default_weights_dir() == tmp_path / "mine"
+    monkeypatch.delenv("HOHOHO_WEIGHTS")
+    # In this checkout the repository's weights/ sits beside the package.
+    assert default_weights_dir() == REPO / "weights"
+
+
+def test_default_weights_dir_falls_back_to_the_working_folder(monkeypatch, tmp_path) -> None:
+    import hohoho_core.weights as W
+
+    monkeypatch.delenv("HOHOHO_WEIGHTS", raising=False)
+    # As installed into site-packages: no repository beside the package.
+    fake = tmp_path / "site-packages" / "hohoho_core" / "weights.py"
+    monkeypatch.setattr(W, "__file__", str(fake))
+    assert W.default_weights_dir() == Path("weights")
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_calibration_round_trip_is_exact_and_compact(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    whole = rng.integers(-1024, 3000, size=(3, 8, 8)).astype(np.float32)
+    fractional = whole[:2] + 0.25
+    save_calibration(tmp_path, [whole, fractional], "test")
+    back = load_calibration(tmp_path)
+    assert back is not None and len(back) == 2
+    assert np.array_equal(back[0], whole) and np.array_equal(back[1], fractional)
+    assert all(a.dtype == np.float32 for a in back)
+    stored = load_file(str(tmp_path / CALIBRATION_FILE))
+    assert [stored[k].dtype for k in sorted(stored)] == [torch.int16, torch.float32]
+    assert load_calibration(tmp_path / "none") is None
+    with pytest.raises(ValueError, match=r"\[S, H, W\]"):
+        save_calibration(tmp_path, [whole[0]])
+
+
+def test_calibration_file_refuses_a_pickle(tmp_path: Path) -> None:
+    (tmp_path / CALIBRATION_FILE).write_bytes(pickle.dumps({"x": 1}))
+    with pytest.raises(WeightsError, match="not a safetensors"):
+        load_calibration(tmp_path)
+
+
+def test_shipped_calibration_file_holds_two_whole_hu_studies() -> None:
+    stored = load_file(str(REPO / "weights" / CALIBRATION_FILE))
+    assert sorted(stored) == ["study_000", "study_001"]
+    assert all(t.dtype == torch.int16 and t.shape == (16, 256, 256) for t in stored.values())

@@ -1,10 +1,10 @@
 """The poster's comparisons on one dataset, as a markdown table (train, val and test F2).
 
     # CPU, small: synthetic data generated with fixed seeds
-    python train/ablate.py --synthetic --output-dir runs/ablate --out-md docs/ablation.md
-    python train/ablate.py --synthetic --quick --output-dir /tmp/ablate      # smoke test
+    python -m train.ablate --synthetic --output-dir runs/ablate --out-md docs/ablation.md
+    python -m train.ablate --synthetic --quick --output-dir /tmp/ablate      # smoke test
     # GPU, full size: the RSNA 2019 data
-    python train/ablate.py --data-root /data/rsna --cache-dir /data/cache --size 256 \
+    python -m train.ablate --data-root /data/rsna --cache-dir /data/cache --size 256 \
         --epochs 10 --batch-size 64 --output-dir runs/ablate --out-md docs/ablation.md
 
 Comparisons (each row trains with ``train_cnn.py`` and scores with ``extract_embeddings.py``;
@@ -27,16 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common
-import extract_embeddings
 import numpy as np
-import pretrain_simclr
-import train_cnn
-import train_lstm
 
 from hohoho_core.datasets import load_embeddings
 from hohoho_core.metrics import f2_report, search_thresholds
 from hohoho_core.preprocess import PreprocessConfig
+from train import common, extract_embeddings, pretrain_simclr, train_cnn, train_lstm
 
 log = logging.getLogger("hohoho.train")
 
@@ -90,7 +86,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], str]:
     cache_dir = args.cache_dir or args.output_dir / "cache"
     common_args = ["--cache-dir", str(cache_dir), "--size", str(args.size)]
     if args.synthetic:
-        import make_demo_weights as demo
+        from train import make_demo_weights as demo
 
         gen = argparse.Namespace(
             data_dir=args.output_dir / "data", seed=args.data_seed,
@@ -98,7 +94,7 @@ def prepare(args: argparse.Namespace) -> tuple[list[str], str]:
             test_studies=args.test_studies, gen_size=args.gen_size,
             test_gen_size=args.gen_size, min_slices=8 if args.quick else 20,
             max_slices=10 if args.quick else 40, workers=max(1, args.prep_workers),
-            train_positive_studies=0.4,
+            train_positive_studies=0.4, randomise=False,
             progress=args.progress)
         demo.generate(gen)
         cfg = PreprocessConfig(mode="stacked", size=args.size)

@@ -1,12 +1,14 @@
 """Helpers the training scripts share: data preparation, devices, checkpoints and logs.
 
-Every script in ``train/`` imports this module from beside it (``import common``), the way
-torchvision's reference scripts import their ``utils.py``. Nothing here parses arguments; it
+Every script in the ``train`` package imports this module (``from train import common``),
+the way torchvision's reference scripts import their ``utils.py``; scripts run as
+``python -m train.<script>`` from the repository root. Nothing here parses arguments; it
 only adds argument groups to a parser the script owns.
 
-Checkpoints are two files: ``<stem>.safetensors`` (model and optimiser tensors) and
-``<stem>.json`` (epoch, resolved arguments, metrics, optimiser hyper-parameters). No pickle is
-ever written or read (``torch.save``/``torch.load`` are not used in this project).
+Checkpoints (``hohoho_core.checkpoint``, re-exported here) are two files:
+``<stem>.safetensors`` (model and optimiser tensors) and ``<stem>.json`` (epoch, resolved
+arguments, metrics, optimiser hyper-parameters). No pickle is ever written or read
+(``torch.save``/``torch.load`` are not used in this project).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import os
 import platform
 import random
 import sys
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +33,23 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from hohoho_core.atomic import atomic_write_text
 from hohoho_core.cache import StudyCache, study_key
+from hohoho_core.checkpoint import (  # noqa: F401  (re-exported for the scripts)
+    load_checkpoint,
+    load_model_weights,
+    load_tensors,
+    read_checkpoint_state,
+    save_checkpoint,
+    save_model_weights,
+    save_tensors,
+    unwrap,
+)
 from hohoho_core.distributed import DistInfo, barrier, init_distributed
 from hohoho_core.labels import CLASSES
 from hohoho_core.preprocess import MODES, WINDOWS, PreprocessConfig
+from hohoho_core.runtime import configure_torch
+from hohoho_core.system import available_cores
 
 log = logging.getLogger("hohoho.train")
 
@@ -127,13 +141,12 @@ def setup_runtime(args: argparse.Namespace) -> DistInfo:
 
 
 def set_threads(threads: int | None, dist: DistInfo) -> int:
-    """``torch.set_num_threads`` from the cores this process may use."""
+    """Torch threads for this training process (`runtime.configure_torch`), set once by the
+    script's ``main``: the cores it may use, shared with torchrun's other local ranks."""
     if threads is None:
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        threads = max(1, (cores or 1) // max(local, 1))
-    torch.set_num_threads(threads)
-    return threads
+        threads = max(1, available_cores() // max(local, 1))
+    return configure_torch(threads).threads
 
 
 def seed_everything(seed: int) -> None:
@@ -188,13 +201,8 @@ def memory_format(args: argparse.Namespace, device: torch.device) -> torch.memor
     return torch.contiguous_format
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return model.module if hasattr(model, "module") else model
-
-
 def machine_description() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.machine()} {platform.system()}, {cores} CPU cores, {gpu}, torch {torch.__version__}"
 
@@ -429,129 +437,13 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 # --- checkpoints ----------------------------------------------------------------------
-
-
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+# The checkpoint format lives in hohoho_core.checkpoint; the names are imported above so
+# scripts keep calling ``common.save_checkpoint`` and friends.
 
 
 def write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-    _atomic(Path(path), lambda p: Path(p).write_text(text, encoding="utf-8"))
-
-
-def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor],
-                 metadata: Mapping[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    clean = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-    _atomic(Path(path), lambda p: save_file(clean, str(p), metadata=dict(metadata or {})))
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path), device="cpu")
-
-
-def _optimizer_parts(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, st in sd["state"].items():
-        for name, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"optim.{pid}.{name}"] = v.reshape(-1) if v.ndim == 0 else v
-                if v.ndim == 0:
-                    scalars[f"{pid}.{name}.__scalar__"] = True
-            else:
-                scalars[f"{pid}.{name}"] = v
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optimizer_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
-    state: dict[int, dict[str, Any]] = {}
-    scalars = meta["scalars"]
-    for k, v in tensors.items():
-        if not k.startswith("optim."):
-            continue
-        _, pid, name = k.split(".", 2)
-        if scalars.get(f"{pid}.{name}.__scalar__"):
-            v = v.reshape(())
-        state.setdefault(int(pid), {})[name] = v
-    for k, v in scalars.items():
-        if k.endswith(".__scalar__"):
-            continue
-        pid, name = k.split(".", 1)
-        state.setdefault(int(pid), {})[name] = v
-    return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def save_checkpoint(
-    stem: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None,
-    state: Mapping[str, Any],
-    extra_modules: Mapping[str, nn.Module] | None = None,
-) -> None:
-    """Write ``stem.safetensors`` (``model.*``, ``<name>.*``, ``optim.*``) + ``stem.json``.
-
-    The JSON holds ``state`` (epoch, args, metrics ...) and the optimiser's hyper-parameters;
-    the tensors file is written first so a JSON always points at complete tensors.
-    """
-    tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
-    for name, mod in (extra_modules or {}).items():
-        tensors.update({f"{name}.{k}": v for k, v in unwrap(mod).state_dict().items()})
-    meta: dict[str, Any] = {"state": dict(state), "saved": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    if optimizer is not None:
-        opt_t, opt_meta = _optimizer_parts(optimizer)
-        tensors.update(opt_t)
-        meta["optimizer"] = opt_meta
-    save_tensors(Path(f"{stem}.safetensors"), tensors, {"kind": "hohoho-checkpoint"})
-    write_json(Path(f"{stem}.json"), meta)
-
-
-def read_checkpoint_state(stem: Path) -> dict[str, Any]:
-    """The ``state`` dict of a checkpoint (epoch, args, metrics) without loading tensors."""
-    stem = Path(str(stem).removesuffix(".json").removesuffix(".safetensors"))
-    return json.loads(Path(f"{stem}.json").read_text(encoding="utf-8"))["state"]
-
-
-def load_checkpoint(
-    stem: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer | None = None,
-    extra_modules: Mapping[str, nn.Module] | None = None,
-) -> dict[str, Any]:
-    """Restore what ``save_checkpoint`` wrote; returns the saved ``state`` dict."""
-    stem = Path(str(stem).removesuffix(".json").removesuffix(".safetensors"))
-    meta = json.loads(Path(f"{stem}.json").read_text(encoding="utf-8"))
-    tensors = load_tensors(Path(f"{stem}.safetensors"))
-
-    def sub(prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    unwrap(model).load_state_dict(sub("model."), strict=True)
-    for name, mod in (extra_modules or {}).items():
-        unwrap(mod).load_state_dict(sub(f"{name}."), strict=True)
-    if optimizer is not None and "optimizer" in meta:
-        optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
-    return meta["state"]
-
-
-def save_model_weights(path: Path, model: nn.Module, metadata: Mapping[str, Any]) -> None:
-    """Model tensors only (``model.*``), e.g. the best epoch's CNN."""
-    tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
-    save_tensors(path, tensors, {k: json.dumps(v) for k, v in metadata.items()})
-
-
-def load_model_weights(path: Path, model: nn.Module) -> None:
-    tensors = load_tensors(path)
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    unwrap(model).load_state_dict(state, strict=True)
+    """Indented JSON (non-JSON values as ``str``), written atomically."""
+    atomic_write_text(Path(path), json.dumps(obj, indent=2, default=str) + "\n")
 
 
 # --- logs -----------------------------------------------------------------------------
@@ -663,21 +555,3 @@ def infer_slices(
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
-
-
-def score(y: np.ndarray, prob: np.ndarray, thresholds: np.ndarray,
-          study_ids: np.ndarray | None = None) -> dict[str, Any]:
-    """F2 report + RSNA log loss + per-class AUC on labelled rows (labels >= 0)."""
-    from hohoho_core.metrics import f2_report, roc_auc_per_class, rsna_log_loss
-
-    keep = (y >= 0).all(1)
-    y, prob = y[keep].astype(np.int64), prob[keep]
-    sids = None if study_ids is None else np.asarray(study_ids)[keep]
-    rep = f2_report(y, prob, thresholds, study_ids=sids)
-    auc = roc_auc_per_class(y, prob)
-    rep["log_loss"] = rsna_log_loss(y, prob)
-    rep["auc"] = {c: (None if np.isnan(a) else float(a)) for c, a in zip(CLASSES, auc, strict=True)}
-    finite = auc[~np.isnan(auc)]
-    rep["auc_macro"] = float(finite.mean()) if len(finite) else None
-    rep["n_slices"] = int(len(y))
-    return rep

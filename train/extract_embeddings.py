@@ -1,7 +1,7 @@
 """Embeddings and logits of every slice of every study, one file per split.
 
-    python train/extract_embeddings.py --cnn-run runs/cnn --output-dir runs/emb [--tta-flip]
-    torchrun --nproc_per_node 4 --standalone train/extract_embeddings.py ...same...
+    python -m train.extract_embeddings --cnn-run runs/cnn --output-dir runs/emb [--tta-flip]
+    torchrun --nproc_per_node 4 --standalone -m train.extract_embeddings ...same...
 
 Reads the stage-1 run folder (its ``args.json``, ``splits.json`` and ``best_cnn.safetensors``)
 so preprocessing and splits are exactly those the CNN was trained with. Every slice of a study
@@ -17,7 +17,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import common
 import numpy as np
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -27,6 +26,7 @@ from hohoho_core.datasets import EmbeddingTable, SliceDataset, save_embeddings
 from hohoho_core.distributed import DistInfo, cleanup
 from hohoho_core.models import create_model
 from hohoho_core.preprocess import PreprocessConfig
+from train import common
 
 log = logging.getLogger("hohoho.train")
 

@@ -1,7 +1,7 @@
 """Out-of-fold probabilities for a labelled dataset, so an audit never judges a slice with a
 model that trained on it.
 
-    python train/oof_predict.py --data data/rsna --folds 5 --size 128 --epochs 4 \
+    python -m train.oof_predict --data data/rsna --folds 5 --size 128 --epochs 4 \
         --out oof.csv --run-dir runs/oof
     python -m hohoho_core audit --data data/rsna --probs oof.csv --out flags.csv
 
@@ -39,23 +39,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import common
-import extract_embeddings
 import numpy as np
 import pandas as pd
 import torch
-import train_cnn
-import train_lstm
 from torch.utils.data import DataLoader
 
 from hohoho_core.augment import PRESETS
 from hohoho_core.cache import StudyCache
 from hohoho_core.datasets import SliceDataset, split_by_study
 from hohoho_core.distributed import DistInfo
+from hohoho_core.evaluate import score
 from hohoho_core.labels import CLASSES
 from hohoho_core.losses import LOSS_NAMES
 from hohoho_core.models import MODEL_NAMES, SequenceModel, create_model
 from hohoho_core.preprocess import MODES, PreprocessConfig
+from hohoho_core.rsna_csv import write_rsna_csv
+from train import common, extract_embeddings, train_cnn, train_lstm
 
 log = logging.getLogger("hohoho.train")
 
@@ -298,22 +297,16 @@ def lstm_fold(fold_dir: Path, args: argparse.Namespace, dist: DistInfo
 
 
 def write_probs_csv(path: Path, image_ids: Sequence[str], prob: np.ndarray) -> Path:
-    """RSNA submission format: ``ID,Label``, six rows per image (``CLASSES`` order), images
-    sorted by id. ``prob``: ``(N, 6)`` in [0, 1], rows aligned with ``image_ids``."""
+    """RSNA submission format (`rsna_csv.write_rsna_csv`), images sorted by id so that runs
+    over the same images diff cleanly. ``prob``: ``(N, 6)`` in [0, 1], rows aligned with
+    ``image_ids``; written atomically."""
     prob = np.asarray(prob, dtype=np.float64)
     if prob.shape != (len(image_ids), len(CLASSES)):
         raise ValueError(f"prob must have shape ({len(image_ids)}, {len(CLASSES)})")
-    order = np.argsort(np.asarray(image_ids, dtype=str), kind="stable")
-    ids = np.repeat(np.asarray(image_ids, dtype=str)[order], len(CLASSES))
-    names = np.tile(np.asarray(CLASSES, dtype=str), len(order))
-    frame = pd.DataFrame({"ID": np.char.add(np.char.add(ids, "_"), names),
-                          "Label": np.round(prob[order].reshape(-1), 6)})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(path)
-    return path
+    ids = np.asarray(image_ids, dtype=str)
+    order = np.argsort(ids, kind="stable")
+    write_rsna_csv(path, ids[order], prob[order], kind="probabilities")
+    return Path(path)
 
 
 def folds_path(out: Path) -> Path:
@@ -420,7 +413,7 @@ def _oof_metrics(cache: StudyCache, assigned: pd.DataFrame, image_ids: Sequence[
     keep = (y >= 0).all(1)
     if not keep.any():
         return {}
-    rep = common.score(y[keep], prob[keep], np.full(len(CLASSES), 0.5))
+    rep = score(y[keep], prob[keep], np.full(len(CLASSES), 0.5))
     return {"auc": rep["auc"], "auc_macro": rep["auc_macro"], "log_loss": rep["log_loss"],
             "labelled_slices": int(keep.sum())}
 

@@ -1,8 +1,8 @@
 """SimCLR pre-training on unlabelled slices; writes a backbone ``train_cnn.py --init`` loads.
 
-    python train/pretrain_simclr.py --data-root /data/rsna --cache-dir /data/cache \
+    python -m train.pretrain_simclr --data-root /data/rsna --cache-dir /data/cache \
         --size 256 --output-dir runs/simclr --epochs 50 --batch-size 256
-    python train/train_cnn.py ... --init runs/simclr/simclr_backbone.safetensors \
+    python -m train.train_cnn ... --init runs/simclr/simclr_backbone.safetensors \
         --labeled-fraction 0.1
 
 Labels are never read. Slices come from the train split only (``--use-splits`` may add val;
@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common
 import numpy as np
 import torch
 from torch import nn
@@ -30,6 +29,7 @@ from hohoho_core.datasets import SliceDataset
 from hohoho_core.distributed import DistInfo, barrier, cleanup
 from hohoho_core.models import MODEL_NAMES, SliceClassifier, create_model, save_backbone
 from hohoho_core.simclr import CTViews, ProjectionHead, neighbour_positive_mask, nt_xent
+from train import common
 
 log = logging.getLogger("hohoho.train")
 

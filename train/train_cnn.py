@@ -2,12 +2,12 @@
 
 One GPU or CPU::
 
-    python train/train_cnn.py --data-root /data/rsna --cache-dir /data/cache --size 256 \
+    python -m train.train_cnn --data-root /data/rsna --cache-dir /data/cache --size 256 \
         --output-dir runs/cnn --epochs 10 --batch-size 64
 
 N GPUs (or CPU processes with gloo) through torchrun::
 
-    torchrun --nproc_per_node 4 --standalone train/train_cnn.py ...same arguments...
+    torchrun --nproc_per_node 4 --standalone -m train.train_cnn ...same arguments...
 
 Writes into ``--output-dir``: ``args.json``, ``splits.json``, ``log.csv`` (one row per epoch),
 ``checkpoint.safetensors`` + ``checkpoint.json`` (last epoch, for ``--resume``) and
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common
 import numpy as np
 import torch
 from torch import nn
@@ -32,9 +31,11 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from hohoho_core.augment import PRESETS, AugmentConfig, HUAugment, to_model_input
 from hohoho_core.datasets import SliceDataset, WeightedSliceSampler, slice_weights
 from hohoho_core.distributed import DistInfo, barrier, cleanup
+from hohoho_core.evaluate import score
 from hohoho_core.losses import LOSS_NAMES, any_weights, build_loss
 from hohoho_core.metrics import search_thresholds
 from hohoho_core.models import MODEL_NAMES, create_model
+from train import common
 
 log = logging.getLogger("hohoho.train")
 
@@ -196,8 +197,8 @@ def evaluate(
     prob = common.sigmoid(out["logits"])
     study = np.asarray(ds.keys)[ds.study_index[out["index"]]]
     tuned = search_thresholds(y, prob)
-    rep = common.score(y, prob, tuned, study)
-    at_half = common.score(y, prob, np.full(len(tuned), 0.5))
+    rep = score(y, prob, tuned, study)
+    at_half = score(y, prob, np.full(len(tuned), 0.5))
     return {
         "val_f2": rep["slice"]["macro"],
         "val_f2_at_0.5": at_half["slice"]["macro"],

@@ -1,7 +1,7 @@
 """Stage 2: the stacked bidirectional LSTM over each study's slice embeddings, then the
 final weights folder (CNN + LSTM + config) with thresholds tuned on validation.
 
-    python train/train_lstm.py --cnn-run runs/cnn --embeddings runs/emb \
+    python -m train.train_lstm --cnn-run runs/cnn --embeddings runs/emb \
         --output-dir runs/lstm --weights-out weights
 
 Reads ``emb_{train,val,test}.npz`` from ``extract_embeddings.py``. Studies are padded to the
@@ -19,22 +19,25 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import common
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hohoho_core.calibration import apply_temperature, fit_temperature, logit
 from hohoho_core.datasets import (
     EmbeddingSequenceDataset,
     EmbeddingTable,
     collate_sequences,
     load_embeddings,
 )
+from hohoho_core.evaluate import score
+from hohoho_core.labels import CLASSES
 from hohoho_core.losses import masked_bce
 from hohoho_core.metrics import search_thresholds
-from hohoho_core.models import SequenceModel, create_model
+from hohoho_core.models import LstmConfig, SequenceModel, create_model
 from hohoho_core.weights import ModelConfig, save_weights
+from train import common
 
 log = logging.getLogger("hohoho.train")
 
@@ -65,6 +68,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--any-weight", type=float, default=1.0)
     g.add_argument("--emb-noise", type=float, default=0.0,
                    help="Gaussian noise on train embeddings, relative to their std")
+    g.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="fit one temperature per class (CNN and LSTM outputs) on validation "
+                        "and tune the thresholds on the calibrated probabilities")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--seed", type=int, default=0)
@@ -140,7 +146,7 @@ def evaluate(model: SequenceModel, loader: DataLoader, table: EmbeddingTable,
              args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Any], np.ndarray]:
     prob = predict(model, loader, len(table.study), args.use_logits, device)
     thr = search_thresholds(*_labelled(table.labels, prob))
-    rep = common.score(table.labels, prob, thr, table.study)
+    rep = score(table.labels, prob, thr, table.study)
     return rep, prob
 
 
@@ -149,20 +155,43 @@ def _labelled(y: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y[keep].astype(np.int64), prob[keep]
 
 
-def final_metrics(tables: dict[str, EmbeddingTable], lstm_prob: dict[str, np.ndarray]) -> dict:
-    """CNN alone and CNN + LSTM on every split, thresholds tuned on validation only."""
-    cnn_prob = {k: common.sigmoid(t.logits) for k, t in tables.items()}
+def fit_calibration(tables: dict[str, EmbeddingTable], lstm_prob: dict[str, np.ndarray],
+                    enabled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class temperatures (CNN, LSTM) fitted on the validation split; ones when off."""
+    ones = np.ones(len(CLASSES))
+    if not enabled:
+        return ones, ones
+    y = tables["val"].labels
+    return (fit_temperature(tables["val"].logits, y),
+            fit_temperature(logit(lstm_prob["val"]), y))
+
+
+def final_metrics(tables: dict[str, EmbeddingTable], lstm_prob: dict[str, np.ndarray],
+                  calibrate: bool = True) -> dict:
+    """CNN alone and CNN + LSTM on every split; temperatures and thresholds from validation
+    only (thresholds on the calibrated probabilities)."""
+    t_cnn, t_lstm = fit_calibration(tables, lstm_prob, calibrate)
+    raw_lstm = lstm_prob
+    cnn_prob = {k: common.sigmoid(t.logits / t_cnn) for k, t in tables.items()}
+    lstm_prob = {k: apply_temperature(p, t_lstm) for k, p in lstm_prob.items()}
     thr_lstm = search_thresholds(*_labelled(tables["val"].labels, lstm_prob["val"]))
     thr_cnn = search_thresholds(*_labelled(tables["val"].labels, cnn_prob["val"]))
     out: dict[str, Any] = {"thresholds": common.classes_dict(thr_lstm),
-                           "cnn_thresholds": common.classes_dict(thr_cnn)}
+                           "cnn_thresholds": common.classes_dict(thr_cnn),
+                           "temperatures": common.classes_dict(t_lstm),
+                           "cnn_temperatures": common.classes_dict(t_cnn)}
     for split, t in tables.items():
         real = np.char.find(t.study.astype(str), "#aug") < 0  # not the augmented copies
         out[split] = {
-            "cnn": common.score(t.labels[real], cnn_prob[split][real], thr_cnn, t.study[real]),
-            "cnn_lstm": common.score(t.labels[real], lstm_prob[split][real], thr_lstm,
+            "cnn": score(t.labels[real], cnn_prob[split][real], thr_cnn, t.study[real]),
+            "cnn_lstm": score(t.labels[real], lstm_prob[split][real], thr_lstm,
                                      t.study[real]),
             "n_studies": len(set(t.study[real].tolist())),
+            # Calibration error before calibration, to show what the temperatures bought.
+            "ece_raw": {
+                "cnn": score(t.labels[real], common.sigmoid(t.logits[real]), thr_cnn)["ece_macro"],
+                "cnn_lstm": score(t.labels[real], raw_lstm[split][real], thr_lstm)["ece_macro"],
+            },
         }
     return out
 
@@ -203,7 +232,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     model.load_state_dict(best_state)
     lstm_prob = {k: predict(model, loaders[k], len(t.study), args.use_logits, device)
                  for k, t in tables.items()}
-    metrics = final_metrics(tables, lstm_prob)
+    metrics = final_metrics(tables, lstm_prob, args.calibrate)
     common.write_json(out_dir / "metrics.json", metrics)
     folder = write_weights(args, model.cpu(), metrics, embed_dim)
     for split in ("val", "test"):
@@ -217,7 +246,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def write_weights(args: argparse.Namespace, lstm: SequenceModel, metrics: dict[str, Any],
                   embed_dim: int) -> Path:
     """The final folder in the ``hohoho_core.weights`` format."""
-    from extract_embeddings import read_cnn_run
+    from train.extract_embeddings import read_cnn_run
 
     cnn_args, cfg, splits = read_cnn_run(args.cnn_run)
     cnn = create_model(cnn_args["arch"], init="random")
@@ -228,10 +257,12 @@ def write_weights(args: argparse.Namespace, lstm: SequenceModel, metrics: dict[s
     config = ModelConfig(
         arch=cnn_args["arch"],
         embed_dim=embed_dim,
-        preprocess=cfg.to_dict(),
-        lstm=lstm_kwargs(args),
+        preprocess=cfg,
+        lstm=LstmConfig.from_dict(lstm_kwargs(args)),
         thresholds=list(metrics["thresholds"].values()),
         cnn_thresholds=list(metrics["cnn_thresholds"].values()),
+        temperatures=[float(t) for t in metrics["temperatures"].values()],
+        cnn_temperatures=[float(t) for t in metrics["cnn_temperatures"].values()],
         training={"cnn": cnn_args, "lstm": common.args_to_dict(args)},
         data=data,
         metrics={k: v for k, v in metrics.items() if k in common.SPLITS},

@@ -1,6 +1,6 @@
 """Write single-slice CT DICOM files the way CT scanners (and the RSNA 2019 set) do.
 
-Used by the synthetic generator and by tests that need real Part-10 files. The dataset
+Used by the phantom generator and by tests that need real Part-10 files. The dataset
 carries the tags readers rely on (UIDs, geometry, rescale, windows) plus the patient
 module, so identifier handling can be tested with fake identifiers.
 """
