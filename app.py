@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from hohoho_ui import loaders, state, widgets
+from hohoho_ui.text import md_literal
 
 settings = widgets.page_setup("Study viewer", "🧠")
 model = widgets.model_ui(settings)
@@ -28,10 +29,10 @@ if model.predictor is not None:
     try:
         pred = loaders.predict_study(model.key, item.key, model.predictor, study)
     except (ValueError, RuntimeError) as err:
-        st.error(f"The model could not run on this study: {err}")
+        st.error(f"The model could not run on this study: {md_literal(err)}")
     widgets.demo_notice_ui(model)
 else:
-    st.info(model.message or "No model loaded: predictions are off.")
+    st.info(widgets.model_message(model, "No model loaded: predictions are off."))
 
 widgets.study_header_ui(item)
 positive = None if pred is None else pred.labels.any(axis=1)
@@ -43,7 +44,8 @@ with left:
     widgets.slice_image_ui(study, index, centre, width)
 with right:
     st.markdown(f"### Slice {index + 1} / {study.n_slices}")
-    st.caption(f"Image {study.slices[index].image_id} · z = {study.slices[index].z:.1f} mm")
+    image_id = md_literal(study.slices[index].image_id)
+    st.caption(f"Image {image_id} · z = {study.slices[index].z:.1f} mm")
     widgets.slice_table_ui(index, pred, item.labels)
     st.caption(
         "Keys: ↑/↓ previous/next · Home/End first/last · N next positive · 1-4 window presets."

@@ -18,12 +18,14 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
 WEIGHTS_ENV = "HOHOHO_WEIGHTS"  # the same name as weights.WEIGHTS_ENV (kept light here)
+DEBUG_ENV = "HOHOHO_DEBUG"  # set: an unexpected error shows its traceback
 
 
 class CliError(Exception):
@@ -39,6 +41,29 @@ def default_weights() -> Path:
 
 def _part_path(out: Path, rank: int) -> Path:
     return out.with_name(f".{out.name}.part{rank}.json")
+
+
+def _check_out(out: Path, *also: Path) -> None:
+    """Refuse an output that cannot be written, before any work: a folder, a path under a
+    regular file, a folder we may not write in. Missing parent folders are created (as the
+    writers would), and a probe file is created and removed in the target folder."""
+    for path in (out, *also):
+        if path.is_dir():
+            raise CliError(f"--out {path} is a folder, not a file")
+    parent = out.parent
+    ancestor = parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise CliError(f"--out {out}: {ancestor} is a file, not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        why = err.strerror or type(err).__name__
+        raise CliError(f"--out {out}: cannot write in {parent} ({why})") from None
 
 
 def _load_sources(paths: Sequence[str]) -> list[Path]:
@@ -57,6 +82,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
     sources = _load_sources(args.paths)
+    # The summary beside a CSV: `predict.studies_path`'s rule (not imported: torch is heavy).
+    summary = [out.with_name(f"{out.stem}_studies.csv")] if out.suffix.lower() == ".csv" else []
+    _check_out(out, *summary)
     weights = Path(args.weights) if args.weights else default_weights()
     if not weights.is_dir():
         raise CliError(
@@ -153,11 +181,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from hohoho_core.labels import CLASSES
-    from hohoho_core.rsna import build_index
+    from hohoho_core.rsna import build_index, dicom_folder
 
     root = Path(args.data_dir)
     if not root.is_dir():
         raise CliError(f"{root}: no such folder")
+    if args.workers is not None and args.workers < 1:
+        raise CliError(f"--workers must be >= 1, got {args.workers}")
     try:
         index = build_index(
             root,
@@ -169,6 +199,11 @@ def _cmd_index(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise CliError(f"{root}: {err}") from None
     table = index.table
+    if table.empty:  # files, but none usable: say so, do not report an empty success
+        raise CliError(
+            f"{root}: no usable slices in {dicom_folder(root)} "
+            f"({len(index.unreadable)} unreadable, {len(index.skipped)} skipped)"
+        )
     print(f"slices: {len(table)}")
     print(f"studies: {table['study_uid'].nunique()}")
     print(f"series: {table['series_uid'].nunique()}")
@@ -184,20 +219,25 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
+    from hohoho_core.atomic import atomic_open
     from hohoho_core.audit import audit_from_files
+    from hohoho_core.csvsafe import safe_frame
 
-    data, probs = Path(args.data), Path(args.probs)
+    data, probs, out = Path(args.data), Path(args.probs), Path(args.out)
     if not data.is_dir():
         raise CliError(f"{data}: no such folder")
     if not probs.is_file():
         raise CliError(f"{probs}: no such file")
+    if args.top is not None and args.top < 1:
+        raise CliError(f"--top must be >= 1, got {args.top}")
+    _check_out(out)
     try:
         flags = audit_from_files(data, probs, labels_csv=args.labels, top=args.top)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(f"audit: {err}") from None
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    flags.to_csv(out, index=False)
+    # Text cells (UIDs, paths) from the files: none may open as a spreadsheet formula.
+    with atomic_open(out, "w", newline="", encoding="utf-8") as fh:
+        safe_frame(flags).to_csv(fh, index=False, lineterminator="\n")
     print(f"{len(flags)} rows -> {out}")
     return 0
 
@@ -246,14 +286,41 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
+    """Entry point; returns the exit code.
+
+    Every failure is one line on stderr and exit code `EXIT_USAGE`, never a traceback:
+    `CliError` and the library's own errors (weights, study loading, CSV, I/O) with their
+    message; anything else with its type only (its text could quote a file's contents), and
+    the traceback only when ``HOHOHO_DEBUG`` is set.
+    """
     args = get_args_parser().parse_args(argv)
     try:
         return int(args.func(args))
     except CliError as err:
-        print(f"hohoho: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        message = str(err)
+    except OSError as err:  # the disk, not the input: name the file, not the bytes
+        where = f" {err.filename}" if err.filename else ""
+        message = f"cannot access{where}: {err.strerror or type(err).__name__}"
+    except MemoryError:
+        message = "out of memory (the input is too large for this machine)"
+    except Exception as err:
+        from hohoho_core.dicom import StudyLoadError
+        from hohoho_core.rsna_csv import RsnaCsvError
+        from hohoho_core.weights import WeightsError
+
+        if os.environ.get(DEBUG_ENV):
+            raise
+        if isinstance(err, WeightsError | StudyLoadError | RsnaCsvError):
+            message = str(err)  # the library's messages carry no patient identifiers
+        else:
+            message = f"unexpected {type(err).__name__} (set {DEBUG_ENV}=1 for the traceback)"
+    print(f"hohoho: error: {_one_line(message)}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hohoho_core.atomic import atomic_open
+from hohoho_core.csvsafe import safe_cell
 from hohoho_core.labels import CLASSES
 from hohoho_core.models import SequenceModel, SliceClassifier
 from hohoho_core.preprocess import PreprocessConfig, make_input
@@ -485,7 +487,7 @@ def write_predictions(records: Sequence[dict[str, Any]], out: str | Path) -> lis
         probs.append(prob[:, cols])
     write_rsna_csv(out, image_ids, np.concatenate(probs), kind="probabilities")
     summary_path = studies_path(out)
-    with summary_path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(summary_path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(
             ["study_uid", "series_uid", "n_slices"]
@@ -495,7 +497,8 @@ def write_predictions(records: Sequence[dict[str, Any]], out: str | Path) -> lis
         for rec in records:
             s = rec["summary"]
             w.writerow(
-                [rec["study_uid"], rec["series_uid"], s["n_slices"]]
+                # UIDs come from the files: one starting "=" must not become a formula.
+                [safe_cell(rec["study_uid"]), safe_cell(rec["series_uid"]), s["n_slices"]]
                 + [f"{s['max_prob'][c]:.6g}" for c in CLASSES]
                 + [int(s["positive"][c]) for c in CLASSES]
             )

@@ -41,6 +41,7 @@ __all__ = [
     "DICOM_DIR",
     "INDEX_COLUMNS",
     "LABELS_FILE",
+    "LAYOUTS",
     "SKIPPED_COLUMNS",
     "UNLABELLED",
     "RsnaIndex",
@@ -237,26 +238,90 @@ def _scan_headers(
 #: The RSNA 2019 layout: DICOM files in this sub-folder, labels in this CSV beside it.
 DICOM_DIR: str = "stage_2_train"
 LABELS_FILE: str = "stage_2_train.csv"
+#: Kaggle's two layouts, ``(DICOM sub-folder, label CSV beside it)``, in the order searched:
+#: stage 2 (``stage_2_train/``) and stage 1 (``stage_1_train_images/``).
+LAYOUTS: tuple[tuple[str, str], ...] = (
+    (DICOM_DIR, LABELS_FILE),
+    ("stage_1_train_images", "stage_1_train.csv"),
+)
+
+
+def _has_dcm(folder: Path) -> bool:
+    """Whether ``folder`` directly holds a ``.dcm`` file (stops at the first one)."""
+    try:
+        with os.scandir(folder) as it:
+            return any(e.name.lower().endswith(".dcm") and e.is_file() for e in it)
+    except OSError:
+        return False
+
+
+def _dcm_subfolders(root: Path) -> list[Path]:
+    """The sub-folders of ``root`` (not links) that directly hold ``.dcm`` files, sorted."""
+    try:
+        with os.scandir(root) as it:
+            subs = sorted(Path(e.path) for e in it if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+    return [s for s in subs if _has_dcm(s)]
 
 
 def dicom_folder(root: str | os.PathLike[str]) -> Path:
-    """Where a dataset's DICOM files are: ``root/stage_2_train`` when it exists, else ``root``
-    (a flat folder of ``.dcm`` files is indexed as it is)."""
+    """Where a dataset's DICOM files are, the one rule for every caller.
+
+    In order: the first `LAYOUTS` folder (``stage_2_train/``, ``stage_1_train_images/``)
+    holding ``.dcm`` files; ``root`` itself when it holds them (a flat folder is indexed as
+    it is); the only sub-folder of ``root`` holding them (a renamed folder). Failing all
+    three: an existing `LAYOUTS` folder (empty), else ``root``; `build_index` then reports
+    the folders it searched.
+    """
     root = Path(root)
-    train = root / DICOM_DIR
-    return train if train.is_dir() else root
+    known = [root / name for name, _ in LAYOUTS if (root / name).is_dir()]
+    for folder in known:
+        if _has_dcm(folder):
+            return folder
+    if _has_dcm(root):
+        return root
+    found = _dcm_subfolders(root)
+    if len(found) == 1:
+        return found[0]
+    return known[0] if known else root
 
 
 def default_labels_csv(root: str | os.PathLike[str]) -> Path:
-    """Where a dataset's label CSV would be (``root/stage_2_train.csv``); it may not exist."""
-    return Path(root) / LABELS_FILE
+    """Where a dataset's label CSV is: the CSV paired with its `dicom_folder` in `LAYOUTS`
+    (``stage_1_train.csv`` beside ``stage_1_train_images/``) when it exists, else the first
+    `LAYOUTS` CSV that exists in ``root``, else ``root/stage_2_train.csv`` (which may not
+    exist)."""
+    root = Path(root)
+    folder = dicom_folder(root)
+    paired = [csv for name, csv in LAYOUTS if folder == root / name]
+    names = paired + [csv for _, csv in LAYOUTS if csv not in paired]
+    for name in names:
+        if (root / name).is_file():
+            return root / name
+    return root / names[0]
 
 
 def is_dataset_folder(root: str | os.PathLike[str]) -> bool:
-    """Whether ``build_index`` has something to index: an RSNA-layout folder (holding
-    ``stage_2_train/``) or a folder with ``.dcm`` files directly in it."""
+    """Whether ``build_index`` has something to index: a folder whose `dicom_folder` holds
+    ``.dcm`` files (either Kaggle layout, a flat folder, or one renamed sub-folder)."""
     root = Path(root)
-    return root.is_dir() and ((root / DICOM_DIR).is_dir() or any(root.glob("*.dcm")))
+    return root.is_dir() and _has_dcm(dicom_folder(root))
+
+
+def _nothing_to_index(root: Path) -> str:
+    """The message of `build_index` for a folder without DICOM files: where it looked."""
+    looked = [
+        f"{root / name}" + ("" if (root / name).is_dir() else " (absent)") for name, _ in LAYOUTS
+    ]
+    looked.append(f"{root} itself")
+    found = _dcm_subfolders(root)
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
+        subs = f"its sub-folders: {len(found)} hold .dcm files ({names}), pass one of them"
+    else:
+        subs = "its sub-folders (none holds .dcm files)"
+    return f"no .dcm files to index; looked in {', '.join(looked)} and {subs}"
 
 
 def series_rows(table: pd.DataFrame, study_uid: str, series_uid: str) -> pd.DataFrame:
@@ -421,9 +486,11 @@ def build_index(
     """Index an RSNA-style folder: one row per ``*.dcm`` file, ordered within its series.
 
     Args:
-        root: the dataset folder (holding ``stage_2_train/``), or any folder of
-            ``ID_<hex>.dcm`` files.
-        labels_csv: the label file; default ``root/stage_2_train.csv`` when it exists.
+        root: the dataset folder (holding ``stage_2_train/`` or ``stage_1_train_images/``,
+            or one sub-folder of ``.dcm`` files), or any folder of ``ID_<hex>.dcm`` files
+            (`dicom_folder`).
+        labels_csv: the label file; default `default_labels_csv` when it exists
+            (``stage_2_train.csv`` or ``stage_1_train.csv``).
         cache_dir: where the table is cached; default ``$XDG_CACHE_HOME/hohoho/rsna``
             (``~/.cache``). The cache key is the folder listing (file count, names,
             folder mtime) and the label file's size and mtime.
@@ -431,6 +498,10 @@ def build_index(
             1 reads in-process).
         progress: show a tqdm progress bar.
         use_cache: read and write the cache.
+
+    Raises:
+        FileNotFoundError: no ``.dcm`` file where `dicom_folder` looks; the message names
+            the folders searched.
     """
     root = Path(root)
     folder = dicom_folder(root)
@@ -438,6 +509,8 @@ def build_index(
         labels_csv = default_labels_csv(root)
     labels_path = Path(labels_csv) if labels_csv is not None else None
     names = _listing(folder)
+    if not names:
+        raise FileNotFoundError(_nothing_to_index(root))
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     key = _cache_key(root, folder, names, labels_path)
     if use_cache:

@@ -27,6 +27,8 @@ class SkipReason(enum.StrEnum):
     UNSAFE_PATH = "unsafe path in archive"
     TOO_LARGE = "too large"
     NOT_AXIAL = "not axial"
+    NOT_REGULAR_FILE = "not a regular file"  # named pipe, device, socket: never opened
+    OUTSIDE_FOLDER = "outside the folder"  # a symbolic link that leads out of the folder
 
 
 @dataclass(frozen=True)

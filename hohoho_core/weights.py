@@ -173,13 +173,15 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
         """Build and validate; unknown keys or a newer format version are a `WeightsError`."""
+        if not isinstance(d, Mapping):
+            raise WeightsError(f"config.json must hold a JSON object, got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise WeightsError(f"config.json has unknown keys {unknown}")
         try:
             cfg = cls(**dict(d))
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise WeightsError(f"config.json is malformed: {err}") from None
         cfg.validate()
         return cfg
@@ -191,16 +193,26 @@ class ModelConfig:
                 f"weights format version {self.version!r} is newer than this code "
                 f"({FORMAT_VERSION}); update HOHOHO"
             )
-        if self.arch not in MODEL_NAMES:
+        # Types and ranges first, before anything is built from them: a config.json with
+        # "thresholds": 5 or an LSTM of 10**9 units is a WeightsError, not a crash later.
+        if not isinstance(self.arch, str) or self.arch not in MODEL_NAMES:
             raise WeightsError(f"unknown arch {self.arch!r}; known: {', '.join(MODEL_NAMES)}")
-        if list(self.classes) != list(CLASSES):
-            raise WeightsError(f"classes must be {list(CLASSES)}, got {list(self.classes)}")
+        if not _is_int(self.embed_dim) or not 1 <= self.embed_dim <= _MAX_WIDTH:
+            raise WeightsError(f"embed_dim must be an integer in 1..{_MAX_WIDTH}")
+        if not isinstance(self.classes, list | tuple) or list(self.classes) != list(CLASSES):
+            raise WeightsError(f"classes must be the list {list(CLASSES)}")
         for name in ("thresholds", "cnn_thresholds"):
             thr = getattr(self, name)
             if thr is None and name == "cnn_thresholds":
                 continue
-            if len(thr) != len(self.classes) or not all(0.0 <= float(t) <= 1.0 for t in thr):
-                raise WeightsError(f"{name} must be {len(self.classes)} values in [0, 1]")
+            if (not isinstance(thr, list | tuple) or len(thr) != len(self.classes)
+                    or not all(_is_number(t) and 0.0 <= t <= 1.0 for t in thr)):
+                raise WeightsError(f"{name} must be a list of {len(self.classes)} numbers in [0, 1]")
+        for name in ("training", "data", "metrics"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise WeightsError(f"{name} must be a JSON object")
+        if not isinstance(self.created, str):
+            raise WeightsError("created must be a string")
         for name in ("temperatures", "cnn_temperatures"):
             temp = getattr(self, name)
             if temp is None:
@@ -213,6 +225,35 @@ class ModelConfig:
             raise WeightsError("preprocess must be a PreprocessConfig")
         if self.lstm is not None and not isinstance(self.lstm, LstmConfig):
             raise WeightsError("lstm must be an LstmConfig or None")
+        if self.lstm is not None:
+            _validate_lstm(self.lstm)
+
+
+#: Largest embedding width and LSTM hidden size a config may ask for (resnet50's 2048 and
+#: our 128 are far below); larger ones are a broken file, not a model to allocate.
+_MAX_WIDTH = 8192
+_MAX_LSTM_LAYERS = 16
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int | np.integer) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float | np.number) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _validate_lstm(lstm: LstmConfig) -> None:
+    """Types and sane ranges of the LSTM settings (``lstm`` in ``config.json``)."""
+    if not _is_int(lstm.hidden) or not 1 <= lstm.hidden <= _MAX_WIDTH:
+        raise WeightsError(f"lstm hidden must be an integer in 1..{_MAX_WIDTH}")
+    if not _is_int(lstm.layers) or not 1 <= lstm.layers <= _MAX_LSTM_LAYERS:
+        raise WeightsError(f"lstm layers must be an integer in 1..{_MAX_LSTM_LAYERS}")
+    if not _is_number(lstm.dropout) or not 0.0 <= lstm.dropout < 1.0:
+        raise WeightsError("lstm dropout must be a number in [0, 1)")
+    for name in ("bidirectional", "use_logits", "use_diffs"):
+        if not isinstance(getattr(lstm, name), bool):
+            raise WeightsError(f"lstm {name} must be true or false")
 
 
 class LoadedModel(NamedTuple):

@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
+from hohoho_core import audit
 from hohoho_core.dicom import SourceScan, Upload, load_study, scan_source
 from hohoho_core.embed import tsne_2d
 from hohoho_core.evaluate import predict_index
@@ -39,6 +40,7 @@ __all__ = [
     "model_input",
     "predict_dataset",
     "predict_study",
+    "probs_upload",
     "randomisation",
     "saliency",
     "tsne",
@@ -105,6 +107,33 @@ def upload_scan(uploads: list[Upload], max_upload_bytes: int) -> SourceScan:
     so sessions may share it; an evicted scan's folder is removed when it is collected.
     """
     return _upload_scan(uploads_key(uploads), max_upload_bytes, tuple(uploads))
+
+
+@st.cache_data(max_entries=2, show_spinner="Reading the probabilities…")
+def _probs_upload(
+    digest: str, ids_key: str, name: str, _data: bytes, _ids: np.ndarray
+) -> tuple[np.ndarray | None, str | None]:
+    # A refusal is cached too: a bad file is not parsed again on every click either.
+    try:
+        return audit.read_probs_csv(_data, _ids, name=name), None
+    except ValueError as err:
+        return None, str(err)
+
+
+def probs_upload(
+    data: bytes, name: str, ids_key: str, image_ids: np.ndarray
+) -> tuple[np.ndarray, str]:
+    """Probabilities from an uploaded ``ID,Label`` CSV aligned with ``image_ids``, and the
+    SHA-256 of ``data``; parsed once per content and image set (``ids_key`` names it), not
+    on every rerun.
+
+    Raises ``ValueError`` with the reader's message (also when the refusal was cached).
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    prob, error = _probs_upload(digest, ids_key, name, data, np.asarray(image_ids))
+    if error is not None or prob is None:
+        raise ValueError(error)
+    return prob, digest
 
 
 @st.cache_resource(max_entries=4)

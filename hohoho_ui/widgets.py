@@ -25,6 +25,7 @@ from hohoho_core.study import LoadReport, Study
 from hohoho_core.weights import TENSORS_FILE, WeightsError
 from hohoho_ui import loaders, state
 from hohoho_ui.settings import Settings, get_settings
+from hohoho_ui.text import md_literal
 from hohoho_ui.views import (
     DEMO_WARNING,
     class_name,
@@ -47,6 +48,7 @@ __all__ = [
     "demo_notice_ui",
     "kept",
     "load_error_ui",
+    "model_message",
     "model_ui",
     "open_study_sidebar_ui",
     "page_setup",
@@ -74,7 +76,7 @@ def page_setup(title: str, icon: str) -> Settings:
     try:
         return get_settings()
     except ValueError as err:
-        st.error(str(err))
+        st.error(md_literal(err))
         st.stop()
 
 
@@ -109,7 +111,12 @@ class ModelState:
     key: str | None
     folder: Path | None
     is_demo: bool
-    message: str | None
+    message: str | None  # plain text: `model_message` makes it markdown
+
+
+def model_message(model: ModelState, default: str) -> str:
+    """Why there is no model, as markdown (it may name a folder or quote a file), or ``default``."""
+    return md_literal(model.message) if model.message else default
 
 
 def _allowed_weights(folder: Path, settings: Settings) -> bool:
@@ -139,24 +146,24 @@ def model_ui(settings: Settings) -> ModelState:
         folder = (folder if folder.is_absolute() else settings.data_root / folder).resolve()
         if not _allowed_weights(folder, settings):
             msg = "Weights must be the configured folder or a folder inside the data root."
-            st.error(msg)
+            st.error(md_literal(msg))
             return ModelState(None, None, None, False, msg)
         if not (folder / TENSORS_FILE).is_file():
             msg = f"No model in {folder} yet: studies can be viewed without predictions."
-            st.caption(msg)
+            st.caption(md_literal(msg))
             return ModelState(None, None, folder, False, msg)
         key = loaders.weights_key(folder)
         try:
             predictor = loaders.load_predictor(key, str(folder))
         except WeightsError as err:
-            st.error(f"Cannot use these weights: {err}")
+            st.error(f"Cannot use these weights: {md_literal(err)}")
             return ModelState(None, None, folder, False, str(err))
         except Exception as err:  # a broken file must not show a traceback
             msg = f"Cannot load the weights ({type(err).__name__}): {err}"
-            st.error(msg)
+            st.error(md_literal(msg))
             return ModelState(None, None, folder, False, msg)
         demo = is_demo_weights(folder, settings.shipped_weights, predictor.config.data)
-        st.caption(_describe(predictor))
+        st.caption(md_literal(_describe(predictor)))  # names from config.json
         if demo:
             st.caption("Demo weights (synthetic training data).")
         return ModelState(predictor, key, folder, demo, None)
@@ -215,9 +222,15 @@ def _set_error(message: str, report: LoadReport | None = None) -> None:
     st.session_state["load_error"] = (message, report)
 
 
-def _labels_near(folder: Path, study: Study) -> np.ndarray | None:
-    """Labels from a ``stage_2_train.csv`` in the folder or its parent, when there is one."""
-    for candidate in (default_labels_csv(folder), default_labels_csv(folder.parent)):
+def _labels_near(folder: Path, study: Study, root: Path) -> np.ndarray | None:
+    """Labels from a ``stage_2_train.csv`` in the folder or its parent, when there is one.
+
+    Only inside ``root`` (the data root): opening the root itself never reads its parent.
+    """
+    root = root.resolve()
+    folder = folder.resolve()
+    places = [p for p in (folder, folder.parent) if p.is_relative_to(root)]
+    for candidate in (default_labels_csv(p) for p in places):
         if candidate.is_file():
             try:
                 frame = read_labels(candidate).reset_index()
@@ -254,7 +267,7 @@ def _open_source(
     except (ValueError, OSError) as err:
         _set_error(f"Cannot read these files: {err}")
         return
-    labels = _labels_near(Path(source), study) if kind == "folder" else None
+    labels = _labels_near(Path(source), study, settings.data_root) if kind == "folder" else None
     item = state.OpenStudy(
         study=study,
         key=study_fingerprint(study),
@@ -286,7 +299,7 @@ def _series_picker_ui(settings: Settings) -> None:
         item.study.series_uid if item is not None and item.study.series_uid in uids else uids[0]
     )
     chosen = st.selectbox(
-        f"Series in {name} ({len(uids)})",
+        f"Series in {md_literal(name)} ({len(uids)})",
         uids,
         index=uids.index(default),
         format_func=lambda uid: labels[uid],
@@ -322,10 +335,10 @@ def _demo_picker_ui(settings: Settings) -> None:
     try:
         table = _demo_table(settings)
     except Exception as err:  # an unreadable demo folder must not break the page
-        st.error(f"Cannot index the demo folder: {err}")
+        st.error(f"Cannot index the demo folder: {md_literal(err)}")
         return
     if table is None:
-        st.info(f"No demo studies in {settings.demo_dir}: run `make demo`.")
+        st.info(f"No demo studies in {md_literal(settings.demo_dir)}: run `make demo`.")
         return
     series = _demo_series(table)
     keys = [f"{s}|{r}" for s, r, _ in series]
@@ -366,7 +379,7 @@ def _upload_ui(settings: Settings) -> None:
 def _folder_ui(settings: Settings) -> None:
     rel = kept(
         st.text_input,
-        f"Folder inside {settings.data_root}",
+        f"Folder inside {md_literal(settings.data_root)}",
         "folder_rel",
         "",
         placeholder="e.g. demo/stage_2_train",
@@ -387,7 +400,7 @@ def load_error_ui() -> None:
     if not failed:
         return
     message, report = failed
-    st.error(message)
+    st.error(md_literal(message))  # quotes file names and the reader's reasons
     if report is not None and report.skipped:
         with st.expander(f"Files the reader skipped ({len(report.skipped)})"):
             st.dataframe(skipped_table(report), hide_index=True)
@@ -404,7 +417,7 @@ def require_study_ui(settings: Settings) -> state.OpenStudy | None:
             study_uid, series_uid, name = _demo_series(table)[0]
             return open_indexed(settings.demo_dir, table, study_uid, series_uid, name, settings)
     except StudyLoadError as err:
-        st.error(str(err))
+        st.error(md_literal(err))
         return None
     st.info("Open a study in the viewer first (no demo studies found: run `make demo`).")
     return None
@@ -417,7 +430,7 @@ def study_header_ui(item: state.OpenStudy) -> None:
     """One line: which study, its geometry."""
     study = item.study
     st.markdown(
-        f"**{item.name}** · {study.hu.shape[1]} × {study.hu.shape[2]} px of "
+        f"**{md_literal(item.name)}** · {study.hu.shape[1]} × {study.hu.shape[2]} px of "
         f"{study.pixel_spacing[0]:.2g} mm · slices {study.slice_spacing:.2g} mm apart"
     )
 
@@ -430,7 +443,8 @@ def open_study_sidebar_ui() -> None:
         if item is None:
             st.caption("None open: choose one in the viewer (app).")
         else:
-            st.caption(f"{item.name} · slice {state.current_slice() + 1} / {item.study.n_slices}")
+            where = f"slice {state.current_slice() + 1} / {item.study.n_slices}"
+            st.caption(f"{md_literal(item.name)} · {where}")
             st.page_link("app.py", label="Change in the viewer", icon=":material/open_in_new:")
 
 
@@ -619,7 +633,7 @@ def summary_ui(item: state.OpenStudy, pred: StudyPrediction | None) -> None:
         else:
             st.write("Every file was used.")
         for w in report.warnings:
-            st.warning(w)
+            st.warning(md_literal(w))
     with st.expander("DICOM metadata"):
         show = kept(
             st.checkbox,
@@ -645,7 +659,7 @@ def dataset_ui(settings: Settings) -> Path | None:
     else:
         rel = kept(
             st.text_input,
-            f"RSNA-layout folder inside {settings.data_root}",
+            f"RSNA-layout folder inside {md_literal(settings.data_root)}",
             "dataset_rel",
             "",
             placeholder="e.g. rsna (holding stage_2_train/ and stage_2_train.csv)",
@@ -656,10 +670,10 @@ def dataset_ui(settings: Settings) -> Path | None:
         try:
             root = resolve_under(settings.data_root, rel)
         except ValueError as err:
-            st.error(str(err))
+            st.error(md_literal(err))
             return None
     if not is_dataset_folder(root):
         hint = " (`make demo` writes the demo)" if kind == kinds[0] else ""
-        st.info(f"No DICOM dataset at {root}{hint}.")
+        st.info(f"No DICOM dataset at {md_literal(root)}{hint}.")
         return None
     return root

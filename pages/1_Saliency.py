@@ -12,6 +12,7 @@ import streamlit as st
 from hohoho_core.explain import METHODS, overlay
 from hohoho_core.labels import CLASSES
 from hohoho_ui import loaders, widgets
+from hohoho_ui.text import md_literal
 from hohoho_ui.views import windowed_uint8
 
 METHOD_NAMES = {
@@ -29,7 +30,7 @@ widgets.open_study_sidebar_ui()
 if item is None:
     st.stop()
 if model.predictor is None:
-    st.info(model.message or "Load a model (sidebar) to compute saliency maps.")
+    st.info(widgets.model_message(model, "Load a model (sidebar) to compute saliency maps."))
     st.stop()
 widgets.demo_notice_ui(model)
 widgets.study_header_ui(item)
@@ -39,7 +40,7 @@ try:
     pred = loaders.predict_study(model.key, item.key, model.predictor, study)
     x = loaders.model_input(model.key, item.key, model.predictor, study)
 except (ValueError, RuntimeError) as err:
-    st.error(f"The model could not run on this study: {err}")
+    st.error(f"The model could not run on this study: {md_literal(err)}")
     st.stop()
 
 index = widgets.slice_nav_ui(study.n_slices, pred.labels.any(axis=1), prefix="sal")
@@ -72,7 +73,7 @@ gray = x[index, channel]
 try:
     smap = loaders.saliency(model.key, item.key, index, method, target, model.predictor, x[index])
 except (ValueError, RuntimeError) as err:
-    st.error(f"Saliency failed: {err}")
+    st.error(f"Saliency failed: {md_literal(err)}")
     st.stop()
 st.session_state["saliency_shape"] = tuple(smap.shape)
 
@@ -109,7 +110,7 @@ if st.button("Run the randomisation check", key="sal_sanity"):
             model.key, item.key, index, method, target, model.predictor, x[index]
         )
     except (ValueError, RuntimeError) as err:
-        st.error(f"The check failed: {err}")
+        st.error(f"The check failed: {md_literal(err)}")
 result = st.session_state["sanity"].get(sanity_key)
 if result is not None:
     a, b, c = st.columns(3, gap="medium")

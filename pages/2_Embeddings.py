@@ -17,6 +17,7 @@ from hohoho_core.embed import MIN_POINTS, relative_level, subsample
 from hohoho_core.labels import ANY_INDEX, CLASSES, SHORT_NAMES
 from hohoho_core.rsna import series_rows
 from hohoho_ui import loaders, widgets
+from hohoho_ui.text import md_literal, plotly_literal
 from hohoho_ui.views import subtype_names, tsne_figure, windowed_uint8
 
 COLOURS = ("Relative slice level", "Label", "Prediction", "Subtype")
@@ -25,7 +26,7 @@ settings = widgets.page_setup("Embeddings", "🗺️")
 model = widgets.model_ui(settings)
 st.title("Embeddings")
 if model.predictor is None:
-    st.info(model.message or "Load a model (sidebar) to embed slices.")
+    st.info(widgets.model_message(model, "Load a model (sidebar) to embed slices."))
     st.stop()
 widgets.demo_notice_ui(model)
 
@@ -82,12 +83,12 @@ try:
             model.predictor,
         )
         for msg in data.failed:
-            st.warning(msg)
+            st.warning(md_literal(msg))
         table, prob, emb = data.table, data.prob, data.embeddings
         labels = table[list(CLASSES)].to_numpy(dtype=np.int8)
         source = f"dataset {root}|{loaders.listing_key(root)}"
 except (ValueError, RuntimeError, OSError) as err:
-    st.error(str(err))
+    st.error(md_literal(err))
     st.stop()
 
 n_total = len(table)
@@ -134,7 +135,7 @@ probs_text = [
     " · ".join(f"{SHORT_NAMES[c]} {v:.2f}" for c, v in zip(CLASSES, row, strict=True)) for row in p
 ]
 frame["hover"] = [
-    f"{iid} · slice {s}/{t}<br>{txt}"
+    f"{plotly_literal(iid)} · slice {s}/{t}<br>{txt}"
     for iid, s, t, txt in zip(
         frame["image_id"], frame["slice"], sub["n_slices"], probs_text, strict=True
     )
@@ -170,14 +171,14 @@ if points:
                 )
                 hu = study.hu[pos]
         except (ValueError, RuntimeError, OSError) as err:
-            st.error(f"Cannot show this slice: {err}")
+            st.error(f"Cannot show this slice: {md_literal(err)}")
         else:
             centre = float(st.session_state["win_centre"])
             width = float(st.session_state["win_width"])
             a, b = st.columns([2, 3])
             a.image(
                 windowed_uint8(hu, centre, width),
-                caption=f"{rec['image_id']} · slice {int(rec['slice_index']) + 1}/{int(rec['n_slices'])}",
+                caption=f"{md_literal(rec['image_id'])} · slice {int(rec['slice_index']) + 1}/{int(rec['n_slices'])}",
                 width="stretch",
             )
             detail = pd.DataFrame(

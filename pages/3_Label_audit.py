@@ -7,7 +7,6 @@ the decisions store at once, so it survives a reload or a server restart.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from hohoho_core.rsna import image_series
 from hohoho_core.store import DecisionStore, StoreError
 from hohoho_ui import loaders, widgets
 from hohoho_ui.settings import Settings
+from hohoho_ui.text import md_literal
 from hohoho_ui.views import neighbour_indices, resolve_under, windowed_uint8
 
 IN_SAMPLE = "Loaded model (in-sample)"
@@ -34,14 +34,15 @@ def _flags(key: str, _table: pd.DataFrame, _prob: np.ndarray) -> pd.DataFrame:
 
 
 def _probs_from_csv(
-    source: str, table: pd.DataFrame, settings: Settings
+    source: str, table: pd.DataFrame, settings: Settings, table_key: str
 ) -> tuple[np.ndarray, str] | None:
-    """Out-of-fold probabilities aligned with ``table`` from a server path or an upload."""
+    """Out-of-fold probabilities aligned with ``table`` (named by ``table_key``) from a
+    server path or an upload (parsed once per content, not on every rerun)."""
     ids = table["image_id"].to_numpy()
     if source == CSV_PATH:
         rel = widgets.kept(
             st.text_input,
-            f"CSV inside {settings.data_root} (RSNA submission format)",
+            f"CSV inside {md_literal(settings.data_root)} (RSNA submission format)",
             "audit_csv_rel",
             "",
         )
@@ -57,8 +58,9 @@ def _probs_from_csv(
         st.info("Upload an ID,Label CSV of out-of-fold probabilities.")
         return None
     data = upload.getvalue()
-    prob = read_probs_csv(data, ids, name=Path(upload.name).name or "probs.csv")
-    return prob, f"upload {hashlib.sha256(data).hexdigest()}"
+    name = Path(upload.name).name or "probs.csv"
+    prob, digest = loaders.probs_upload(data, name, table_key, ids)
+    return prob, f"upload {digest}"
 
 
 def _open_store(settings: Settings) -> DecisionStore:
@@ -77,7 +79,7 @@ try:
     index = loaders.dataset_index(root)
     store = _open_store(settings)
 except (StoreError, OSError, ValueError) as err:
-    st.error(str(err))
+    st.error(md_literal(err))
     st.stop()
 labelled = index[(index[list(CLASSES)] >= 0).all(axis=1)].drop_duplicates("image_id")
 if labelled.empty:
@@ -91,7 +93,8 @@ source = widgets.kept(
 try:
     if source == IN_SAMPLE:
         if model.predictor is None:
-            st.info(model.message or "Load a model, or give out-of-fold probabilities as a CSV.")
+            why = "Load a model, or give out-of-fold probabilities as a CSV."
+            st.info(widgets.model_message(model, why))
             st.stop()
         widgets.demo_notice_ui(model)
         st.warning(
@@ -112,7 +115,7 @@ try:
         prob = data.prob[keep]
         key = f"model {model.key}|{root}|{loaders.listing_key(root)}"
     else:
-        got = _probs_from_csv(source, labelled, settings)
+        got = _probs_from_csv(source, labelled, settings, f"{root}|{loaders.listing_key(root)}")
         if got is None:
             st.stop()
         table = labelled.reset_index(drop=True)
@@ -120,7 +123,7 @@ try:
         key = f"{key}|{root}|{loaders.listing_key(root)}"
     flags = _flags(key, table, prob)
 except (ValueError, RuntimeError, OSError) as err:
-    st.error(str(err))
+    st.error(md_literal(err))
     st.stop()
 
 size = widgets.kept(
@@ -161,7 +164,7 @@ def _decide(image_id: str, cls: str, label: int, decision: str) -> None:
         return
     st.session_state["audit_error"] = None
     st.session_state["audit_comment"] = ""
-    st.session_state["audit_saved"] = f"Saved: {decision} for {image_id} · {cls}."
+    st.session_state["audit_saved"] = f"Saved: {decision} for {md_literal(image_id)} · {cls}."
     _move(_undecided_after(int(st.session_state.get("audit_pos", 0))))
 
 
@@ -196,26 +199,29 @@ nav[2].button(
     width="stretch",
 )
 
-st.subheader(f"#{int(row['rank'])} · {image_id} · {widgets.class_label(cls)} labelled {label}")
+st.subheader(
+    f"#{int(row['rank'])} · {md_literal(image_id)} · {widgets.class_label(cls)} labelled {label}"
+)
 st.info(f"Why flagged: {row['reason']}" + (f" (rules: {row['rules']})" if row["rules"] else ""))
 prior = decided.get((image_id, cls))
 if prior is not None:
+    # Names and comments are typed by other reviewers: shown as text, never as markdown.
     st.success(
-        f"Decision on record: **{prior.decision}** by {prior.reviewer}"
-        + (f" — “{prior.comment}”" if prior.comment else "")
-        + f" ({prior.created_at[:19].replace('T', ' ')} UTC)"
+        f"Decision on record: **{md_literal(prior.decision)}** by {md_literal(prior.reviewer)}"
+        + (f" — “{md_literal(prior.comment)}”" if prior.comment else "")
+        + f" ({md_literal(prior.created_at[:19].replace('T', ' '))} UTC)"
     )
 saved = st.session_state.pop("audit_saved", None)
 if saved:
     st.toast(saved)
 if st.session_state.get("audit_error"):
-    st.error(st.session_state["audit_error"])
+    st.error(md_literal(st.session_state["audit_error"]))
 
 series = image_series(index, image_id)
 try:
     study, centre_idx = loaders.load_series_slice(series, image_id, settings.max_upload_bytes)
 except (ValueError, RuntimeError, OSError) as err:
-    st.error(f"Cannot show this slice: {err}")
+    st.error(f"Cannot show this slice: {md_literal(err)}")
     study, centre_idx = None, None
 
 if study is not None:
@@ -307,7 +313,7 @@ if st.button("Prepare corrected labels", key="audit_export"):
             summary = store.export_labels(labels_frame, out)
             st.session_state["audit_export_csv"] = (out.read_bytes(), summary)
     except (ValueError, StoreError, OSError) as err:
-        st.error(f"Export failed: {err}")
+        st.error(f"Export failed: {md_literal(err)}")
 exported = st.session_state.get("audit_export_csv")
 if exported:
     data_bytes, summary = exported

@@ -121,3 +121,15 @@ def write_ct_series() -> Callable[..., WrittenSeries]:
         return WrittenSeries(paths, vol, study_uid, series_uid, sops, positions)
 
     return _write
+
+
+#: Lines tests record for the end of the run (the fuzz test's case count and seconds).
+SUMMARY_LINES: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any) -> None:
+    """Print what tests recorded in `SUMMARY_LINES` (shown by a default ``make test``)."""
+    if SUMMARY_LINES:
+        terminalreporter.section("reader fuzz")
+        for line in SUMMARY_LINES:
+            terminalreporter.write_line(line)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -128,8 +129,18 @@ def run_app(path: Path = APP) -> AppTest:
     return at
 
 
+_MD_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
+def shown(markdown: str) -> str:
+    """The text a reader sees for markdown whose file/person strings went through
+    `hohoho_ui.text.md_literal` (its backslash escapes and invisible word joiners removed)."""
+    return _MD_ESCAPE.sub(r"\1", markdown).replace("\u2060", "")
+
+
 def texts(elements) -> list[str]:
-    return [e.value for e in elements]
+    """The shown text of markdown elements (``e.value`` is their markdown source)."""
+    return [shown(e.value) for e in elements]
 
 
 def decode(value: object) -> np.ndarray:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from hohoho_core.labels import CLASSES
 from hohoho_core.rsna import build_index
 from hohoho_core.store import DecisionStore
 from hohoho_ui.settings import SHIPPED_WEIGHTS
@@ -287,3 +288,175 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
     assert list(rows) == [(image_id, cls, "keep", "lukewarm")]
     for name in ("viewer", "saliency", "embeddings", "audit"):
         assert (shots / f"{name}.png").stat().st_size > 10_000
+
+
+# --------------------------------------------------------------------------- hostile strings
+
+
+class _Listener:
+    """A tiny HTTP server on loopback that records every request it gets."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.paths: list[str] = []
+        seen = self.paths
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+                seen.append(self.path)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self.httpd.server_address[1])
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def hostile_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, str, _Listener, Path]]:
+    """The app as a bare ``streamlit run app.py`` (no address flag: the config's) on a study
+    whose image ids carry markdown and a store whose every decision has a markdown comment,
+    both pointing at a listener on a local port."""
+    import warnings
+
+    from hohoho_core.synthetic.writer import ct_dataset, write_dataset
+    from tests.conftest import phantom_volume
+
+    data = build_app_data(tmp_path_factory)
+    listener = _Listener()
+    base = f"http://127.0.0.1:{listener.port}"
+    hostile = f"![x]({base}/img.png) [click]({base}/click) <img src={base}/raw.png>"
+
+    crafted = data.root / "crafted"
+    crafted.mkdir(exist_ok=True)
+    vol = phantom_volume(3, 64)
+    study_uid, series_uid = "1.2.3.4", "1.2.3.4.5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pydicom: not a valid UI value
+        for k in range(3):
+            ds = ct_dataset(
+                vol[k],
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_uid=f"{hostile} {k}",
+                position=(-16.0, -16.0, 5.0 * k),
+                instance_number=k + 1,
+            )
+            write_dataset(ds, crafted / f"IM{k}.dcm")
+
+    store_path = tmp_path_factory.mktemp("hostile") / "decisions.sqlite"
+    store = DecisionStore(store_path)
+    table = build_index(data.demo, cache_dir=data.cache, workers=1, progress=False).table
+    for image_id, labels in zip(table["image_id"], table[list(CLASSES)].to_numpy(), strict=True):
+        for cls, label in zip(CLASSES, labels, strict=True):
+            if label in (0, 1):
+                store.record(image_id, cls, int(label), "keep", f"dr {hostile}", hostile)
+
+    log = store_path.with_name("streamlit.log")
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        HOHOHO_DEMO_DIR=str(data.demo),
+        HOHOHO_WEIGHTS=str(data.weights),
+        HOHOHO_DATA_ROOT=str(data.root),
+        HOHOHO_STORE=str(store_path),
+        XDG_CACHE_HOME=str(data.cache),
+    )
+    env.pop("HOHOHO_MAX_UPLOAD_MB", None)
+    cmd = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=APP.parent, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, log)
+        yield url, hostile, listener, log
+    finally:
+        listener.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+
+def test_strings_from_files_and_reviewers_stay_text_in_chromium(
+    hostile_server: tuple[str, str, _Listener, Path],
+) -> None:
+    """Issue 12, points 2 and 3: an image id and a reviewer's name and comment carrying
+    markdown and HTML make no request, no link and no image; they show literally. The
+    server started without an address flag listens on loopback only."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (Debian's chromium) first.")
+    from playwright.sync_api import expect, sync_playwright
+
+    url, hostile, listener, log = hostile_server
+    target = f"127.0.0.1:{listener.port}"
+    requested: list[str] = []
+
+    def expect_shown(page, text: str) -> None:  # type: ignore[no-untyped-def]
+        """``text`` appears in the page as text (invisible word joiners aside)."""
+        page.wait_for_function(
+            "t => document.body.innerText.replaceAll('\\u2060', '').includes(t)", arg=text
+        )
+
+    def check_page(page) -> None:  # type: ignore[no-untyped-def]
+        settle(page)
+        no_exception(page)
+        for tag, attr in (("a", "href"), ("img", "src")):
+            found = page.locator(f'{tag}[{attr}*="{target}"]')
+            assert found.count() == 0, [
+                found.nth(i).evaluate("e => e.parentElement.outerHTML")
+                for i in range(found.count())
+            ]
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(STEP_MS)
+            expect.set_options(timeout=STEP_MS)
+            page.on("request", lambda r: requested.append(r.url) if target in r.url else None)
+
+            # --- the viewer: the crafted series from a server folder
+            page.goto(url)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            expect(sidebar.get_by_text("Server folder")).to_be_visible()
+            sidebar.get_by_text("Server folder").click()
+            settle(page)
+            folder = sidebar.locator(".st-key-_w_folder_rel input")
+            folder.fill("crafted")
+            folder.press("Enter")
+            settle(page)
+            page.locator(".st-key-open_folder button").click()
+            expect_shown(page, f"Image {hostile} 0 · z = ")
+            check_page(page)
+
+            # --- the audit page: another reviewer's name and comment
+            sidebar.locator('[data-testid="stSidebarNav"] a', has_text="Label audit").click()
+            expect(page.locator('[data-testid="stMain"] h3', has_text=" labelled ")).to_be_visible()
+            expect_shown(page, f"Decision on record: keep by dr {hostile} — “{hostile}”")
+            check_page(page)
+        finally:
+            browser.close()
+
+    assert requested == [] and listener.paths == [], (requested, listener.paths)
+    text = log.read_text()
+    assert f"http://127.0.0.1:{url.rsplit(':', 1)[1]}" in text, text
+    assert "Network URL" not in text and "External URL" not in text, text

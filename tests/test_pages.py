@@ -254,6 +254,59 @@ def test_audit_with_an_out_of_fold_csv(env, tmp_path: Path) -> None:
     assert any("no probability for" in e for e in texts(at.error))
 
 
+def test_uploaded_probabilities_are_parsed_once_not_on_every_rerun(
+    env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12, point 8: clicks on the audit page do not parse the uploaded CSV again."""
+    import streamlit as st
+
+    from hohoho_core import audit
+
+    data, _ = env
+    table = demo_table(data)
+    probs = np.random.default_rng(8).uniform(0.0, 0.3, size=(len(table), len(CLASSES)))
+    frame = pd.DataFrame(
+        [
+            (f"{iid}_{c}", f"{probs[i, k]:.4f}")
+            for i, iid in enumerate(table["image_id"])
+            for k, c in enumerate(CLASSES)
+        ],
+        columns=["ID", "Label"],
+    )
+    good = frame.to_csv(index=False).encode()
+    parsed: list[int] = []
+    codec = audit.read_rsna_csv
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        parsed.append(1)
+        return codec(*args, **kwargs)
+
+    monkeypatch.setattr(audit, "read_rsna_csv", counting)
+    st.cache_data.clear()
+
+    at = open_page(AUDIT)
+    at.radio(key="_w_audit_source").set_value("Upload a probabilities CSV").run()
+    at.file_uploader(key="audit_csv").set_value(("oof.csv", good, "text/csv")).run()
+    assert not at.exception and not at.error, texts(at.error)
+    assert len(parsed) == 1
+    first = _current_item(at)
+    at.button(key="audit_next").click().run()
+    at.slider(key="_w_audit_top").set_value(3).run()
+    at.text_input(key="audit_comment").input("a comment").run()
+    assert not at.exception and not at.error
+    assert _current_item(at) != first  # the reruns did happen
+    assert len(parsed) == 1
+
+    # A refused file is refused once too, with the reader's message on every rerun.
+    bad = frame.iloc[:12].to_csv(index=False).encode()
+    at.file_uploader(key="audit_csv").set_value(("short.csv", bad, "text/csv")).run()
+    assert any("no probability for" in e for e in texts(at.error))
+    at.radio(key="_w_audit_source").set_value("Upload a probabilities CSV").run()
+    at.run()
+    assert any("no probability for" in e for e in texts(at.error))
+    assert len(parsed) == 2
+
+
 def test_pages_open_directly_without_the_viewer(env) -> None:
     """A new session that lands on a page (its URL) gets the first demo study."""
     data, _ = env

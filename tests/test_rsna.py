@@ -220,3 +220,37 @@ def test_header_pool_survives_a_script_runner_main(tmp_path, monkeypatch) -> Non
     results = _scan_headers(paths, workers=2, progress=False, chunk=2)
     assert len(results) == 4
     assert sys.modules["__main__"] is fake  # restored
+
+
+def test_index_of_the_stage_1_layout_uses_its_csv(rsna_root, tmp_path):
+    root, order, labelled, unlabelled = rsna_root
+    (root / "stage_2_train").rename(root / "stage_1_train_images")
+    (root / "stage_2_train.csv").rename(root / "stage_1_train.csv")
+    index = build_index(root, workers=1, progress=False, use_cache=False)
+    assert len(index.table) == 10
+    assert index.table["path"].str.startswith("stage_1_train_images/").all()
+    by_id = index.table.set_index("image_id")
+    for image_id, value in labelled.items():
+        assert by_id.loc[image_id, "any"] == value
+    assert index.missing_labels == [unlabelled]
+
+
+def test_index_of_a_renamed_subfolder(rsna_root, tmp_path):
+    root, order, labelled, unlabelled = rsna_root
+    (root / "stage_2_train").rename(root / "images")
+    index = build_index(root, workers=1, progress=False, use_cache=False)
+    assert len(index.table) == 10
+    assert index.table["path"].str.startswith("images/").all()
+    assert index.missing_labels == [unlabelled]  # still paired with stage_2_train.csv
+
+
+def test_index_with_nothing_to_index_names_where_it_looked(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ID_1.dcm").write_bytes(b"x")
+    with pytest.raises(FileNotFoundError) as info:
+        build_index(tmp_path, workers=1, progress=False, use_cache=False)
+    message = str(info.value)
+    assert str(tmp_path / "stage_2_train") in message
+    assert str(tmp_path / "stage_1_train_images") in message
+    assert "2 hold .dcm files (a, b)" in message

@@ -21,8 +21,36 @@ def test_dicom_folder_and_labels_of_the_rsna_layout(tmp_path: Path) -> None:
     assert not is_dataset_folder(tmp_path)  # ... but holds nothing yet
     (tmp_path / "stage_2_train").mkdir()
     assert dicom_folder(str(tmp_path)) == tmp_path / "stage_2_train"
-    assert is_dataset_folder(tmp_path)
+    assert not is_dataset_folder(tmp_path)  # build_index would find nothing to index
     assert default_labels_csv(tmp_path) == tmp_path / "stage_2_train.csv"  # need not exist
+    (tmp_path / "stage_2_train" / "ID_1.dcm").write_bytes(b"")
+    assert is_dataset_folder(tmp_path)
+
+
+def test_kaggle_stage_1_layout_pairs_its_own_csv(tmp_path: Path) -> None:
+    (tmp_path / "stage_1_train_images").mkdir()
+    (tmp_path / "stage_1_train_images" / "ID_1.dcm").write_bytes(b"")
+    assert dicom_folder(tmp_path) == tmp_path / "stage_1_train_images"
+    assert is_dataset_folder(tmp_path)
+    assert default_labels_csv(tmp_path) == tmp_path / "stage_1_train.csv"
+    (tmp_path / "stage_2_train.csv").write_text("ID,Label\n")  # the only CSV there: used
+    assert default_labels_csv(tmp_path) == tmp_path / "stage_2_train.csv"
+    (tmp_path / "stage_1_train.csv").write_text("ID,Label\n")  # its own CSV wins
+    assert default_labels_csv(tmp_path) == tmp_path / "stage_1_train.csv"
+
+
+def test_a_single_renamed_subfolder_of_dicom_files_is_found(tmp_path: Path) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "my_scans").mkdir()
+    (tmp_path / "my_scans" / "ID_1.DCM").write_bytes(b"")
+    assert dicom_folder(tmp_path) == tmp_path / "my_scans"
+    assert is_dataset_folder(tmp_path)
+    (tmp_path / "stage_1_train.csv").write_text("ID,Label\n")
+    assert default_labels_csv(tmp_path) == tmp_path / "stage_1_train.csv"
+    (tmp_path / "other").mkdir()  # two candidates: ambiguous, nothing is guessed
+    (tmp_path / "other" / "ID_2.dcm").write_bytes(b"")
+    assert dicom_folder(tmp_path) == tmp_path
+    assert not is_dataset_folder(tmp_path)
 
 
 def test_a_flat_folder_of_dicom_files_is_a_dataset(tmp_path: Path) -> None:

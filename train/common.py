@@ -45,6 +45,7 @@ from hohoho_core.checkpoint import (  # noqa: F401  (re-exported for the scripts
     save_tensors,
     unwrap,
 )
+from hohoho_core.csvsafe import safe_cell
 from hohoho_core.distributed import DistInfo, barrier, init_distributed
 from hohoho_core.labels import CLASSES
 from hohoho_core.preprocess import MODES, WINDOWS, PreprocessConfig
@@ -470,7 +471,8 @@ class CsvLog:
                 self.tb = None
 
     def write(self, row: Mapping[str, Any]) -> None:
-        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        # numbers stay numbers; text cells cannot start a spreadsheet formula
+        row = {k: (f"{v:.6g}" if isinstance(v, float) else safe_cell(v)) for k, v in row.items()}
         if self.fields is None:
             self.fields = list(row)
             with self.path.open("w", newline="", encoding="utf-8") as f:

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 
 from hohoho_core.augment import PRESETS
 from hohoho_core.cache import StudyCache
+from hohoho_core.csvsafe import safe_frame
 from hohoho_core.datasets import SliceDataset, split_by_study
 from hohoho_core.distributed import DistInfo
 from hohoho_core.evaluate import score
@@ -383,8 +384,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         write_probs_csv(cnn_path(args.out), ids_all, prob)
         prob = np.stack([lstm_probs[i] for i in ids_all])
     write_probs_csv(args.out, ids_all, prob)
-    pd.DataFrame({"image_id": ids_all, "study_key": keys_all, "fold": folds_all}).sort_values(
-        "image_id").to_csv(folds_path(args.out), index=False)
+    # study keys are UIDs from the files: safe_frame keeps them from opening as formulas
+    safe_frame(pd.DataFrame({"image_id": ids_all, "study_key": keys_all, "fold": folds_all})
+               .sort_values("image_id")).to_csv(folds_path(args.out), index=False)
     result = {
         "stage": stage,
         "weights": "last epoch of each fold (no selection on the held-out fold)",

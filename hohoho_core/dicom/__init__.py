@@ -4,6 +4,7 @@ One concern per module:
 
 * `sources`: folders, files, uploads and zips -> file entries in a stable order;
 * `zipsafe`: safe, bounded zip extraction (a security boundary of its own);
+* `bounds`: what headers may declare (sizes, frames, slices, voxels, inflated bytes);
 * `headers`: one header -> `HeaderRecord` (full, or fast for indexing) and `classify`;
 * `geometry`: slice normals and `order_slices`, the project's one slice order;
 * `pixels`: decoding, unused bits, rescale to HU, the RSNA 12-bit quirk;
@@ -14,6 +15,7 @@ Patient identifiers (PatientName, PatientID, PatientBirthDate) are kept in
 ``Study.identifiers`` only: no log line, warning, exception or report carries them.
 """
 
+from hohoho_core.dicom.bounds import DEFAULT_BOUNDS, ReadBounds
 from hohoho_core.dicom.geometry import OrderedSlice, order_slices
 from hohoho_core.dicom.headers import (
     ORDER_TAGS,
@@ -40,6 +42,7 @@ from hohoho_core.dicom.sources import (
 from hohoho_core.dicom.zipsafe import DEFAULT_MAX_MEMBERS, DEFAULT_MAX_ZIP_BYTES, extract_zip
 
 __all__ = [
+    "DEFAULT_BOUNDS",
     "DEFAULT_MAX_MEMBERS",
     "DEFAULT_MAX_TOTAL_UPLOAD_BYTES",
     "DEFAULT_MAX_UPLOAD_BYTES",
@@ -47,6 +50,7 @@ __all__ = [
     "ORDER_TAGS",
     "HeaderRecord",
     "OrderedSlice",
+    "ReadBounds",
     "SeriesSummary",
     "SourceScan",
     "StudyLoadError",

@@ -13,8 +13,12 @@ Patient identifiers are decoded by hand (`_raw_text`) and kept in
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import struct
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -22,8 +26,11 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -34,6 +41,7 @@ from pydicom.uid import (
     LegacyConvertedEnhancedCTImageStorage,
 )
 
+from hohoho_core.dicom.bounds import DEFAULT_BOUNDS, ReadBounds, inflated_size_problem
 from hohoho_core.dicom.geometry import _normal
 from hohoho_core.dicom.sources import Upload, _Entry
 from hohoho_core.study import SkippedFile, SkipReason
@@ -179,6 +187,93 @@ def _get(ds: pydicom.Dataset, keyword: str) -> Any:
         return None
 
 
+#: Well-formed single values (multi-valued DS), which pydicom converts without a warning:
+#: UI of at most 64 characters without leading zeros, CS in its repertoire, IS of at
+#: most 9 digits (no 32-bit overflow warning); trailing padding allowed.
+_UI_VALUE = re.compile(
+    rb"(?=[0-9.]{1,64}[\x00 ]*\Z)(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*[\x00 ]*"
+)
+_CS_VALUE = re.compile(rb"[A-Z0-9 _]{1,16}\x00?")
+_IS_VALUE = re.compile(rb" {0,2}[+-]?[0-9]{1,9} *\x00?")
+_DS_ITEM = rb" *[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)? *"
+_DS_VALUE = re.compile(_DS_ITEM + rb"(?:\\" + _DS_ITEM + rb")*\x00?")
+
+
+def _ui_value(raw: RawDataElement) -> str:
+    return raw.value.rstrip(b"\x00 ").decode("ascii")
+
+
+def _cs_value(raw: RawDataElement) -> str:
+    return raw.value.rstrip(b" \x00").decode("ascii")
+
+
+def _is_value(raw: RawDataElement) -> int:
+    return int(raw.value.rstrip(b" \x00"))
+
+
+def _ds_value(raw: RawDataElement) -> float | list[float]:
+    """One float, or a list for several values: the shape of pydicom's DS value."""
+    parts = raw.value.rstrip(b"\x00 ").split(b"\\")
+    return float(parts[0]) if len(parts) == 1 else [float(v) for v in parts]
+
+
+def _us_value(raw: RawDataElement) -> int:
+    return int.from_bytes(raw.value, "little" if raw.is_little_endian else "big")
+
+
+_UI = ("UI", _UI_VALUE, _ui_value)
+_CS = ("CS", _CS_VALUE, _cs_value)
+_IS = ("IS", _IS_VALUE, _is_value)
+_DS = ("DS", _DS_VALUE, _ds_value)
+_US = ("US", None, _us_value)  # None: a 2-byte value
+#: How the fast mode converts each `ORDER_TAGS` value itself: (VR, pattern, converter).
+#: The pattern accepts only well-formed values, which pydicom would convert to the same
+#: value without a warning; any other value (or VR, or a sequence) goes through `_get`.
+_FAST_VALUES: dict[str, tuple[str, re.Pattern[bytes] | None, Callable[[Any], Any]]] = {
+    "SOPClassUID": _UI,
+    "SOPInstanceUID": _UI,
+    "StudyInstanceUID": _UI,
+    "SeriesInstanceUID": _UI,
+    "Modality": _CS,
+    "PhotometricInterpretation": _CS,
+    "InstanceNumber": _IS,
+    "NumberOfFrames": _IS,
+    "ImagePositionPatient": _DS,
+    "ImageOrientationPatient": _DS,
+    "SliceThickness": _DS,
+    "SpacingBetweenSlices": _DS,
+    "Rows": _US,
+    "Columns": _US,
+    "SamplesPerPixel": _US,
+}
+_FAST_TAGS = {kw: BaseTag(tag_for_keyword(kw)) for kw in ORDER_TAGS}
+_SHARED_GROUPS = _FAST_TAGS["SharedFunctionalGroupsSequence"]
+_PER_FRAME_GROUPS = _FAST_TAGS["PerFrameFunctionalGroupsSequence"]
+
+
+def _fast_get(ds: pydicom.Dataset, keyword: str) -> Any:
+    """`_get` for the fast mode: the same value, converted here when it is well formed.
+
+    pydicom's conversion of one value (keyword look-up, hooks, validation, value
+    classes) costs as much as parsing the header; the index converts ~15 per file.
+    """
+    tag = _FAST_TAGS.get(keyword)
+    if tag is None:
+        return None  # the fast mode parses `ORDER_TAGS` only: any other tag is absent
+    raw = ds.get_item(tag)
+    if raw is None:
+        return None
+    spec = _FAST_VALUES.get(keyword)
+    if spec is not None and type(raw) is RawDataElement and raw.VR in (spec[0], None):
+        _, pattern, convert = spec
+        value = raw.value
+        if isinstance(value, bytes) and (
+            len(value) == 2 if pattern is None else pattern.fullmatch(value) is not None
+        ):
+            return convert(raw)
+    return _get(ds, keyword)
+
+
 def _raw_text(ds: pydicom.Dataset, keyword: str) -> str:
     """Read an identifier's bytes without pydicom's value conversion.
 
@@ -205,6 +300,8 @@ def _raw_text(ds: pydicom.Dataset, keyword: str) -> str:
 
 def _fg(ds: pydicom.Dataset, seq: str, keyword: str, frame: int = 0) -> Any:
     """A value from the shared functional groups, else from per-frame group ``frame``."""
+    if _SHARED_GROUPS not in ds and _PER_FRAME_GROUPS not in ds:
+        return None  # single-frame files: the common case, answered without a look-up
     for top, index in (
         ("SharedFunctionalGroupsSequence", 0),
         ("PerFrameFunctionalGroupsSequence", frame),
@@ -273,10 +370,31 @@ def _read_header_entry(entry: _Entry, fast: bool = False) -> HeaderRecord:
 
     ``fast``: parse only `ORDER_TAGS` (pydicom skips the other values unread).
     """
-    tags = list(ORDER_TAGS) if fast else None
+    with quiet_pydicom():
+        return _parse_header_entry(entry, fast)
+
+
+@contextlib.contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Keep pydicom's value warnings out of logs while a file is parsed.
+
+    They quote the offending value, and in a file with a broken element length the bytes
+    they quote can be the patient's name or ID (the fuzz test found such a warning). The
+    reader reports problems in its own words (`SkippedFile`, the load report) instead.
+    ``warnings.catch_warnings`` is process-wide state, restored on exit; a warning from
+    another thread in the same instant may be dropped too, which is the safe side.
+    """
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        yield
+
+
+def _parse_header_entry(entry: _Entry, fast: bool) -> HeaderRecord:
+    tags = list(_FAST_TAGS.values()) if fast else None
     try:
         size = entry.size()
         with entry.open() as fp:
+            _refuse_inflate_bomb(entry, fp)
             try:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=tags)
             except InvalidDicomError:
@@ -306,6 +424,14 @@ def _read_header_entry(entry: _Entry, fast: bool = False) -> HeaderRecord:
                 f"header could not be parsed ({type(exc).__name__})",
             )
         ) from None
+
+
+def _refuse_inflate_bomb(entry: _Entry, fp: BinaryIO) -> None:
+    """Refuse a deflated file that inflates past the budget, before pydicom inflates it
+    whole (`bounds.inflated_size_problem`)."""
+    problem = inflated_size_problem(fp)
+    if problem is not None:
+        raise UnreadableFileError(SkippedFile(entry.name, SkipReason.TOO_LARGE, problem))
 
 
 def _ends_mid_element(ds: pydicom.Dataset) -> bool:
@@ -338,25 +464,26 @@ def _record_from_dataset(
 ) -> HeaderRecord:
     """``fast``: skip what ordering never reads; each lookup of an absent tag costs about
     as much as converting a present one, and the index reads every file of a dataset."""
-    n_frames = max(_int(_get(ds, "NumberOfFrames"), 1) or 1, 1)
-    orientation = _floats(_get(ds, "ImageOrientationPatient"), 6) or _floats(
+    get = _fast_get if fast else _get
+    n_frames = max(_int(get(ds, "NumberOfFrames"), 1) or 1, 1)
+    orientation = _floats(get(ds, "ImageOrientationPatient"), 6) or _floats(
         _fg(ds, "PlaneOrientationSequence", "ImageOrientationPatient"), 6
     )
-    position = _floats(_get(ds, "ImagePositionPatient"), 3)
+    position = _floats(get(ds, "ImagePositionPatient"), 3)
     spacing = None
     if not fast:
-        spacing = _floats(_get(ds, "PixelSpacing"), 2) or _floats(
+        spacing = _floats(get(ds, "PixelSpacing"), 2) or _floats(
             _fg(ds, "PixelMeasuresSequence", "PixelSpacing"), 2
         )
-    thickness = _f(_get(ds, "SliceThickness"))
+    thickness = _f(get(ds, "SliceThickness"))
     if thickness is None:
         thickness = _f(_fg(ds, "PixelMeasuresSequence", "SliceThickness"))
-    between = _f(_get(ds, "SpacingBetweenSlices"))
+    between = _f(get(ds, "SpacingBetweenSlices"))
     if between is None:
         between = _f(_fg(ds, "PixelMeasuresSequence", "SpacingBetweenSlices"))
 
-    slope = None if fast else _f(_get(ds, "RescaleSlope"))
-    intercept = None if fast else _f(_get(ds, "RescaleIntercept"))
+    slope = None if fast else _f(get(ds, "RescaleSlope"))
+    intercept = None if fast else _f(get(ds, "RescaleIntercept"))
     if slope is None and not fast:
         slope = _f(_fg(ds, "PixelValueTransformationSequence", "RescaleSlope"))
     if intercept is None and not fast:
@@ -364,7 +491,7 @@ def _record_from_dataset(
 
     frame_positions = None
     frame_rescale = None
-    per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
+    per_frame = get(ds, "PerFrameFunctionalGroupsSequence")
     if n_frames > 1 and per_frame is not None and len(per_frame) == n_frames:
         fps = [
             _floats(_fg_item(item, "PlanePositionSequence", "ImagePositionPatient"), 3)
@@ -390,7 +517,7 @@ def _record_from_dataset(
 
     metadata = {}
     for kw in () if fast else _METADATA_KEYWORDS:
-        value = _get(ds, kw)
+        value = get(ds, kw)
         if value not in (None, ""):
             metadata[kw] = (
                 "\\".join(str(v) for v in value)
@@ -401,30 +528,30 @@ def _record_from_dataset(
         kw: v for kw in (() if fast else _IDENTIFIER_KEYWORDS) if (v := _raw_text(ds, kw))
     }
 
-    rows = _int(_get(ds, "Rows"), 0) or 0
-    cols = _int(_get(ds, "Columns"), 0) or 0
+    rows = _int(get(ds, "Rows"), 0) or 0
+    cols = _int(get(ds, "Columns"), 0) or 0
     return HeaderRecord(
         source=entry.name,
         path=entry.path,
-        study_uid=str(_get(ds, "StudyInstanceUID") or ""),
-        series_uid=str(_get(ds, "SeriesInstanceUID") or ""),
-        sop_uid=str(_get(ds, "SOPInstanceUID") or ""),
+        study_uid=str(get(ds, "StudyInstanceUID") or ""),
+        series_uid=str(get(ds, "SeriesInstanceUID") or ""),
+        sop_uid=str(get(ds, "SOPInstanceUID") or ""),
         sop_class_uid=str(
-            _get(ds, "SOPClassUID") or _get(ds.file_meta, "MediaStorageSOPClassUID") or ""
+            get(ds, "SOPClassUID") or _get(ds.file_meta, "MediaStorageSOPClassUID") or ""
         ),
-        modality=str(_get(ds, "Modality") or "").upper(),
+        modality=str(get(ds, "Modality") or "").upper(),
         transfer_syntax=ts,
         rows=rows,
         columns=cols,
-        samples_per_pixel=_int(_get(ds, "SamplesPerPixel"), 1) or 1,
-        photometric=str(_get(ds, "PhotometricInterpretation") or "MONOCHROME2").upper(),
-        bits_allocated=_int(_get(ds, "BitsAllocated"), 16) or 16,
-        bits_stored=_int(_get(ds, "BitsStored"), 16) or 16,
-        pixel_representation=_int(_get(ds, "PixelRepresentation"), 0) or 0,
+        samples_per_pixel=_int(get(ds, "SamplesPerPixel"), 1) or 1,
+        photometric=str(get(ds, "PhotometricInterpretation") or "MONOCHROME2").upper(),
+        bits_allocated=_int(get(ds, "BitsAllocated"), 16) or 16,
+        bits_stored=_int(get(ds, "BitsStored"), 16) or 16,
+        pixel_representation=_int(get(ds, "PixelRepresentation"), 0) or 0,
         n_frames=n_frames,
         has_pixels=has_pixels,
         truncated=truncated,
-        instance_number=_int(_get(ds, "InstanceNumber")),
+        instance_number=_int(get(ds, "InstanceNumber")),
         position=position,  # type: ignore[arg-type]
         orientation=orientation,  # type: ignore[arg-type]
         pixel_spacing=spacing,  # type: ignore[arg-type]
@@ -432,8 +559,8 @@ def _record_from_dataset(
         spacing_between_slices=between,
         rescale_slope=1.0 if slope is None or slope == 0 else slope,
         rescale_intercept=0.0 if intercept is None else intercept,
-        series_number=None if fast else _int(_get(ds, "SeriesNumber")),
-        series_description="" if fast else str(_get(ds, "SeriesDescription") or ""),
+        series_number=None if fast else _int(get(ds, "SeriesNumber")),
+        series_description="" if fast else str(get(ds, "SeriesDescription") or ""),
         frame_positions=frame_positions,
         frame_rescale=frame_rescale,
         pixel_offset=offset,
@@ -482,8 +609,11 @@ def _decoder_problem(ts: str) -> str | None:
     return None
 
 
-def classify(rec: HeaderRecord) -> SkippedFile | None:
-    """Why a readable file cannot be a slice of a CT volume, or None when it can."""
+def classify(rec: HeaderRecord, bounds: ReadBounds = DEFAULT_BOUNDS) -> SkippedFile | None:
+    """Why a readable file cannot be a slice of a CT volume, or None when it can.
+
+    ``bounds``: the declared size (rows, columns, frames) must fit them (TOO_LARGE).
+    """
     if rec.truncated:
         return SkippedFile(rec.source, SkipReason.UNREADABLE, "truncated: the file ends early")
     is_ct_class = rec.sop_class_uid in _CT_SOP_CLASSES
@@ -509,6 +639,9 @@ def classify(rec: HeaderRecord) -> SkippedFile | None:
         return SkippedFile(rec.source, SkipReason.NOT_CT, f"modality {rec.modality or 'missing'}")
     if rec.rows <= 0 or rec.columns <= 0:
         return SkippedFile(rec.source, SkipReason.NO_PIXEL_DATA, "no Rows/Columns")
+    too_large = bounds.file_problem(rec.rows, rec.columns, rec.n_frames)
+    if too_large is not None:
+        return SkippedFile(rec.source, SkipReason.TOO_LARGE, too_large)
     problem = _decoder_problem(rec.transfer_syntax)
     if problem is not None:
         return SkippedFile(rec.source, SkipReason.MISSING_DECODER, problem)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from hohoho_core.dicom.bounds import DEFAULT_BOUNDS, ReadBounds, pixel_data_problem
 from hohoho_core.dicom.geometry import (
     _orientation_label,
     _report_gaps,
@@ -92,8 +93,13 @@ class SeriesSummary:
 _Groups = dict[tuple[str, str], list[HeaderRecord]]
 
 
-def _read_headers(entries: list[_Entry], report: LoadReport) -> list[tuple[_Entry, HeaderRecord]]:
-    """Usable (entry, header) pairs; every other file goes to ``report`` with its reason."""
+def _read_headers(
+    entries: list[_Entry], report: LoadReport, bounds: ReadBounds
+) -> list[tuple[_Entry, HeaderRecord]]:
+    """Usable (entry, header) pairs; every other file goes to ``report`` with its reason.
+
+    Sizes are checked here, from the headers, before anything is allocated for pixels.
+    """
     items: list[tuple[_Entry, HeaderRecord]] = []
     for entry in entries:
         report.files_seen += 1
@@ -102,9 +108,13 @@ def _read_headers(entries: list[_Entry], report: LoadReport) -> list[tuple[_Entr
         except UnreadableFileError as err:
             report.skipped.append(err.skipped)
             continue
-        why = classify(rec)
+        why = classify(rec, bounds)
         if why is not None:
             report.skipped.append(why)
+            continue
+        short = pixel_data_problem(rec)
+        if short is not None:
+            report.skip(rec.source, SkipReason.UNREADABLE, short)
             continue
         items.append((entry, rec))
     return items
@@ -179,11 +189,12 @@ class SourceScan:
         series: every CT series found, the default choice (if any) first.
     """
 
-    def __init__(self, source: Any, limits: _Limits) -> None:
+    def __init__(self, source: Any, limits: _Limits, bounds: ReadBounds = DEFAULT_BOUNDS) -> None:
         self._stack = contextlib.ExitStack()
+        self._bounds = bounds
         try:
             report = LoadReport()
-            items = _read_headers(_collect(source, self._stack, report, limits), report)
+            items = _read_headers(_collect(source, self._stack, report, limits), report, bounds)
         except BaseException:
             self._stack.close()
             raise
@@ -288,11 +299,44 @@ class SourceScan:
             raise ValueError("this SourceScan is closed: its extracted files are gone")
 
     def _build(self, chosen: SeriesSummary, report: LoadReport, workers: int) -> Study:
-        """One series' usable files -> `Study` (raises `StudyLoadError` if none is left)."""
-        slices = order_slices(self._groups[(chosen.study_uid, chosen.series_uid)], report)
+        """One series' usable files -> `Study` (raises `StudyLoadError` if none is left).
+
+        The series' size is checked against the bounds before the volume is allocated;
+        running out of memory anyway ends in `StudyLoadError`, never in ``MemoryError``.
+        """
+        recs = self._groups[(chosen.study_uid, chosen.series_uid)]
+        try:
+            return self._build_checked(chosen, recs, report, workers)
+        except MemoryError:
+            self._refuse(recs, report, "out of memory while loading the series")
+            raise StudyLoadError(_failure_message(report), report) from None
+
+    def _refuse(self, recs: list[HeaderRecord], report: LoadReport, detail: str) -> None:
+        for rec in recs:
+            report.skip(rec.source, SkipReason.TOO_LARGE, detail)
+
+    def _build_checked(
+        self, chosen: SeriesSummary, recs: list[HeaderRecord], report: LoadReport, workers: int
+    ) -> Study:
+        # Before the slice order expands frames: what the files declare, with room for
+        # the duplicates that the order would drop.
+        declared = sum(r.n_frames for r in recs)
+        if declared > 4 * self._bounds.max_slices:
+            self._refuse(
+                recs,
+                report,
+                f"the series declares {declared} slices; the limit is "
+                f"{self._bounds.max_slices} per study",
+            )
+            raise StudyLoadError(_failure_message(report), report)
+        slices = order_slices(recs, report)
         if not slices:
             raise StudyLoadError(_failure_message(report), report)
         rows, cols = slices[0].rec.rows, slices[0].rec.columns
+        too_large = self._bounds.series_problem(len(slices), rows, cols)
+        if too_large is not None:
+            self._refuse(recs, report, too_large)
+            raise StudyLoadError(_failure_message(report), report)
         hu = np.empty((len(slices), rows, cols), dtype=np.float32)
         ok = decode_into(slices, self._entry_of, hu, report, workers)
         if not ok.all():
@@ -350,10 +394,12 @@ def scan_source(
     max_total_upload_bytes: int = DEFAULT_MAX_TOTAL_UPLOAD_BYTES,
     max_zip_bytes: int = DEFAULT_MAX_ZIP_BYTES,
     max_members: int = DEFAULT_MAX_MEMBERS,
+    bounds: ReadBounds = DEFAULT_BOUNDS,
 ) -> SourceScan:
     """Read every header of ``source`` once (zips extracted once); load series on demand.
 
-    ``source`` and the bounds are those of `load_study`. Use it as a context manager (or
+    ``source`` and the bounds are those of `load_study`; ``bounds`` limits what headers
+    may declare (`bounds.ReadBounds`: image size, frames, slices, voxels). Use it as a context manager (or
     call ``close()``) so the extracted files are removed::
 
         with scan_source(uploads) as scan:
@@ -361,7 +407,7 @@ def scan_source(
                 study = scan.load(s.series_uid)
     """
     limits = _Limits(max_upload_bytes, max_total_upload_bytes, max_zip_bytes, max_members)
-    return SourceScan(source, limits)
+    return SourceScan(source, limits, bounds)
 
 
 def list_series(
@@ -390,6 +436,7 @@ def load_study(
     max_zip_bytes: int = DEFAULT_MAX_ZIP_BYTES,
     max_members: int = DEFAULT_MAX_MEMBERS,
     workers: int | None = None,
+    bounds: ReadBounds = DEFAULT_BOUNDS,
 ) -> Study:
     """Load one CT series as a float32 HU volume ``[S, H, W]`` sorted along the slice normal.
 
@@ -400,6 +447,8 @@ def load_study(
         max_upload_bytes / max_total_upload_bytes: bounds per upload and for all uploads.
         max_zip_bytes / max_members: bounds on what a zip may extract.
         workers: threads decoding pixels (default: up to 8).
+        bounds: what headers may declare (`bounds.ReadBounds`); a file or series beyond
+            them is skipped as TOO_LARGE before any pixel memory is allocated.
 
     Slice 0 is the lowest position along the normal (for a standard axial series, the
     most inferior slice); `geometry.order_slices` decides the order and which slices
@@ -414,6 +463,7 @@ def load_study(
         max_total_upload_bytes=max_total_upload_bytes,
         max_zip_bytes=max_zip_bytes,
         max_members=max_members,
+        bounds=bounds,
     ) as scan:
         return scan.load(series_uid, workers=workers)
 
@@ -426,6 +476,7 @@ def iter_studies(
     max_zip_bytes: int = DEFAULT_MAX_ZIP_BYTES,
     max_members: int = DEFAULT_MAX_MEMBERS,
     workers: int | None = None,
+    bounds: ReadBounds = DEFAULT_BOUNDS,
 ) -> Iterator[Study]:
     """Yield every axial (or unknown-orientation) CT series in ``source``, one `Study` each.
 
@@ -444,6 +495,7 @@ def iter_studies(
         max_total_upload_bytes=max_total_upload_bytes,
         max_zip_bytes=max_zip_bytes,
         max_members=max_members,
+        bounds=bounds,
     ) as scan:
         yield from scan.iter_studies(workers=workers)
 
@@ -456,6 +508,7 @@ def load_studies(
     max_zip_bytes: int = DEFAULT_MAX_ZIP_BYTES,
     max_members: int = DEFAULT_MAX_MEMBERS,
     workers: int | None = None,
+    bounds: ReadBounds = DEFAULT_BOUNDS,
 ) -> list[Study]:
     """Every axial (or unknown-orientation) CT series in ``source`` as a list (see `iter_studies`).
 
@@ -470,5 +523,6 @@ def load_studies(
             max_zip_bytes=max_zip_bytes,
             max_members=max_members,
             workers=workers,
+            bounds=bounds,
         )
     )

@@ -7,6 +7,7 @@ is written into a preallocated float32 volume, so a series is never held twice.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +15,7 @@ import numpy as np
 import pydicom
 
 from hohoho_core.dicom.geometry import OrderedSlice
-from hohoho_core.dicom.headers import HeaderRecord
+from hohoho_core.dicom.headers import HeaderRecord, quiet_pydicom
 from hohoho_core.dicom.sources import _Entry
 from hohoho_core.study import LoadReport, SkippedFile, SkipReason
 
@@ -50,11 +51,11 @@ def _stored_pixels(entry: _Entry, rec: HeaderRecord) -> np.ndarray:
         dtype = np.dtype(f"<{'i' if rec.pixel_representation else 'u'}{bytes_per}")
         arr = np.frombuffer(buf, dtype=dtype).reshape(rec.n_frames, rec.rows, rec.columns).copy()
         return _shift_unused_bits(arr, rec.bits_allocated, rec.bits_stored)
-    with entry.open() as fp:
+    with entry.open() as fp, quiet_pydicom():  # value warnings may quote identifiers
         ds = pydicom.dcmread(fp, force=True)
-    if "TransferSyntaxUID" not in ds.file_meta:
-        ds.file_meta.TransferSyntaxUID = rec.transfer_syntax
-    arr = ds.pixel_array
+        if "TransferSyntaxUID" not in ds.file_meta:
+            ds.file_meta.TransferSyntaxUID = rec.transfer_syntax
+        arr = ds.pixel_array
     if arr.ndim == 2:
         arr = arr[None]
     if arr.shape != (rec.n_frames, rec.rows, rec.columns):
@@ -67,6 +68,11 @@ def _is_rsna_quirk(rec: HeaderRecord, intercept: float) -> bool:
     return rec.bits_stored == 12 and rec.pixel_representation == 0 and intercept > -100
 
 
+#: Largest |RescaleSlope| and |RescaleIntercept| accepted: CT uses about 1 and -1024.
+_MAX_SLOPE = 1e3
+_MAX_INTERCEPT = 1e5
+
+
 def _to_hu(
     stored: np.ndarray, rec: HeaderRecord, slope: float, intercept: float, out: np.ndarray
 ) -> bool:
@@ -75,6 +81,10 @@ def _to_hu(
     The quirk stores round(HU) mod 4096, so values are unwrapped to [-1000, 3095] with
     ``((px + 1000) mod 4096) - 1000`` before the rescale (never after).
     """
+    if not (math.isfinite(slope) and math.isfinite(intercept)
+            and 0 < abs(slope) <= _MAX_SLOPE and abs(intercept) <= _MAX_INTERCEPT):
+        # An absurd rescale would give inf or meaningless HU; refuse the file, not the study.
+        raise ValueError(f"RescaleSlope {slope:g} / RescaleIntercept {intercept:g} out of range")
     quirk = _is_rsna_quirk(rec, intercept)
     px = stored
     if quirk:
@@ -124,6 +134,8 @@ def decode_into(
             for i in rows:
                 c = cands[i]
                 quirks += _to_hu(stored[c.frame or 0], c.rec, c.slope, c.intercept, hu[i])
+        except MemoryError:  # the last resort: the header bounds should prevent it
+            return rows, SkippedFile(first.rec.source, SkipReason.TOO_LARGE, "out of memory"), 0
         except Exception as exc:  # one broken file must not abort the study
             reason = (
                 SkipReason.MISSING_DECODER

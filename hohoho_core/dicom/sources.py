@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -72,17 +73,90 @@ def _natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def _walk(folder: Path, prefix: str = "") -> list[_Entry]:
-    """Every regular file under ``folder``, recursively (symlinked folders not followed)."""
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort(key=_natural_key)
-        base = Path(dirpath)
-        for fname in sorted(filenames, key=_natural_key):
-            path = base / fname
-            rel = path.relative_to(folder).as_posix()
-            entries.append(_Entry(name=f"{prefix}{rel}", path=path))
+def _walk(folder: Path, report: LoadReport, prefix: str = "") -> list[_Entry]:
+    """Every regular file under ``folder``, recursively, in natural name order.
+
+    Only regular files that resolve inside ``folder`` are returned: a symbolic link that
+    leads out of it, or to anything but a regular file, and special files (named pipes,
+    devices, sockets) are listed in ``report`` and never opened (opening a named pipe
+    blocks). Symbolic links to folders are not followed. The file type comes from the
+    directory listing, so regular files cost no extra system call.
+    """
+    root = folder.resolve()
+    entries: list[_Entry] = []
+
+    def name_of(path: Path) -> str:
+        return f"{prefix}{path.relative_to(folder).as_posix()}"
+
+    def skip(path: Path, reason: SkipReason, detail: str) -> None:
+        report.files_seen += 1
+        report.skip(name_of(path), reason, detail)
+
+    def visit(base: Path) -> None:
+        try:
+            with os.scandir(base) as it:
+                listing = sorted(it, key=lambda e: _natural_key(e.name))
+        except OSError as exc:
+            if base == folder:
+                raise
+            skip(base, SkipReason.UNREADABLE, f"folder could not be listed ({type(exc).__name__})")
+            return
+        subdirs = []
+        for item in listing:
+            path = base / item.name
+            try:
+                if item.is_dir(follow_symlinks=False):
+                    subdirs.append(path)
+                    continue
+                if item.is_file(follow_symlinks=False):
+                    entries.append(_Entry(name=name_of(path), path=path))
+                    continue
+                if item.is_symlink():
+                    why = _link_problem(path, root)
+                    if why is None:
+                        entries.append(_Entry(name=name_of(path), path=path))
+                    elif why[0] is not None:
+                        skip(path, why[0], why[1])
+                    continue
+                mode = item.stat(follow_symlinks=False).st_mode
+            except OSError as exc:
+                skip(path, SkipReason.UNREADABLE, f"could not be examined ({type(exc).__name__})")
+                continue
+            skip(path, SkipReason.NOT_REGULAR_FILE, f"{_file_kind(mode)}, not opened")
+        for sub in subdirs:
+            visit(sub)
+
+    visit(folder)
     return entries
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def _link_problem(path: Path, root: Path) -> tuple[SkipReason | None, str] | None:
+    """None when the link at ``path`` leads to a regular file inside ``root``; else why not.
+
+    ``(None, ...)``: a link to a folder, left out silently as folder links always were.
+    """
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        return SkipReason.UNREADABLE, f"broken symbolic link ({type(exc).__name__})"
+    if not target.is_relative_to(root):
+        return SkipReason.OUTSIDE_FOLDER, "symbolic link to a file outside the folder, not opened"
+    mode = target.stat().st_mode
+    if stat.S_ISDIR(mode):
+        return None, "link to a folder"
+    if not stat.S_ISREG(mode):
+        return SkipReason.NOT_REGULAR_FILE, f"symbolic link to a {_file_kind(mode)}, not opened"
+    return None
 
 
 def _is_zip_name(name: str, head: bytes) -> bool:
@@ -133,7 +207,7 @@ def _collect(
         path = Path(item)
         if path.is_dir():
             # Names stay relative to a single folder; several sources keep their folder name.
-            entries.extend(_walk(path, "" if len(items) == 1 else f"{path.name}/"))
+            entries.extend(_walk(path, report, "" if len(items) == 1 else f"{path.name}/"))
         elif path.is_file():
             with open(path, "rb") as fh:
                 head = fh.read(4)
@@ -141,6 +215,13 @@ def _collect(
                 entries.extend(_collect_zip(path, path.name, stack, report, limits))
             else:
                 entries.append(_Entry(name=path.name, path=path))
+        elif path.exists():
+            report.files_seen += 1
+            report.skip(
+                path.name,
+                SkipReason.NOT_REGULAR_FILE,
+                f"{_file_kind(path.stat().st_mode)}, not opened",
+            )
         else:
             report.files_seen += 1
             report.skip(path.name, SkipReason.UNREADABLE, "no such file or folder")

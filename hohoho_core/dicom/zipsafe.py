@@ -7,6 +7,7 @@ and the total size is bounded by what the archive declares and by what is really
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -99,7 +100,11 @@ def extract_zip(
             rel = PurePosixPath(
                 *[p for p in re.split(r"[\\/]+", info.filename) if p not in ("", ".")]
             )
-            dest = (root / rel).resolve()
+            try:
+                dest = (root / rel).resolve()
+            except (OSError, RuntimeError, ValueError) as exc:
+                report.skip(source, SkipReason.UNSAFE_PATH, _os_detail(exc))
+                continue
             # Belt and braces: the name checks above should make this impossible.
             if not dest.is_relative_to(root) or dest == root:
                 report.skip(source, SkipReason.UNSAFE_PATH, "resolves outside the target")
@@ -129,13 +134,22 @@ def extract_zip(
 def _extract_member(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budget: int
 ) -> int | SkippedFile:
-    """Copy one member to ``dest`` counting bytes; returns bytes written or why not."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    """Copy one member to ``dest`` counting bytes; returns bytes written or why not.
+
+    A member whose path the file system refuses (a folder where an earlier member is a
+    file, a name too long, ...) is skipped alone: the rest of the archive still loads.
+    """
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return SkippedFile("", SkipReason.UNSAFE_PATH, _os_detail(exc))
     count = 0
     limit = min(budget, info.file_size)
     failure: SkippedFile | None = None
+    out_opened = False
     try:
         with zf.open(info) as src, open(dest, "xb") as out:
+            out_opened = True
             while True:
                 # Ask for one byte more than allowed so an overrun is seen, not trusted.
                 chunk = src.read(min(MIB, limit - count + 1))
@@ -150,12 +164,19 @@ def _extract_member(
                     break
                 out.write(chunk)
     except FileExistsError:
+        if dest.is_dir():
+            return SkippedFile("", SkipReason.UNSAFE_PATH, "a folder of that name is in the archive")
         return SkippedFile("", SkipReason.DUPLICATE, "repeated archive entry")
+    except OSError as exc:
+        if not out_opened:  # nothing written: a path the file system refuses
+            return SkippedFile("", SkipReason.UNSAFE_PATH, _os_detail(exc))
+        failure = SkippedFile(
+            "", SkipReason.UNREADABLE, f"corrupt archive entry ({type(exc).__name__})"
+        )
     except (
         zipfile.BadZipFile,
         zipfile.LargeZipFile,
         EOFError,
-        OSError,
         ValueError,
         RuntimeError,
         NotImplementedError,
@@ -168,3 +189,15 @@ def _extract_member(
         dest.unlink(missing_ok=True)
         return failure
     return count
+
+
+def _os_detail(exc: BaseException) -> str:
+    """Why the file system refused a member's path, without quoting the path."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENAMETOOLONG:
+        return "name too long for the file system"
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or code == errno.ENOTDIR:
+        return "a file of the same name as one of its folders is in the archive"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder of that name is in the archive"
+    return f"the file system refused this path ({type(exc).__name__})"
