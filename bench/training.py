@@ -15,7 +15,7 @@ import torch
 
 from bench.common import Section, ratio
 from bench.context import BenchContext
-from hohoho_core.augment import PRESETS, HUAugment, to_model_input
+from hohoho_core.augment import PRESETS, HUAugment, slab_channels, to_model_input
 from hohoho_core.dicom import load_study
 from hohoho_core.losses import build_loss
 from hohoho_core.models import create_model
@@ -26,7 +26,7 @@ __all__ = ["run", "train_rate"]
 
 def _slabs(hu_small: np.ndarray, cfg: PreprocessConfig) -> torch.Tensor:
     """HU slabs ``[S, C, H, W]`` as the training loader gives them (C = 3 when stacked)."""
-    if cfg.mode == "stacked":
+    if slab_channels(cfg) == 3:
         return torch.from_numpy(stack_neighbours(hu_small))
     return torch.from_numpy(hu_small[:, None].copy())
 
@@ -47,7 +47,7 @@ def train_rate(
     ``warmup`` untimed steps first; each timed step is synchronised on a GPU.
     """
     torch.manual_seed(0)
-    model = create_model(arch).to(device).train()
+    model = create_model(arch, in_channels=cfg.channels).to(device).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     criterion = build_loss("asl")

@@ -270,8 +270,8 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def slab_channels(cfg: PreprocessConfig) -> int:
-    """How many HU slices a sample carries: 3 neighbours for "stacked", else 1."""
-    return 3 if cfg.mode == "stacked" else 1
+    """How many HU slices a sample carries: 3 neighbours for the stacked modes, else 1."""
+    return 3 if cfg.mode in ("stacked", "stacked_windows") else 1
 
 
 def _window(hu: torch.Tensor, name: str) -> torch.Tensor:
@@ -283,11 +283,12 @@ def _window(hu: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def to_model_input(hu: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
-    """HU slabs ``[N, C, H, W]`` -> model input ``[N, 3, H, W]`` in [0, 1].
+    """HU slabs ``[N, C, H, W]`` -> model input ``[N, cfg.channels, H, W]`` in [0, 1].
 
     The torch twin of ``preprocess.input_from_resized_hu`` for one slab per sample:
     "stacked" windows the three neighbours (C = 3) with ``cfg.window``; "gray" repeats one
-    windowed slice (C = 1); "windows" shows one slice in ``cfg.windows`` (C = 1).
+    windowed slice (C = 1); "windows" shows one slice in ``cfg.windows`` (C = 1);
+    "stacked_windows" shows the three neighbours in each of ``cfg.windows`` (C = 3, nine out).
     """
     want = slab_channels(cfg)
     if hu.ndim != 4 or hu.shape[1] != want:
@@ -297,4 +298,5 @@ def to_model_input(hu: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
         return _window(hu, cfg.window)
     if cfg.mode == "gray":
         return _window(hu, cfg.window).expand(-1, 3, -1, -1).contiguous()
+    # "windows" (one slice) and "stacked_windows" (three): window-major, like preprocess
     return torch.cat([_window(hu, name) for name in cfg.windows], dim=1)

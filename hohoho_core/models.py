@@ -194,26 +194,39 @@ class SliceClassifier(nn.Module):
         cam_layer: last convolutional block, for captum's ``LayerGradCam``.
     """
 
-    def __init__(self, arch: str, built: _Built, num_classes: int = len(CLASSES)) -> None:
+    def __init__(
+        self, arch: str, built: _Built, num_classes: int = len(CLASSES), in_channels: int = 3
+    ) -> None:
         super().__init__()
+        if in_channels < 1 or in_channels % 3:
+            raise ValueError(f"in_channels must be a positive multiple of 3, got {in_channels}")
         self.arch = arch
+        self.in_channels = in_channels
         self.backbone = built.backbone
+        if in_channels != 3:
+            _widen_first_conv(self.backbone, in_channels)
         self.embed_dim = built.embed_dim
         self.num_classes = num_classes
         self.head = nn.Linear(built.embed_dim, num_classes)
         self._cam_layer_name = built.cam_layer_name
         # Fixed, not learned and not saved: part of the architecture.
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # Each group of three channels (one window's i-1, i, i+1) is normalised like RGB.
+        reps = in_channels // 3
+        mean = torch.tensor(IMAGENET_MEAN).repeat(reps).view(1, in_channels, 1, 1)
+        std = torch.tensor(IMAGENET_STD).repeat(reps).view(1, in_channels, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     @property
     def cam_layer(self) -> nn.Module:
         return self.backbone.get_submodule(self._cam_layer_name)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [N, 3, H, W]`` in [0, 1] -> embedding ``[N, D]``."""
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"expected input [N, 3, H, W], got {tuple(x.shape)}")
+        """``x [N, C, H, W]`` in [0, 1] (``C = in_channels``) -> embedding ``[N, D]``."""
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected input [N, {self.in_channels}, H, W], got {tuple(x.shape)}"
+            )
         return self.backbone((x - self.mean) / self.std)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,6 +237,26 @@ class SliceClassifier(nn.Module):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """``x [N, 3, H, W]`` -> logits ``[N, num_classes]`` (the call captum needs)."""
         return self.forward(x)[1]
+
+
+def _widen_first_conv(backbone: nn.Module, in_channels: int) -> None:
+    """Give the backbone's first convolution ``in_channels`` inputs (3 per window group).
+
+    Each group of three input channels gets the RGB kernel divided by the number of groups,
+    so an ImageNet initialisation keeps its response scale and a nine-channel input whose
+    three groups were equal would give the three-channel model's output.
+    """
+    old = backbone.get_submodule("conv1")
+    if not isinstance(old, nn.Conv2d) or old.in_channels != 3:
+        raise ValueError("only backbones whose first layer 'conv1' is a 3-channel Conv2d widen")
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    bias=old.bias is not None)
+    groups = in_channels // 3
+    with torch.no_grad():
+        new.weight.copy_(old.weight.repeat(1, groups, 1, 1) / groups)
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    backbone.conv1 = new
 
 
 def load_simclr_backbone(model: SliceClassifier, path: str | Path) -> None:
@@ -279,7 +312,10 @@ def save_backbone(model: SliceClassifier, path: str | Path) -> None:
 
 
 def create_model(
-    name: str = "resnet18", init: str | Path = "random", num_classes: int = len(CLASSES)
+    name: str = "resnet18",
+    init: str | Path = "random",
+    num_classes: int = len(CLASSES),
+    in_channels: int = 3,
 ) -> SliceClassifier:
     """Build a registered slice classifier.
 
@@ -288,6 +324,8 @@ def create_model(
         init: "random", "imagenet" (torchvision's weights, from the hub cache or a download)
             or a path to a SimCLR ``.safetensors`` checkpoint with ``backbone.*`` keys.
         num_classes: outputs of the head (6: five subtypes and "any").
+        in_channels: input channels, ``PreprocessConfig.channels`` (3, or 9 for
+            "stacked_windows": the first convolution is widened, see `_widen_first_conv`).
 
     Raises:
         ValueError: unknown name or init; PretrainedWeightsUnavailable: ImageNet offline.
@@ -303,7 +341,7 @@ def create_model(
             raise ValueError(
                 f"init must be 'random', 'imagenet' or a .safetensors SimCLR checkpoint, got {init!r}"
             )
-    model = SliceClassifier(name, _REGISTRY[name](init == "imagenet"), num_classes)
+    model = SliceClassifier(name, _REGISTRY[name](init == "imagenet"), num_classes, in_channels)
     if simclr is not None:
         load_simclr_backbone(model, simclr)
     return model

@@ -239,8 +239,9 @@ def quantize_int8(cnn: SliceClassifier, calibration: torch.Tensor) -> nn.Module:
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     calib = torch.as_tensor(calibration, dtype=torch.float32).cpu()
-    if calib.ndim != 4 or calib.shape[1] != 3 or calib.shape[0] == 0:
-        raise ValueError(f"calibration must be [N, 3, H, W], got {tuple(calib.shape)}")
+    want = int(cnn.mean.shape[1])
+    if calib.ndim != 4 or calib.shape[1] != want or calib.shape[0] == 0:
+        raise ValueError(f"calibration must be [N, {want}, H, W], got {tuple(calib.shape)}")
     engine = _active_engine()
     mean = cnn.mean.detach().cpu()
     std = cnn.std.detach().cpu()
@@ -363,17 +364,18 @@ class Predictor:
                    precision=precision, calibration=calibration)
 
     def preprocess(self, study: Study) -> np.ndarray:
-        """The study's model input: float32 ``[S, 3, size, size]`` in [0, 1]."""
+        """The study's model input: float32 ``[S, C, size, size]`` in [0, 1] (C: the mode's)."""
         return make_input(study.hu, self.preprocess_config)
 
     def predict_input(self, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocessed input ``[S, 3, H, W]`` -> (embeddings ``(S, D)``, logits ``(S, K)``).
+        """Preprocessed input ``[S, C, H, W]`` -> (embeddings ``(S, D)``, logits ``(S, K)``).
 
         Both float32 NumPy arrays, computed in batches of ``batch_size``.
         """
         t = torch.as_tensor(x, dtype=torch.float32)
-        if t.ndim != 4 or t.shape[1] != 3:
-            raise ValueError(f"expected input [S, 3, H, W], got {tuple(t.shape)}")
+        want = self.preprocess_config.channels
+        if t.ndim != 4 or t.shape[1] != want:
+            raise ValueError(f"expected input [S, {want}, H, W], got {tuple(t.shape)}")
         model = self._cnn_for(t)
         embs, logits = [], []
         with torch.inference_mode():

@@ -46,7 +46,7 @@ WINDOWS: dict[str, tuple[float, float]] = {
 #: Value used where a crop box reaches past the image: air.
 AIR_HU: float = -1000.0
 
-Mode = Literal["stacked", "gray", "windows"]
+Mode = Literal["stacked", "gray", "windows", "stacked_windows"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 
@@ -149,7 +149,9 @@ class PreprocessConfig:
     """How a study becomes model input; saved in every weights config.
 
     mode: "stacked" (slices i-1, i, i+1 in ``window``), "gray" (slice i in ``window``,
-    repeated) or "windows" (slice i in the three ``windows``). ``size``: square side in
+    repeated), "windows" (slice i in the three ``windows``) or "stacked_windows" (slices
+    i-1, i, i+1 in each of the three ``windows``: nine channels, window-major, so the first
+    three are the "stacked" input when ``windows[0] == window``). ``size``: square side in
     pixels. ``crop``: crop to the head box before resizing.
     """
 
@@ -181,6 +183,16 @@ class PreprocessConfig:
         object.__setattr__(self, "windows", wins)
         object.__setattr__(self, "size", int(self.size))
         object.__setattr__(self, "crop", bool(self.crop))
+
+    @property
+    def channels(self) -> int:
+        """Channels of the model input: 9 for "stacked_windows", 3 for every other mode."""
+        return 9 if self.mode == "stacked_windows" else 3
+
+    @property
+    def centre_channel(self) -> int:
+        """The input channel that shows slice i itself in the first window (for display)."""
+        return 1 if self.mode in ("stacked", "stacked_windows") else 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``windows`` as a list)."""
@@ -243,7 +255,9 @@ def crop_and_resize_hu(hu: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def input_from_resized_hu(hu_small: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Second half of ``make_input``: HU ``[S, h, w]`` -> float32 ``[S, 3, h, w]`` in [0, 1].
+    """Second half of ``make_input``: HU ``[S, h, w]`` -> float32 ``[S, C, h, w]`` in [0, 1].
+
+    ``C = cfg.channels`` (3, or 9 for "stacked_windows").
 
     ``hu_small`` may be float or the int16 memmap from the cache.
     """
@@ -251,6 +265,10 @@ def input_from_resized_hu(hu_small: np.ndarray, cfg: PreprocessConfig) -> np.nda
         raise ValueError(f"expected a non-empty HU volume [S, H, W], got shape {hu_small.shape}")
     if cfg.mode == "windows":
         return np.stack([window_hu(hu_small, *WINDOWS[n]) for n in cfg.windows], axis=1)
+    if cfg.mode == "stacked_windows":
+        return np.concatenate(
+            [stack_neighbours(window_hu(hu_small, *WINDOWS[n])) for n in cfg.windows], axis=1
+        )
     win = window_hu(hu_small, *WINDOWS[cfg.window])
     if cfg.mode == "stacked":
         return stack_neighbours(win)
@@ -259,7 +277,7 @@ def input_from_resized_hu(hu_small: np.ndarray, cfg: PreprocessConfig) -> np.nda
 
 
 def make_input(hu: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Sorted HU study ``[S, H, W]`` -> model input float32 ``[S, 3, size, size]`` in [0, 1].
+    """Sorted HU study ``[S, H, W]`` -> model input float32 ``[S, C, size, size]`` in [0, 1].
 
     crop (optional) -> resize HU -> window -> channel mode (``cfg.mode``).
     """

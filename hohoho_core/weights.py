@@ -265,7 +265,8 @@ class LoadedModel(NamedTuple):
 
 
 def _build(config: ModelConfig) -> tuple[SliceClassifier, SequenceModel | None]:
-    cnn = create_model(config.arch, init="random", num_classes=len(config.classes))
+    cnn = create_model(config.arch, init="random", num_classes=len(config.classes),
+                       in_channels=config.preprocess.channels)
     if cnn.embed_dim != config.embed_dim:
         raise WeightsError(
             f"config says embed_dim {config.embed_dim} but {config.arch} has {cnn.embed_dim}"

@@ -68,7 +68,7 @@ target = CLASSES.index(cls)
 
 # The "original" is the slice itself in the model's window: the centre channel of a
 # stacked input (i-1, i, i+1), the first (brain) channel otherwise.
-channel = 1 if model.predictor.preprocess_config.mode == "stacked" else 0
+channel = model.predictor.preprocess_config.centre_channel
 gray = x[index, channel]
 try:
     smap = loaders.saliency(model.key, item.key, index, method, target, model.predictor, x[index])

@@ -216,8 +216,10 @@ def test_resize_without_crop_keeps_position() -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_make_input_shape_range(mode: str) -> None:
-    x = make_input(phantom(), PreprocessConfig(mode=mode, size=48))
-    assert x.shape == (5, 3, 48, 48) and x.dtype == np.float32
+    cfg = PreprocessConfig(mode=mode, size=48)
+    x = make_input(phantom(), cfg)
+    assert x.shape == (5, 9 if mode == "stacked_windows" else 3, 48, 48)
+    assert x.shape[1] == cfg.channels and x.dtype == np.float32
     assert x.min() >= 0.0 and x.max() <= 1.0
 
 

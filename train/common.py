@@ -72,7 +72,9 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         help="labels CSV when not <data-root>/stage_2_train.csv (one root only)",
     )
     g.add_argument("--cache-dir", type=Path, required=True, help="preprocessed study cache")
-    g.add_argument("--mode", choices=MODES, default="stacked", help="3-channel input mode")
+    g.add_argument("--mode", choices=MODES, default="stacked",
+                   help="input mode: stacked (the poster's), gray, windows (brain/subdural/"
+                   "bone), stacked_windows (neighbours x windows, 9 channels)")
     g.add_argument("--size", type=int, default=256, help="square input size (px)")
     g.add_argument("--no-crop", dest="crop", action="store_false", help="do not crop to the head")
     g.add_argument("--window", choices=sorted(WINDOWS), default="brain",

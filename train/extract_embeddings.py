@@ -126,7 +126,7 @@ def main(args: argparse.Namespace) -> dict[str, str]:
     dist = common.setup_runtime(args)
     cnn_args, cfg, splits = read_cnn_run(args.cnn_run)
     cache = StudyCache(Path(cnn_args["cache_dir"]) / "studies")
-    model = create_model(cnn_args["arch"], init="random")
+    model = create_model(cnn_args["arch"], init="random", in_channels=cfg.channels)
     common.load_model_weights(args.weights_file or Path(args.cnn_run) / "best_cnn.safetensors",
                               model)
     model = model.to(dist.device).to(memory_format=common.memory_format(args, dist.device))

@@ -37,7 +37,7 @@ from typing import Any
 
 from hohoho_core.cache import build_cache_from_index, study_key
 from hohoho_core.labels import CLASSES, SHORT_NAMES, SUBTYPES
-from hohoho_core.preprocess import PreprocessConfig
+from hohoho_core.preprocess import MODES, PreprocessConfig
 from hohoho_core.system import available_cores
 from train import common, extract_embeddings, train_cnn, train_lstm
 
@@ -71,9 +71,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--randomise", action=argparse.BooleanOptionalAction, default=True,
                    help="domain randomisation in the generator for train, val and test "
                         "(hohoho_core.synthetic.randomise); a plain test split is scored too")
-    p.add_argument("--mode", choices=["stacked", "gray", "windows"], default="stacked",
-                   help="model input: neighbours in the brain window, one slice, or one "
-                        "slice in three windows")
+    p.add_argument("--mode", choices=list(MODES), default="stacked",
+                   help="model input: neighbours in the brain window (stacked), one slice "
+                        "(gray), one slice in three windows (windows), or the neighbours in "
+                        "the three windows (stacked_windows, 9 channels)")
     p.add_argument("--min-slices", type=int, default=20)
     p.add_argument("--max-slices", type=int, default=40)
     p.add_argument("--size", type=int, default=128, help="model input size (px)")
@@ -369,6 +370,8 @@ _MODE_TEXT = {
     "stacked": "stacked input (slices i-1, i, i+1 in the brain window 40/80)",
     "gray": "one slice in the brain window 40/80, repeated in three channels",
     "windows": "one slice in three windows (brain 40/80, subdural 80/200, bone 600/2800)",
+    "stacked_windows": "slices i-1, i, i+1 in each of three windows (brain 40/80, subdural "
+                       "80/200, bone 600/2800): nine channels, first convolution widened",
 }
 
 #: The project's bar for the demo model (issue 4): macro slice F2 of CNN + LSTM on the test

@@ -239,7 +239,7 @@ def predict_fold(
 
     Returns (image_ids, study keys, probabilities ``(N, 6)``), rows in dataset order.
     """
-    model = create_model(arch, init="random")
+    model = create_model(arch, init="random", in_channels=cfg.channels)
     common.load_checkpoint(fold_dir / "checkpoint", model)
     mformat = common.memory_format(args, dist.device)
     model = model.to(dist.device).to(memory_format=mformat)

@@ -130,7 +130,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         common.write_json(run_dir / "args.json", common.args_to_dict(args))
     data = common.prepare_data(args, dist, run_dir)
     loader, ds = build_loaders(args, data, dist)
-    classifier = create_model(args.arch, init="random")
+    classifier = create_model(args.arch, init="random", in_channels=data.cfg.channels)
     net: nn.Module = SimCLRNet(classifier, ProjectionHead(classifier.embed_dim, args.proj_hidden,
                                                           args.proj_dim))
     net = net.to(dist.device).to(memory_format=common.memory_format(args, dist.device))

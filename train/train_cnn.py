@@ -230,7 +230,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return {"splits": {k: len(v) for k, v in data.splits.items()}}
     train_loader, val_loader, train_ds = build_loaders(args, data, dist)
 
-    model = create_model(args.arch, init=args.init).to(dist.device)
+    model = create_model(args.arch, init=args.init, in_channels=data.cfg.channels)
+    model = model.to(dist.device)
     model = model.to(memory_format=common.memory_format(args, dist.device))
     if dist.distributed:
         ids = [dist.device.index] if dist.device.type == "cuda" else None

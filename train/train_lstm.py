@@ -249,7 +249,7 @@ def write_weights(args: argparse.Namespace, lstm: SequenceModel, metrics: dict[s
     from train.extract_embeddings import read_cnn_run
 
     cnn_args, cfg, splits = read_cnn_run(args.cnn_run)
-    cnn = create_model(cnn_args["arch"], init="random")
+    cnn = create_model(cnn_args["arch"], init="random", in_channels=cfg.channels)
     common.load_model_weights(Path(args.cnn_run) / "best_cnn.safetensors", cnn)
     data = {"splits": {k: len(v) for k, v in splits.items()}}
     if args.data_json is not None:
