@@ -7,6 +7,10 @@ predict  PATH... [--weights DIR] [--out preds.csv|preds.json] [--batch-size N] [
          studies are shared out by rank and rank 0 merges the parts.
 index    DATA_DIR [--labels CSV] [--workers N] [--cache-dir DIR]: index an RSNA-layout folder.
 audit    --data DIR --probs oof.csv --out flags.csv: rank likely label errors.
+evaluate --data DIR [--weights DIR] [--out report.json] [--beta 2] [--retune NEW_DIR
+         [--sensitivity S]]: score a weights folder on a labelled RSNA-layout folder, per
+         class, with the weights' thresholds and with thresholds picked on that data;
+         ``--retune`` writes those thresholds into a new weights folder.
 
 Unusable input ends with exit code 2 and one line on stderr (no traceback, no patient
 identifiers). Heavy modules are imported inside each subcommand.
@@ -242,6 +246,144 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finite(obj: Any) -> Any:
+    """JSON-ready copy with every NaN or infinity as None (strict JSON, no ``NaN``)."""
+    import math
+
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "tolist"):
+        return _finite(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _evaluation_table(reports: dict[str, dict[str, Any]]) -> list[str]:
+    from hohoho_core.labels import CLASSES
+
+    def f(x: Any) -> str:
+        return "   -  " if x is None else f"{x:6.3f}"
+
+    lines = []
+    for stage, rep in reports.items():
+        lines.append(f"{stage}: slice F-beta at the weights' thresholds / at thresholds "
+                     "picked here, AUC, ECE")
+        for c in CLASSES:
+            lines.append(
+                f"  {c:<17}{f(rep['slice']['per_class'][c])} {f(rep['tuned']['slice']['per_class'][c])}"
+                f" {f(rep['auc'][c])} {f(rep['ece'][c])}"
+            )
+        lines.append(
+            f"  {'macro':<17}{f(rep['slice']['macro'])} {f(rep['tuned']['slice']['macro'])}"
+            f" {f(rep['auc_macro'])} {f(rep['ece_macro'])}"
+        )
+        study = rep.get("study") or {}
+        if study:
+            lines.append(f"  study-level macro F-beta at the weights' thresholds: "
+                         f"{f(study.get('macro')).strip()}")
+    return lines
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    if not data.is_dir():
+        raise CliError(f"{data}: no such folder")
+    if args.beta <= 0:
+        raise CliError(f"--beta must be > 0, got {args.beta}")
+    if args.sensitivity is not None:
+        if args.retune is None:
+            raise CliError("--sensitivity picks retuned thresholds: give --retune NEW_DIR")
+        if not 0.0 < args.sensitivity <= 1.0:
+            raise CliError(f"--sensitivity must be in (0, 1], got {args.sensitivity}")
+    weights = Path(args.weights) if args.weights else default_weights()
+    if not weights.is_dir():
+        raise CliError(
+            f"weights folder {weights} not found (pass --weights DIR or set ${WEIGHTS_ENV})"
+        )
+    retune = Path(args.retune) if args.retune else None
+    if retune is not None and retune.exists() and (
+        retune.resolve() == weights.resolve() or not retune.is_dir() or any(retune.iterdir())
+    ):
+        raise CliError(f"--retune {retune} exists and is not an empty folder: choose a new one")
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_out(out)
+
+    import numpy as np
+
+    from hohoho_core.atomic import atomic_write_text
+    from hohoho_core.evaluate import evaluate_index, score
+    from hohoho_core.predict import Predictor
+    from hohoho_core.retune import retune_thresholds, write_retuned
+    from hohoho_core.rsna import build_index
+    from hohoho_core.runtime import configure_torch
+    from hohoho_core.system import available_cores
+
+    configure_torch(available_cores(), deterministic=True)
+    predictor = Predictor.from_folder(weights, device=args.device or "cpu",
+                                      batch_size=args.batch_size)
+    try:
+        index = build_index(data, labels_csv=args.labels, workers=1,
+                            progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as err:
+        raise CliError(f"{data}: {err}") from None
+    table = index.table
+    if table.empty or "any" not in table.columns or not (table["any"] >= 0).any():
+        raise CliError(f"{data}: no labelled slices to evaluate on")
+    try:
+        pred, reports = evaluate_index(predictor, data, table, study_auc=True, tune=True)
+    except ValueError as err:
+        raise CliError(f"{data}: {err}") from None
+    # evaluate_index tunes F2; with another beta the whole report uses that beta.
+    if args.beta != 2.0:
+        cfg = predictor.config
+        cnn_thr = np.asarray(cfg.cnn_thresholds or cfg.thresholds, dtype=np.float64)
+        reports = {"cnn": score(pred.labels, pred.cnn_prob, cnn_thr, pred.study_ids,
+                                beta=args.beta, study_auc=True, tune=True)}
+        if predictor.lstm is not None:
+            reports["cnn_lstm"] = score(pred.labels, pred.prob, predictor.thresholds,
+                                        pred.study_ids, beta=args.beta, study_auc=True,
+                                        tune=True)
+    result: dict[str, Any] = {
+        "weights": str(weights), "data": str(data), "beta": args.beta,
+        "studies": int(len(set(pred.study_ids.tolist()))), "slices": int(len(pred)),
+        "unreadable_files": len(index.unreadable), "skipped_slices": len(index.skipped),
+        "reports": reports,
+    }
+    for line in _evaluation_table(reports):
+        print(line)
+    print(f"{result['studies']} studies, {result['slices']} slices "
+          f"({result['unreadable_files']} unreadable files, {result['skipped_slices']} "
+          "skipped slices)")
+    if retune is not None:
+        cfg = predictor.config
+        rule = ({"rule": "sensitivity", "target": args.sensitivity}
+                if args.sensitivity is not None else {"rule": "fbeta", "beta": args.beta})
+        final_thr = retune_thresholds(pred.labels, pred.prob, np.asarray(cfg.thresholds),
+                                      beta=args.beta, sensitivity=args.sensitivity)
+        cnn_thr = None
+        if cfg.cnn_thresholds is not None or predictor.lstm is not None:
+            base = np.asarray(cfg.cnn_thresholds or cfg.thresholds, dtype=np.float64)
+            cnn_thr = retune_thresholds(pred.labels, pred.cnn_prob, base, beta=args.beta,
+                                        sensitivity=args.sensitivity)
+        note = {**rule, "data": data.name, "studies": result["studies"],
+                "slices": result["slices"], "from_weights": weights.name}
+        try:
+            write_retuned(weights, retune, final_thr, cnn_thr, note)
+        except FileExistsError as err:
+            raise CliError(str(err)) from None
+        result["retuned"] = {"folder": str(retune), "thresholds": final_thr,
+                             "cnn_thresholds": cnn_thr, **rule}
+        print(f"retuned thresholds ({rule['rule']}) -> {retune}")
+    if out is not None:
+        atomic_write_text(out, json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+        print(f"report -> {out}")
+    return 0
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hohoho_core",
@@ -283,6 +425,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, help="labels CSV (default: the folder's)")
     p.add_argument("--top", type=int, default=None, help="keep the N highest-ranked rows")
     p.set_defaults(func=_cmd_audit)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score weights on a labelled RSNA-layout folder; optionally retune thresholds",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data", required=True, help="labelled RSNA-layout folder")
+    p.add_argument("--labels", default=None, help="labels CSV (default: the folder's)")
+    p.add_argument("--weights", default=None,
+                   help=f"weights folder (default: ${WEIGHTS_ENV} or the repository's weights/)")
+    p.add_argument("--out", default=None, help="write the full report as JSON here")
+    p.add_argument("--beta", type=float, default=2.0, help="F-beta's beta (2: F2)")
+    p.add_argument("--retune", default=None, metavar="NEW_DIR",
+                   help="write a copy of the weights with thresholds picked on this data")
+    p.add_argument("--sensitivity", type=float, default=None,
+                   help="with --retune: per class, the highest threshold whose slice "
+                   "recall reaches this target (instead of maximising F-beta)")
+    p.add_argument("--batch-size", type=int, default=16, help="slices per CNN batch")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu)")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
