@@ -101,3 +101,30 @@ def test_evaluate_refuses_to_overwrite_and_bad_arguments(
     empty = tmp_path / "unlabelled"
     empty.mkdir()
     assert main(["evaluate", "--weights", str(weights_dir), "--data", str(empty)]) == 2
+
+
+def test_predict_sample_submission_check_lists_missing_images(
+    weights_dir: Path, labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    data = tmp_path / "test_set"
+    shutil.copytree(labelled, data)
+    files = sorted((data / "stage_2_train").glob("*.dcm"))
+    ids = [f.stem for f in files]
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ID,Label\n" + "".join(f"{i}_{c},0.5\n" for i in ids for c in CLASSES))
+    out = tmp_path / "sub.csv"
+    assert main(["predict", str(data), "--weights", str(weights_dir), "--out", str(out),
+                 "--sample-submission", str(sample)]) == 0
+    assert f"all {len(ids)} images" in capsys.readouterr().out
+    # A corrupt file: reported by name, and the submission check fails listing its ID.
+    files[3].write_bytes(files[3].read_bytes()[:1500])  # truncated, as a broken copy is
+    assert main(["predict", str(data), "--weights", str(weights_dir), "--out", str(out),
+                 "--sample-submission", str(sample)]) == 2
+    err = capsys.readouterr().err
+    assert "1 files not used" in err and files[3].name in err
+    assert ".csv" not in err  # the labels CSVs beside the images are not noise here
+    assert f"1 of {len(ids)} images of the sample submission have no prediction" in err
+    assert ids[3] in err
+    assert out.is_file()  # the work is kept
