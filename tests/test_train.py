@@ -117,17 +117,54 @@ def test_training_reads_no_dicom_and_resumes(demo, tmp_path, monkeypatch) -> Non
     monkeypatch.setattr(hohoho_core.dicom, "load_study", no_dicom)
     tc = script("train_cnn")
     out = tmp_path / "cnn"
-    tc.main(tc.get_args_parser().parse_args(_cnn_args(demo, out, "--optimizer", "sgd")))
+    first = _cnn_args(demo, out, "--optimizer", "sgd")
+    first[first.index("--epochs") + 1] = "2"
+    tc.main(tc.get_args_parser().parse_args(first))
     state = json.loads((out / "checkpoint.json").read_text())
-    assert state["state"]["epoch"] == 0 and state["state"]["args"]["optimizer"] == "sgd"
-    resume = _cnn_args(demo, out, "--optimizer", "sgd", "--resume", str(out))
-    resume[resume.index("--epochs") + 1] = "2"
+    assert state["state"]["epoch"] == 1 and state["state"]["args"]["optimizer"] == "sgd"
+    # Simulate a run stopped after epoch 0: its checkpoint says epoch 0, its log one row.
+    state["state"]["epoch"] = 0
+    (out / "checkpoint.json").write_text(json.dumps(state))
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    (out / "log.csv").write_text("\n".join(rows[:2]) + "\n")
+    # Resume with nothing but --resume: --optimizer sgd and --epochs 2 come from the run.
+    resume = _cnn_args(demo, out, "--resume", str(out))
+    at = resume.index("--epochs")
+    resume = resume[:at] + resume[at + 2 :]
     tc.main(tc.get_args_parser().parse_args(resume))
     rows = (out / "log.csv").read_text().strip().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["0", "1"]
     assert json.loads((out / "checkpoint.json").read_text())["state"]["epoch"] == 1
-    with pytest.raises(SystemExit, match="optimizer"):
-        tc.main(tc.get_args_parser().parse_args(_cnn_args(demo, out, "--resume", str(out))))
+    # A different value for a setting of the run is refused, naming it.
+    with pytest.raises(SystemExit, match="batch-size 8"):
+        tc.main(tc.get_args_parser().parse_args(
+            _cnn_args(demo, out, "--resume", str(out), "--batch-size", "8")))
+
+
+def test_run_folder_is_never_mixed(demo, tmp_path) -> None:
+    tc = script("train_cnn")
+    out = tmp_path / "cnn"
+    tc.main(tc.get_args_parser().parse_args(_cnn_args(demo, out)))
+    log_before = (out / "log.csv").read_text()
+    with pytest.raises(SystemExit, match="already holds a run"):
+        tc.main(tc.get_args_parser().parse_args(_cnn_args(demo, out)))
+    assert (out / "log.csv").read_text() == log_before  # nothing appended or replaced
+    # --overwrite starts again: one epoch 0 row, not two
+    tc.main(tc.get_args_parser().parse_args(_cnn_args(demo, out, "--overwrite")))
+    rows = (out / "log.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0"]
+    # Paths are saved absolute, so the run folder works from any working directory.
+    saved = json.loads((out / "args.json").read_text())
+    assert Path(saved["cache_dir"]).is_absolute() and Path(saved["output_dir"]).is_absolute()
+
+
+def test_strict_json_never_writes_nan(tmp_path) -> None:
+    from train import common
+
+    common.write_json(tmp_path / "x.json", {"f2": float("nan"), "a": [1.0, float("inf")]})
+    text = (tmp_path / "x.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"f2": None, "a": [1.0, None]}
 
 
 @pytest.mark.slow

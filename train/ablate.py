@@ -135,7 +135,8 @@ def run_cnn(args: argparse.Namespace, data_args: list[str], name: str, extra: li
         # one split for every row: later runs read the first run's split file
         data = [*_data_only(data), "--splits", str(splits_from)]
     cmd = [*data, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-           "--lr", str(args.lr), "--output-dir", str(run / "cnn"), *_runtime(args), *extra]
+           "--lr", str(args.lr), "--output-dir", str(run / "cnn"), "--overwrite", *_runtime(args),
+           *extra]
     train_cnn.main(train_cnn.get_args_parser().parse_args(cmd))
     extract_embeddings.main(extract_embeddings.get_args_parser().parse_args(
         ["--cnn-run", str(run / "cnn"), "--output-dir", str(run / "emb"),

@@ -110,11 +110,12 @@ def add_runtime_args(parser: argparse.ArgumentParser) -> None:
 
 
 def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:
-    """JSON-ready copy of resolved arguments (paths as strings)."""
+    """JSON-ready copy of resolved arguments (paths as absolute strings, so a run folder's
+    ``args.json`` still points at its cache from another working directory)."""
 
     def conv(v: Any) -> Any:
         if isinstance(v, Path):
-            return str(v)
+            return str(v.absolute())
         if isinstance(v, list | tuple):
             return [conv(x) for x in v]
         return v
@@ -444,9 +445,70 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # scripts keep calling ``common.save_checkpoint`` and friends.
 
 
+def finite_json(obj: Any) -> Any:
+    """A copy whose NaN and infinite floats are None: strict JSON that every parser reads."""
+    if isinstance(obj, Mapping):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, str):
+        return finite_json(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
-    """Indented JSON (non-JSON values as ``str``), written atomically."""
-    atomic_write_text(Path(path), json.dumps(obj, indent=2, default=str) + "\n")
+    """Indented strict JSON (NaN as null, other non-JSON values as ``str``), atomically."""
+    text = json.dumps(finite_json(obj), indent=2, default=str, allow_nan=False)
+    atomic_write_text(Path(path), text + "\n")
+
+
+#: Files that mark a folder as holding a stage-1 run (``train_cnn``'s outputs).
+RUN_FILES = ("args.json", "log.csv", "checkpoint.json", "best_cnn.safetensors", "result.json")
+#: Arguments a resumed run may change: where and how fast it runs, not what it trains.
+RESUME_FREE = frozenset({
+    "resume", "overwrite", "output_dir", "workers", "prep_workers", "threads", "progress",
+    "device", "dist_backend", "eval_batch_size", "channels_last",
+})
+
+
+def refuse_taken_run_dir(args: argparse.Namespace) -> None:
+    """Refuse an ``--output-dir`` that already holds a run (`RUN_FILES`) unless ``--resume``
+    or ``--overwrite`` says what to do; ``--overwrite`` removes the old run files first (a
+    new run never appends to an old ``log.csv``). Call on the main process only."""
+    if getattr(args, "resume", None) is not None:
+        return
+    run_dir = Path(args.output_dir)
+    taken = [n for n in RUN_FILES if (run_dir / n).exists()]
+    if taken and not getattr(args, "overwrite", False):
+        raise SystemExit(
+            f"{run_dir} already holds a run ({', '.join(taken)}): pass --resume {run_dir} "
+            "to continue it, --overwrite to start it again, or another --output-dir"
+        )
+    for n in taken:
+        (run_dir / n).unlink(missing_ok=True)
+
+
+def restore_resume_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                        saved: Mapping[str, Any]) -> list[str]:
+    """On ``--resume``: every argument left at its default takes the checkpoint's value
+    (``saved``), and one given with another value is refused (the learning-rate schedule,
+    sampling and epochs must stay those of the run). Returns the restored names."""
+    restored, conflicts = [], []
+    current = args_to_dict(args)
+    for name, value in saved.items():
+        if name in RESUME_FREE or name not in current or current[name] == value:
+            continue
+        default = parser.get_default(name)
+        if current[name] == args_to_dict(argparse.Namespace(x=default))["x"]:
+            setattr(args, name, Path(value) if isinstance(default, Path) else value)
+            restored.append(name)
+        else:
+            conflicts.append(f"--{name.replace('_', '-')} {current[name]} (the run has {value})")
+    if conflicts:
+        raise SystemExit("cannot resume with other settings: " + "; ".join(conflicts))
+    return restored
 
 
 # --- logs -----------------------------------------------------------------------------

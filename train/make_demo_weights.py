@@ -296,7 +296,7 @@ def stage_args(args: argparse.Namespace, work: Path, cache_dir: Path, splits_fil
         *([] if args.steps_per_epoch is None else ["--steps-per-epoch",
                                                    str(args.steps_per_epoch)]),
         "--positive-fraction", str(args.positive_fraction), "--augment", "generous",
-        "--seed", str(args.seed), "--device", "cpu", "--output-dir", str(work / "cnn"),
+        "--seed", str(args.seed), "--device", "cpu", "--output-dir", str(work / "cnn"), "--overwrite",
         "--cpu-bf16" if args.cpu_bf16 == "on" else "--no-cpu-bf16", *prog, *threads,
     ]
     emb = ["--cnn-run", str(work / "cnn"), "--output-dir", str(work / "emb"),

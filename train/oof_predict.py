@@ -225,7 +225,7 @@ def train_fold(args: argparse.Namespace, fold: int, splits: dict[str, list[str]]
     common.write_json(split_file, splits)
     cnn_args = train_cnn.get_args_parser().parse_args(
         [*base_train_args(args, cache_dir), "--splits", str(split_file),
-         "--seed", str(args.seed + fold), "--output-dir", str(fold_dir)]
+         "--seed", str(args.seed + fold), "--output-dir", str(fold_dir), "--overwrite"]
     )
     result = train_cnn.main(cnn_args)
     return fold_dir, result

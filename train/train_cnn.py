@@ -66,7 +66,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--labeled-fraction", type=float, default=1.0,
                    help="train on this fraction of the train studies (poster's small set)")
     g.add_argument("--resume", type=Path, default=None,
-                   help="checkpoint stem or run folder to resume from")
+                   help="checkpoint stem or run folder to resume from (its saved arguments "
+                   "are restored; different ones are refused)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start again in an --output-dir that holds a run (its files are "
+                   "removed first); without it such a folder is refused")
     g.add_argument("--prepare-only", action="store_true",
                    help="index, cache and split, then stop (run once before multi-node jobs)")
     g = p.add_argument_group("augmentation (on HU, before windowing)")
@@ -215,12 +219,19 @@ def _resume_stem(path: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    restored = [] if args.resume is None else common.restore_resume_args(
+        args, get_args_parser(), common.read_checkpoint_state(_resume_stem(args.resume))["args"])
     dist = common.setup_runtime(args)
     run_dir = Path(args.output_dir)
     main_proc = dist.rank == 0
     if main_proc:
+        common.refuse_taken_run_dir(args)
+        if restored:
+            log.info("resume: restored --%s from the checkpoint", ", --".join(restored))
         run_dir.mkdir(parents=True, exist_ok=True)
-        common.write_json(run_dir / "args.json", common.args_to_dict(args))
+        # --prepare-only is not a run: the training run that follows may use the folder
+        name = "prepare_args.json" if args.prepare_only else "args.json"
+        common.write_json(run_dir / name, common.args_to_dict(args))
     data = common.prepare_data(args, dist, run_dir)
     if args.prepare_only:
         if main_proc:
@@ -243,13 +254,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     start, best = 0, {"val_f2": -1.0}
     if args.resume is not None:
-        stem = _resume_stem(args.resume)
-        saved = common.read_checkpoint_state(stem)["args"]
-        for name in ("arch", "optimizer", "mode", "size"):
-            if saved.get(name) != getattr(args, name):
-                raise SystemExit(f"cannot resume: the checkpoint has --{name} {saved.get(name)}, "
-                                 f"this run asks for {getattr(args, name)}")
-        state = common.load_checkpoint(stem, model, optimizer)
+        # protect_run_dir has already made the arguments those of the checkpoint
+        state = common.load_checkpoint(_resume_stem(args.resume), model, optimizer)
         start, best = int(state["epoch"]) + 1, state.get("best", best)
         log.info("resumed from epoch %d", state["epoch"])
 
