@@ -40,7 +40,8 @@ COMPARISONS = ("loss", "input", "lstm", "simclr")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Run the poster's ablations, write a markdown table")
+    p = argparse.ArgumentParser(description="Run the poster's ablations, write a markdown table",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", action="store_true",
                      help="generate synthetic train/val/test sets (fixed seeds)")

@@ -32,7 +32,8 @@ log = logging.getLogger("hohoho.train")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Extract per-slice embeddings and logits")
+    p = argparse.ArgumentParser(description="Extract per-slice embeddings and logits",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cnn-run", type=Path, required=True, help="train_cnn.py output folder")
     p.add_argument("--weights-file", type=Path, default=None,
                    help="model tensors (default: <cnn-run>/best_cnn.safetensors)")

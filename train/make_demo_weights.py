@@ -52,7 +52,8 @@ QUICK = {
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Train the demo weights from synthetic data")
+    p = argparse.ArgumentParser(description="Train the demo weights from synthetic data",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("weights"), help="weights folder to write")
     p.add_argument("--data-dir", type=Path, default=Path("data/demo_train"))
     p.add_argument("--work-dir", type=Path, default=Path("runs/demo"))

@@ -62,7 +62,8 @@ log = logging.getLogger("hohoho.train")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="k-fold out-of-fold probabilities for the audit")
+    p = argparse.ArgumentParser(description="k-fold out-of-fold probabilities for the audit",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", type=Path, required=True,
                    help="RSNA-layout folder: stage_2_train.csv + stage_2_train/*.dcm")
     p.add_argument("--labels", type=Path, default=None,

@@ -37,7 +37,8 @@ BACKBONE_FILE = "simclr_backbone.safetensors"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="SimCLR pre-training on unlabelled CT slices")
+    p = argparse.ArgumentParser(description="SimCLR pre-training on unlabelled CT slices",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common.add_data_args(p)
     p.add_argument("--arch", choices=MODEL_NAMES, default="resnet18")
     p.add_argument("--use-splits", nargs="+", choices=["train", "val"], default=["train"])

@@ -41,7 +41,8 @@ log = logging.getLogger("hohoho.train")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Stage 1: train the slice CNN", add_help=True)
+    p = argparse.ArgumentParser(description="Stage 1: train the slice CNN",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     common.add_data_args(p)
     g = p.add_argument_group("model")
     g.add_argument("--arch", choices=MODEL_NAMES, default="resnet18")

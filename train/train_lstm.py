@@ -43,7 +43,8 @@ log = logging.getLogger("hohoho.train")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Stage 2: sequence model over slice embeddings")
+    p = argparse.ArgumentParser(description="Stage 2: sequence model over slice embeddings",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cnn-run", type=Path, required=True, help="train_cnn.py output folder")
     p.add_argument("--embeddings", type=Path, required=True, help="extract_embeddings output")
     p.add_argument("--weights-out", type=Path, default=None,
