@@ -270,12 +270,21 @@ def _cmd_index(args: argparse.Namespace) -> int:
         )
     print(f"slices: {len(table)}")
     print(f"studies: {table['study_uid'].nunique()}")
+    from hohoho_core.rsna import default_index_cache_dir
+
+    cache = Path(args.cache_dir) if args.cache_dir else default_index_cache_dir()
+    print(f"header index cached under: {cache} (--cache-dir to choose)")
     print(f"series: {table['series_uid'].nunique()}")
     print(f"unreadable files: {len(getattr(index, 'unreadable', []))}")
     print(f"missing files (labelled, no file): {len(index.missing_files)}")
     print(f"missing labels (file, no label): {len(index.missing_labels)}")
     present = [c for c in CLASSES if c in table.columns]
-    if present:
+    labelled = bool(present) and bool((table[present[-1]] >= 0).any())
+    if not labelled:
+        # Not an error (a test folder has no labels), but training and evaluate need them.
+        print("labels: none (no labels CSV found or given): the folder can be predicted, "
+              "not trained or evaluated on")
+    if present and labelled:
         # Label columns hold 1, 0, or -1 for unlabelled.
         counts = ", ".join(f"{c} {int((table[c] == 1).sum())}" for c in present)
         print(f"positive slices: {counts}")

@@ -46,6 +46,7 @@ __all__ = [
     "UNLABELLED",
     "RsnaIndex",
     "build_index",
+    "default_index_cache_dir",
     "default_labels_csv",
     "dicom_folder",
     "image_series",
@@ -511,7 +512,7 @@ def build_index(
     names = _listing(folder)
     if not names:
         raise FileNotFoundError(_nothing_to_index(root))
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else default_index_cache_dir()
     key = _cache_key(root, folder, names, labels_path)
     if use_cache:
         cached = _load_cache(root, cache, key)
@@ -571,7 +572,8 @@ def build_index(
     return index
 
 
-def _default_cache_dir() -> Path:
+def default_index_cache_dir() -> Path:
+    """Where `build_index` caches header tables unless given ``cache_dir``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "hohoho" / "rsna"
 

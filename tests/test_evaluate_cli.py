@@ -128,3 +128,18 @@ def test_predict_sample_submission_check_lists_missing_images(
     assert f"1 of {len(ids)} images of the sample submission have no prediction" in err
     assert ids[3] in err
     assert out.is_file()  # the work is kept
+
+
+def test_index_names_its_cache_and_says_when_a_folder_has_no_labels(
+    labelled: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    cache = tmp_path / "idx"
+    rc, out = _run(["index", str(labelled), "--cache-dir", str(cache)])
+    assert rc == 0 and f"header index cached under: {cache}" in out
+    assert "positive slices:" in out and "labels: none" not in out
+    bare = tmp_path / "bare"
+    shutil.copytree(labelled / "stage_2_train", bare)
+    rc, out = _run(["index", str(bare), "--cache-dir", str(cache)])
+    assert rc == 0 and "labels: none" in out and "positive slices" not in out
