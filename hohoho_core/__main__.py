@@ -101,8 +101,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from hohoho_core import distributed as D
-    from hohoho_core.dicom import StudyLoadError, iter_studies
+    from hohoho_core.dicom import StudyLoadError, scan_source
     from hohoho_core.predict import Predictor, prediction_record, write_predictions
+    from hohoho_core.resultlog import ResultLog, rank_log_path, study_key
     from hohoho_core.runtime import configure_torch
     from hohoho_core.system import available_cores
     from hohoho_core.weights import WeightsError
@@ -128,61 +129,84 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except WeightsError as err:
             raise CliError(f"weights {weights}: {err}") from None
 
-        records: list[dict[str, Any]] = []
+        # Results go to disk study by study (hohoho_core.resultlog): a stopped run keeps
+        # every finished study, and --resume goes on from there.
+        results = ResultLog(rank_log_path(out, info.rank, info.world_size))
+        if results.exists() and not args.resume:
+            raise CliError(
+                f"{results.path} holds the results of an interrupted run: pass --resume to "
+                "continue it, or delete that file to start again"
+            )
+        if not args.resume:
+            results.remove()
+        results.repair()
+        done = results.done()
         skipped: dict[str, str] = {}  # file -> reason, over every study of this rank
         is_main = info.rank == 0
         bar = None  # created after the first load, so an early error prints alone
         order = 0
-        try:
-            for src in sources:
-                # Studies stream one at a time (an RSNA folder holds thousands); rank r
-                # takes every world_size-th, and the global index restores input order.
-                try:
-                    for study in iter_studies(src):
-                        idx, order = order, order + 1
-                        if idx % info.world_size != info.rank:
-                            continue
+        n_new = 0
+        for src in sources:
+            try:
+                with scan_source(src) as scan:
+                    # Every rank numbers the series the same way and takes every
+                    # world_size-th; the number restores the input order at the merge.
+                    owned: dict[str, int] = {}
+                    for s in scan.loadable_series():
+                        if order % info.world_size == info.rank:
+                            owned[study_key(s.study_uid, s.series_uid)] = order
+                        order += 1
+                    for sk in scan.report.skipped:
+                        if _worth_listing(sk.source, sk.reason.value):
+                            skipped.setdefault(sk.source, sk.reason.value)
+
+                    def passed(study_uid: str, series_uid: str,
+                               owned: dict[str, int] = owned) -> bool:
+                        key = study_key(study_uid, series_uid)
+                        return key not in owned or key in done
+
+                    for study in scan.iter_studies(skip=passed):
                         for sk in study.report.skipped:
                             if _worth_listing(sk.source, sk.reason.value):
                                 skipped.setdefault(sk.source, sk.reason.value)
                         rec = prediction_record(predictor.predict(study))
-                        rec["order"] = idx
-                        records.append(rec)
+                        rec["order"] = owned[study_key(study.study_uid, study.series_uid)]
+                        results.append(rec)
+                        n_new += 1
                         if bar is None:  # after the first study, so an early error prints alone
-                            bar = tqdm(
-                                unit="study",
-                                desc="predict",
-                                disable=not is_main,
-                                file=sys.stderr,
-                                leave=False,
-                            )
+                            bar = tqdm(unit="study", desc="predict", disable=not is_main,
+                                       file=sys.stderr, leave=False, initial=len(done))
                         bar.update(1)
-                except StudyLoadError as err:
-                    raise CliError(f"{src}: {err}") from None
-        finally:
-            if bar is not None:
-                bar.close()
+            except StudyLoadError as err:
+                raise CliError(f"{src}: {err}") from None
+        if bar is not None:
+            bar.close()
 
         if info.distributed:
             part = _part_path(out, info.rank)
             part.parent.mkdir(parents=True, exist_ok=True)
-            part.write_text(json.dumps({"records": records, "skipped": skipped}),
-                            encoding="utf-8")
-            D.barrier()
-            if is_main:
-                records = []
+            part.write_text(json.dumps({"skipped": skipped}), encoding="utf-8")
+        D.barrier()
+        logs = [ResultLog(rank_log_path(out, r, info.world_size)) for r in range(info.world_size)]
+        if is_main:
+            if info.distributed:
                 for r in range(info.world_size):
                     p = _part_path(out, r)
-                    part_data = json.loads(p.read_text(encoding="utf-8"))
-                    records.extend(part_data["records"])
-                    for k, v in part_data["skipped"].items():
+                    for k, v in json.loads(p.read_text(encoding="utf-8"))["skipped"].items():
                         skipped.setdefault(k, v)
                     p.unlink()
-        if is_main:
+            # The final file comes from the logs alone, so it is the same whether the run
+            # was interrupted or not.
+            records = [rec for lg in logs for rec in lg.records()]
+            if args.resume and done:
+                print(f"resumed: {len(done)} studies were done, {n_new} predicted now",
+                      file=sys.stderr)
             records.sort(key=lambda r: r["order"])
             for r in records:
                 r.pop("order", None)
             written = write_predictions(records, out)
+            for lg in logs:
+                lg.remove()
             n_images = sum(len(r["image_ids"]) for r in records)
             print(
                 f"{len(records)} studies, {n_images} images -> "
@@ -479,6 +503,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "faster than the naive fp32 path on a 2-core AVX2 CPU, with macro F2 0.0067 away "
         "from fp32 (bar 0.005, not met); probabilities differ by up to about 0.01",
     )
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into the same --out: studies already "
+                   "written to its partial log are skipped")
     p.add_argument("--sample-submission", default=None, metavar="CSV",
                    help="Kaggle sample submission: exit 2 listing its images without a "
                    "prediction (unreadable or absent files)")

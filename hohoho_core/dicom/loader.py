@@ -17,7 +17,7 @@ import contextlib
 import dataclasses
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -252,8 +252,23 @@ class SourceScan:
             raise StudyLoadError(_failure_message(report), report)
         return self._build(chosen, report, _auto_workers(workers))
 
-    def iter_studies(self, *, workers: int | None = None) -> Iterator[Study]:
-        """Every axial (or unknown-orientation) series, one `Study` at a time (`iter_studies`)."""
+    def loadable_series(self) -> list[SeriesSummary]:
+        """The series `iter_studies` loads, in its order (study then series UID)."""
+        return sorted((s for s in self.series if s.orientation in ("axial", "unknown")),
+                      key=lambda s: (s.study_uid, s.series_uid))
+
+    def iter_studies(
+        self,
+        *,
+        workers: int | None = None,
+        skip: Callable[[str, str], bool] | None = None,
+    ) -> Iterator[Study]:
+        """Every axial (or unknown-orientation) series, one `Study` at a time (`iter_studies`).
+
+        ``skip(study_uid, series_uid)``: True passes a series over without decoding it (a
+        resumed batch run skips what is done; a rank skips the other ranks' series). Only
+        when nothing was loaded and nothing was skipped this way is that an error.
+        """
         self._check_open()
         shared = _copy_report(self._report)
         loadable = []
@@ -265,9 +280,12 @@ class SourceScan:
                 shared.skip(
                     rec.source, SkipReason.NOT_AXIAL, f"{s.orientation} series ({s.series_uid})"
                 )
-        n_loaded = 0
+        n_loaded = n_passed = 0
         failed = _copy_report(shared)
         for s in sorted(loadable, key=lambda s: (s.study_uid, s.series_uid)):
+            if skip is not None and skip(s.study_uid, s.series_uid):
+                n_passed += 1
+                continue
             try:
                 study = self._build(s, _copy_report(shared), _auto_workers(workers))
             except StudyLoadError as err:
@@ -275,7 +293,7 @@ class SourceScan:
                 continue
             n_loaded += 1
             yield study
-        if not n_loaded:
+        if not n_loaded and not n_passed:
             raise StudyLoadError(_failure_message(failed), failed)
 
     def close(self) -> None:

@@ -1,0 +1,82 @@
+"""A batch ``predict`` stopped by a real signal resumes to the uninterrupted run's bytes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hohoho_core.resultlog import ResultLog, rank_log_path
+from tests.test_predict import make_weights
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from hohoho_core.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("resume")
+    weights = make_weights(root / "weights")
+    data = root / "rsna"
+    generate_dataset(data, n_studies=6, seed=21, size=96, slices=(8, 9))
+    return weights, data
+
+
+def _cmd(weights: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "hohoho_core", "predict", str(data), "--weights",
+            str(weights), "--out", str(out), *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def test_log_ignores_a_torn_last_line(tmp_path: Path) -> None:
+    log = ResultLog(tmp_path / "x.jsonl")
+    log.append({"study_uid": "1", "series_uid": "2", "p": 0.5})
+    with log.path.open("ab") as fh:
+        fh.write(b'{"study_uid": "3", "ser')  # killed mid-write
+    assert log.done() == {"1/2"}
+    log.repair()
+    log.append({"study_uid": "3", "series_uid": "4"})
+    assert [r["study_uid"] for r in log.records()] == ["1", "3"]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_file(setup: tuple[Path, Path], tmp_path: Path) -> None:
+    weights, data = setup
+    full = tmp_path / "full.csv"
+    res = subprocess.run(_cmd(weights, data, full), cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not rank_log_path(full, 0, 1).exists()  # the log is gone once the file is written
+
+    out = tmp_path / "cut.csv"
+    log = ResultLog(rank_log_path(out, 0, 1))
+    proc = subprocess.Popen(_cmd(weights, data, out), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(log.done()) < 2 and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: only the log survives
+    proc.wait(timeout=30)
+    n_done = len(log.done())
+    assert 2 <= n_done < 6, f"the run was not stopped part-way ({n_done} studies done)"
+    assert not out.exists()
+    # Without --resume the partial results are never thrown away silently.
+    res = subprocess.run(_cmd(weights, data, out), cwd=REPO, env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2 and "--resume" in res.stderr
+    res = subprocess.run(_cmd(weights, data, out, "--resume"), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resumed: {n_done} studies were done, {6 - n_done} predicted now" in res.stderr
+    assert out.read_bytes() == full.read_bytes()
+    studies = out.with_name(f"{out.stem}_studies.csv")
+    assert studies.read_bytes() == full.with_name(f"{full.stem}_studies.csv").read_bytes()
