@@ -368,9 +368,10 @@ def _reason(label: int, cls: str, prob: float, details: str) -> str:
     """One readable sentence: what the label is, which pattern, what the model thinks."""
     flipped = 1 - label
     backs = prob if flipped == 1 else 1.0 - prob
-    verdict = "backs a relabel" if backs >= 0.5 else "supports the label"
+    # Only a relabel has a target; "supports the label to 1" read as the opposite claim.
+    verdict = f"backs a relabel to {flipped}" if backs >= 0.5 else "supports the label"
     head = f"{cls} labelled {label}"
-    model = f"the model gives {prob:.2f} ({verdict} to {flipped})"
+    model = f"the model gives {prob:.2f} ({verdict})"
     if details:
         return f"{head}: {details}; {model}."
     return f"{head}; {model}."
