@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from hohoho_core.audit_boundary import EVIDENCE_TERMS, SliceEvidence, boundary_candidates
+from hohoho_core.audit_any import carry_any
+from hohoho_core.audit_boundary import SliceEvidence, cell_candidates
 from hohoho_core.labels import ANY_INDEX, CLASSES
 from hohoho_core.rsna_csv import Source, read_rsna_csv
 
@@ -384,52 +385,6 @@ def _reason(label: int, cls: str, prob: float, details: str) -> str:
     return f"{head}; {model}."
 
 
-def carry_any(score: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Let a subtype cell and its "any" cell rank together when their flips go together.
-
-    Labels keep "any" equal to the OR of the subtypes, so fixing a subtype often fixes
-    "any" too (and the reverse): flipping subtype ``j`` changes the OR when ``j`` is the
-    only positive subtype of a positive slice, or when the slice is negative for "any".
-    Such an "any" cell gets the larger of its score and its partners'. An "any" 1 with
-    exactly one positive subtype passes its score back to that subtype (if "any" should be
-    0, so should the subtype). An "any" 0 passes nothing back: which subtype would be 1 is
-    not known.
-
-    Args:
-        score: ``(N, 6)`` scores (higher = more suspicious), columns ``CLASSES``.
-        labels: ``(N, 6)`` 0/1 labels.
-
-    Returns:
-        ``(carried (N, 6), partner (N,))``: the scores after carrying, and for each slice
-        the subtype whose score the "any" cell took or tied (-1 where its own was higher
-        or no subtype moves it).
-    """
-    s = np.asarray(score, dtype=np.float64)
-    lab = _check_labels(labels)
-    if s.shape != lab.shape:
-        raise ValueError(f"score {s.shape} and labels {lab.shape} must have the same shape")
-    out = s.copy()
-    n = lab.shape[0]
-    sub, any_col = lab[:, :ANY_INDEX], lab[:, ANY_INDEX]
-    n_pos = sub.sum(axis=1)
-    moves_any = ((sub == 1) & ((n_pos == 1) & (any_col == 1))[:, None]) | (
-        (sub == 0) & (any_col == 0)[:, None]
-    )
-    partner = np.full(n, -1, dtype=np.int64)
-    if n == 0:
-        return out, partner
-    cand = np.where(moves_any, s[:, :ANY_INDEX], -np.inf)
-    best = cand.argmax(axis=1)
-    best_score = cand[np.arange(n), best]
-    take = best_score >= out[:, ANY_INDEX]  # ties pair too: the two cells rank together
-    out[take, ANY_INDEX] = best_score[take]
-    partner[take] = best[take]
-    one = np.flatnonzero((any_col == 1) & (n_pos == 1))
-    j = sub[one].argmax(axis=1)
-    out[one, j] = np.maximum(out[one, j], s[one, ANY_INDEX])
-    return out, partner
-
-
 def audit_cells(
     table: pd.DataFrame,
     prob: np.ndarray,
@@ -493,26 +448,9 @@ def audit_cells(
         rules[rule_str.index.to_numpy()] = rule_str.to_numpy()
         details[detail_str.index.to_numpy()] = detail_str.to_numpy()
 
-    # Boundary candidates: one per cell (the strongest where two runs share a neighbour).
-    cand = boundary_candidates(labels, key.to_numpy(), table["slice_index"].to_numpy(), p, ev)
-    cand = cand.sort_values("boundary_score", ascending=False, kind="stable")
-    cand_cell = cand["row"].to_numpy() * _N_CLASSES + cand["class_index"].to_numpy()
-    cand = cand.loc[~pd.Series(cand_cell).duplicated().to_numpy()]
-    cand_cell = cand["row"].to_numpy() * _N_CLASSES + cand["class_index"].to_numpy()
-    boundary = np.zeros(n_cells)
-    boundary[cand_cell] = cand["boundary_score"].to_numpy()
-    kind = np.full(n_cells, "", dtype=object)
-    kind[cand_cell] = np.where(cand["kind"] == "shorter", "run_shorter", "run_longer")
-    edge = np.full(n_cells, "", dtype=object)
-    edge[cand_cell] = cand["edge"].to_numpy()
-    run_length = np.zeros(n_cells, dtype=np.int64)
-    run_length[cand_cell] = cand["run_length"].to_numpy()
-    terms = {t: np.full(n_cells, np.nan) for t in EVIDENCE_TERMS}
-    for t in EVIDENCE_TERMS:
-        terms[t][cand_cell] = cand[t].to_numpy()
-    cand_detail = np.full(n_cells, "", dtype=object)
-    cand_detail[cand_cell] = [f"{d} (boundary evidence {b:.2f})"
-                              for d, b in zip(cand["detail"], cand["boundary_score"], strict=True)]
+    bc = cell_candidates(labels, key.to_numpy(), table["slice_index"].to_numpy(), p, ev)
+    kind, edge, boundary, terms = bc["candidate"], bc["edge"], bc["boundary_score"], bc["terms"]
+    run_length, cand_detail = bc["run_length"], bc["detail"]
     candidate = kind.copy()
     # A rule names the pattern first; a boundary candidate otherwise; else a plain cell.
     kind = np.where(rules != "", np.array([s.split(";")[0] for s in rules], dtype=object),

@@ -7,7 +7,7 @@ reveal it is how the edge slice compares with its neighbours on each side:
 * the model's probabilities (the sequence model's contextual ones and the per-slice
   CNN's): an edge slice that is truly negative looks like the slice outside the run;
 * the slice embeddings: cosine similarity to the run's inner slices versus the outside;
-* the image itself: the area of acute-blood voxels (50-90 HU, `docs/domain.md`) inside the
+* the image itself: the area of dense acute-blood voxels (60-100 HU, `docs/domain.md`) inside the
   skull, on the edge slice and on both sides.
 
 For every run edge two hypotheses are scored, each as the one cell it would change:
@@ -20,6 +20,7 @@ it is on now. NumPy/pandas in, pandas out; arrays ``(N, 6)`` in ``labels.CLASSES
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -33,10 +34,12 @@ __all__ = [
     "SliceEvidence",
     "blood_area",
     "boundary_candidates",
+    "cell_candidates",
 ]
 
-#: Acute blood (HU), `docs/domain.md`: 50-90 (clot 60-80).
-BLOOD_HU: tuple[float, float] = (50.0, 90.0)
+#: Dense acute blood (HU). `docs/domain.md` gives 50-100 (clot 60-80); below 60, grey matter
+#: (35-45 HU) plus image noise leaks in even after smoothing, so the count starts at 60.
+BLOOD_HU: tuple[float, float] = (60.0, 100.0)
 #: Oriented evidence terms of a candidate (columns of `boundary_candidates`).
 EVIDENCE_TERMS: tuple[str, ...] = ("d_prob", "d_cnn", "d_emb", "d_blood", "s_blood")
 # Scales that map each term to about +-1 in the hand-made boundary score: a logit step of
@@ -84,7 +87,7 @@ def blood_area(
     pixel_spacing: float = 1.0,
     *,
     hu_range: tuple[float, float] = BLOOD_HU,
-    smooth_mm: float = 1.0,
+    smooth_mm: float = 2.0,
 ) -> np.ndarray:
     """Area of acute-blood voxels inside the skull on each slice.
 
@@ -244,6 +247,49 @@ def boundary_candidates(
                      zip(out["kind"], out["edge"], out["run_length"], strict=True)]
     out = out.sort_values(["row", "class_index", "kind"], kind="stable")
     return out[columns].reset_index(drop=True)
+
+
+def cell_candidates(
+    labels: np.ndarray,
+    series: np.ndarray,
+    slice_index: np.ndarray,
+    prob: np.ndarray,
+    evidence: SliceEvidence | None = None,
+) -> dict[str, Any]:
+    """`boundary_candidates` spread over the ``N * 6`` cells (flat index ``row * 6 + class``).
+
+    A cell next to two runs (a one-slice gap between them) keeps its strongest candidate.
+
+    Returns:
+        ``candidate`` (``run_shorter`` | ``run_longer`` | ""), ``edge`` (``start`` |
+        ``end`` | ""), ``boundary_score`` (0 off a candidate), ``run_length`` (0 off a
+        candidate), ``detail`` (a phrase, "" off a candidate), each ``(N * 6,)``, and
+        ``terms``: ``{name: (N * 6,)}`` of `EVIDENCE_TERMS` (NaN off a candidate).
+    """
+    n_cells = np.asarray(labels).shape[0] * _N_CLASSES
+    cand = boundary_candidates(labels, series, slice_index, prob, evidence)
+    cand = cand.sort_values("boundary_score", ascending=False, kind="stable")
+    flat = cand["row"].to_numpy(dtype=np.int64) * _N_CLASSES + cand["class_index"].to_numpy(
+        dtype=np.int64)
+    keep = ~pd.Series(flat).duplicated().to_numpy()
+    cand, flat = cand.loc[keep], flat[keep]
+    out: dict[str, Any] = {
+        "candidate": np.full(n_cells, "", dtype=object),
+        "edge": np.full(n_cells, "", dtype=object),
+        "boundary_score": np.zeros(n_cells),
+        "run_length": np.zeros(n_cells, dtype=np.int64),
+        "detail": np.full(n_cells, "", dtype=object),
+        "terms": {t: np.full(n_cells, np.nan) for t in EVIDENCE_TERMS},
+    }
+    out["candidate"][flat] = np.where(cand["kind"] == "shorter", "run_shorter", "run_longer")
+    out["edge"][flat] = cand["edge"].to_numpy()
+    out["boundary_score"][flat] = cand["boundary_score"].to_numpy()
+    out["run_length"][flat] = cand["run_length"].to_numpy()
+    out["detail"][flat] = [f"{d} (boundary evidence {b:.2f})" for d, b in
+                           zip(cand["detail"], cand["boundary_score"], strict=True)]
+    for t in EVIDENCE_TERMS:
+        out["terms"][t][flat] = cand[t].to_numpy()
+    return out
 
 
 def _candidate(rows, j, kind, edge, length, *, f, cur, join, run, z, zc, emb, blood) -> tuple:

@@ -35,6 +35,7 @@ FEATURES: tuple[str, ...] = (
     "z_model",  # logit of |label - prob| (final, sequence model)
     "z_cnn",  # logit of |label - cnn_prob|
     "z_cleanlab",  # logit of 1 - cleanlab's class-adjusted self-confidence
+    "z_hand",  # logit of the hand-weighted combined score (AuditWeights), a strong prior
     "cleanlab_issue",
     "rule_isolated_positive",
     "rule_gap_in_run",
@@ -71,6 +72,7 @@ def cell_features(cells: pd.DataFrame) -> np.ndarray:
         "z_model": _logit(cells["model_score"].to_numpy()),
         "z_cnn": _logit(cells["cnn_score"].to_numpy()),
         "z_cleanlab": _logit(1.0 - cells["cleanlab_quality"].to_numpy()),
+        "z_hand": _logit(cells["combined_score"].to_numpy()),
         "cleanlab_issue": cells["cleanlab_issue"].to_numpy().astype(np.float64),
         "rule_isolated_positive": cells["rule_isolated_positive"].to_numpy(),
         "rule_gap_in_run": cells["rule_gap_in_run"].to_numpy(),

