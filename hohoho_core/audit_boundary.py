@@ -170,7 +170,8 @@ def boundary_candidates(
           final / CNN probability, where ``f`` is the slice to flip, ``cur`` its
           neighbour on the side it belongs to now and ``join`` its neighbour on the side
           it would join (``shorter``: cur = the run's next inner slice, join = the outside
-          slice; ``longer``: cur = the next outside slice, join = the edge slice);
+          slice; ``longer``: cur = the next outside slice, join = the edge slice; where
+          that outside slice is missing, the negative slice beyond the run's other end);
         * ``d_emb``: cosine similarity of ``f``'s embedding to the side it would join
           minus to its current side (the run side is the mean of the run's slices other
           than ``f``);
@@ -209,21 +210,20 @@ def boundary_candidates(
                 for edge, e, step in (("start", first, -1), ("end", last, 1)):
                     o = e + step  # the outside neighbour
                     inner = e - step if length >= 2 else None
-                    if length >= 2 and 0 <= o < m:
+                    # A negative slice beyond the run's other end: the reference for "outside"
+                    # where this side has none (series end, or another run one slice away).
+                    other = (last + 1) if step == -1 else (first - 1)
+                    other = other if 0 <= other < m and col[other] == 0 else None
+                    if length >= 2:
+                        outside = o if 0 <= o < m else other
                         records.append(_candidate(rows, j, "shorter", edge, length, f=e,
-                                                  cur=inner, join=o, run=(first, last),
-                                                  z=z, zc=zc, emb=emb, blood=blood))
-                    elif length >= 2:
-                        # Run cut by the end of the series: no outside slice to compare with.
-                        records.append(_candidate(rows, j, "shorter", edge, length, f=e,
-                                                  cur=inner, join=None, run=(first, last),
+                                                  cur=inner, join=outside, run=(first, last),
                                                   z=z, zc=zc, emb=emb, blood=blood))
                     if 0 <= o < m and col[o] == 0:
                         o2 = o + step
+                        cur = o2 if 0 <= o2 < m and col[o2] == 0 else other
                         records.append(_candidate(rows, j, "longer", edge, length, f=o,
-                                                  cur=o2 if 0 <= o2 < m and col[o2] == 0
-                                                  else None,
-                                                  join=e, run=(first, last),
+                                                  cur=cur, join=e, run=(first, last),
                                                   z=z, zc=zc, emb=emb, blood=blood))
     columns = ["row", "class", "class_index", "kind", "edge", "run_length", "proposed_label",
                *EVIDENCE_TERMS, "boundary_score", "detail"]

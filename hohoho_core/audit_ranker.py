@@ -47,8 +47,20 @@ FEATURES: tuple[str, ...] = (
     "log_run_length",
     "label",
     "is_any",
+    # Products, so a linear model can trust a signal more in one context than another.
+    "rule_x_z_model",
+    "rule_x_z_cnn",
+    "candidate_x_z_model",
+    "candidate_x_z_cnn",
+    "shorter_x_d_blood",
+    "longer_x_d_blood",
+    "shorter_x_d_emb",
+    "longer_x_d_emb",
+    "shorter_x_z_model",
+    "longer_x_z_model",
 )
-_CLIP = 0.01
+# Finer than AuditWeights' clip: many cells sit at 0.99 or beyond, and their order matters.
+_CLIP = 1e-4
 FORMAT = "hohoho-audit-ranker"
 VERSION = 1
 
@@ -86,6 +98,16 @@ def cell_features(cells: pd.DataFrame) -> np.ndarray:
         "label": cells["label"].to_numpy(dtype=np.float64),
         "is_any": (cells["class_index"].to_numpy() == ANY_INDEX).astype(np.float64),
     }
+    rule = np.maximum.reduce([cols["rule_isolated_positive"], cols["rule_gap_in_run"],
+                              cols["rule_any_inconsistent"]])
+    cand = cols["is_shorter"] + cols["is_longer"]
+    for a, b in (("rule", "z_model"), ("rule", "z_cnn"), ("candidate", "z_model"),
+                 ("candidate", "z_cnn"), ("shorter", "d_blood"), ("longer", "d_blood"),
+                 ("shorter", "d_emb"), ("longer", "d_emb"), ("shorter", "z_model"),
+                 ("longer", "z_model")):
+        left = {"rule": rule, "candidate": cand, "shorter": cols["is_shorter"],
+                "longer": cols["is_longer"]}[a]
+        cols[f"{a}_x_{b}"] = left * cols[b]
     return np.column_stack([np.asarray(cols[f], dtype=np.float64) for f in FEATURES])
 
 
