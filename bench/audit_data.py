@@ -4,7 +4,7 @@ Two generators: the project's own (``hohoho_core.synthetic.make_study``) and the
 independent one in ``bench/foreign_phantom.py``, which shares no code with it and which
 the shipped model never saw. Each study is rendered, run through the shipped weights on the
 CPU (``Predictor.predict_input`` and ``sequence_prob``: CNN probabilities, embeddings,
-LSTM probabilities) and measured for acute-blood area (``audit_boundary.blood_area``).
+LSTM probabilities) and measured for acute blood (``audit_boundary.blood_map``: how much, where).
 Only those arrays are kept (cached as ``.npz``, never pickled): label noise is drawn
 afterwards, as often as wanted, on the clean labels (``inject_label_noise``), and a
 model that never trained on these studies stays out of sample for every draw.
@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hohoho_core.audit_boundary import SliceEvidence, blood_area
+from hohoho_core.audit_boundary import SliceEvidence, blood_map
 from hohoho_core.labels import CLASSES, SUBTYPES
 from hohoho_core.predict import Predictor
 from hohoho_core.preprocess import make_input
 from hohoho_core.synthetic.labelnoise import inject_label_noise
 
 #: Bump when what a cached set holds changes.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 @dataclass
@@ -38,7 +38,8 @@ class StudySet:
     """Slices of many studies, concatenated in study order, slice 0 inferior.
 
     ``labels`` are the clean labels ``(N, 6)``; ``prob`` the LSTM's, ``cnn_prob`` the CNN's
-    ``(N, 6)``; ``embeddings`` ``(N, 512)``; ``blood`` ``(N,)`` mm^2; ``study`` ``(N,)``
+    ``(N, 6)``; ``embeddings`` ``(N, 512)``; ``blood`` ``(N,)`` mm^2 and ``blood_map``
+    ``(N, 32, 32)`` where it is; ``study`` ``(N,)``
     study number; ``index`` ``(N,)`` slice position in its study.
     """
 
@@ -48,6 +49,7 @@ class StudySet:
     cnn_prob: np.ndarray
     embeddings: np.ndarray
     blood: np.ndarray
+    blood_map: np.ndarray
     study: np.ndarray
     index: np.ndarray
     seconds: float
@@ -55,7 +57,7 @@ class StudySet:
     @property
     def evidence(self) -> SliceEvidence:
         return SliceEvidence(cnn_prob=self.cnn_prob, embeddings=self.embeddings,
-                             blood=self.blood)
+                             blood=self.blood, blood_map=self.blood_map)
 
     def image_ids(self) -> np.ndarray:
         return np.array([f"ID_{self.name}_{s}_{i}" for s, i in
@@ -85,7 +87,7 @@ class StudySet:
             z = np.log(p / (1 - p)) * rng.uniform(0.5, 1.0) + rng.normal(0, sigma, p.shape)
             out[k] = 1.0 / (1.0 + np.exp(-z))
         return StudySet(name=self.name, labels=self.labels, embeddings=self.embeddings,
-                        blood=self.blood, study=self.study, index=self.index,
+                        blood=self.blood, blood_map=self.blood_map, study=self.study, index=self.index,
                         seconds=self.seconds, **out)
 
     def noisy(self, rate: float, seed: int, draw: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -144,11 +146,11 @@ def build_set(
         with np.load(path, allow_pickle=False) as z:
             return StudySet(name=name, seconds=float(z["seconds"]),
                             **{k: z[k] for k in ("labels", "prob", "cnn_prob", "embeddings",
-                                                 "blood", "study", "index")})
+                                                 "blood", "blood_map", "study", "index")})
     t = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("labels", "prob", "cnn_prob", "embeddings",
-                                           "blood", "study", "index")}
+                                           "blood", "blood_map", "study", "index")}
     cnn_t = torch.from_numpy(predictor.cnn_temperatures)
     for i in range(studies):
         if generator == "own":
@@ -163,7 +165,9 @@ def build_set(
         parts["cnn_prob"].append(torch.sigmoid(torch.from_numpy(logits) / cnn_t).numpy())
         parts["prob"].append(lstm if lstm is not None else parts["cnn_prob"][-1])
         parts["embeddings"].append(emb)
-        parts["blood"].append(blood_area(hu, spacing))
+        bmap = blood_map(hu, spacing)
+        parts["blood_map"].append(bmap)
+        parts["blood"].append(bmap.sum(axis=(1, 2), dtype=np.float64))
         parts["study"].append(np.full(len(hu), i, dtype=np.int64))
         parts["index"].append(np.arange(len(hu), dtype=np.int64))
     arrays = {k: np.concatenate(v) for k, v in parts.items()}
@@ -173,7 +177,7 @@ def build_set(
     seconds = time.perf_counter() - t
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, seconds=np.float64(seconds), **arrays)
+        np.savez_compressed(path, seconds=np.float64(seconds), **arrays)
     return StudySet(name=name, seconds=seconds, **arrays)
 
 

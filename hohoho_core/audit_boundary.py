@@ -33,6 +33,7 @@ __all__ = [
     "EVIDENCE_TERMS",
     "SliceEvidence",
     "blood_area",
+    "blood_map",
     "boundary_candidates",
     "cell_candidates",
 ]
@@ -41,10 +42,11 @@ __all__ = [
 #: (35-45 HU) plus image noise leaks in even after smoothing, so the count starts at 60.
 BLOOD_HU: tuple[float, float] = (60.0, 100.0)
 #: Oriented evidence terms of a candidate (columns of `boundary_candidates`).
-EVIDENCE_TERMS: tuple[str, ...] = ("d_prob", "d_cnn", "d_emb", "d_blood", "s_blood")
+EVIDENCE_TERMS: tuple[str, ...] = ("d_prob", "d_cnn", "d_emb", "d_blood", "s_blood", "d_focal")
 # Scales that map each term to about +-1 in the hand-made boundary score: a logit step of
 # 2 (0.5 -> 0.88), a cosine-similarity difference of 0.05, a factor e in blood area.
-_SCALES = {"d_prob": 2.0, "d_cnn": 2.0, "d_emb": 0.05, "d_blood": 1.0, "s_blood": 1.0}
+_SCALES = {"d_prob": 2.0, "d_cnn": 2.0, "d_emb": 0.05, "d_blood": 1.0, "s_blood": 1.0,
+           "d_focal": 1.0}
 _BONE_HU = 250.0
 _WATER_HU = 10.0
 _PROB_CLIP = 1e-4
@@ -60,16 +62,20 @@ class SliceEvidence:
         embeddings: ``(N, D)`` slice embeddings (the CNN's pooled features), or None.
         blood: ``(N,)`` acute-blood area inside the skull per slice in mm^2
             (`blood_area`), or None.
+        blood_map: ``(N, G, G)`` where that blood lies (`blood_map`), or None; lets a
+            boundary candidate look for blood where the run's bleed is, not anywhere.
     """
 
     cnn_prob: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     blood: np.ndarray | None = None
+    blood_map: np.ndarray | None = None
 
     def check(self, n: int) -> None:
         """Raise ValueError unless every array given has ``n`` finite rows."""
         for name, arr, ndim in (("cnn_prob", self.cnn_prob, 2),
-                                ("embeddings", self.embeddings, 2), ("blood", self.blood, 1)):
+                                ("embeddings", self.embeddings, 2), ("blood", self.blood, 1),
+                                ("blood_map", self.blood_map, 3)):
             if arr is None:
                 continue
             a = np.asarray(arr)
@@ -82,36 +88,43 @@ class SliceEvidence:
             raise ValueError(f"evidence.cnn_prob must have {_N_CLASSES} columns")
 
 
-def blood_area(
+def blood_map(
     hu: np.ndarray,
     pixel_spacing: float = 1.0,
     *,
+    grid: int = 32,
     hu_range: tuple[float, float] = BLOOD_HU,
     smooth_mm: float = 2.0,
 ) -> np.ndarray:
-    """Area of acute-blood voxels inside the skull on each slice.
+    """Where the acute-blood voxels inside the skull are, on a coarse in-plane grid.
 
     Args:
         hu: float ``[S, H, W]`` HU volume.
         pixel_spacing: in-plane pixel size (mm).
+        grid: cells per side of the map (each about ``H / grid`` pixels square).
         hu_range: the HU range counted as blood (inclusive).
         smooth_mm: Gaussian smoothing (sigma, mm) before thresholding, so that image noise
             (3-10 HU) does not push grey matter (35-45 HU) into the blood range.
 
     Returns:
-        ``(S,)`` float64 area in mm^2. Inside the skull means: enclosed by bone (> 250 HU)
-        and more than about 1.5 mm from it, so the partial-volume rim of the inner table
-        does not count. A slice whose bone ring is open (skull base) has little or no area.
+        ``(S, grid, grid)`` float32 blood area (mm^2) per cell. Inside the skull means:
+        enclosed by bone (> 250 HU) and more than about 1.5 mm from it, so the
+        partial-volume rim of the inner table does not count. A slice whose bone ring is
+        open (skull base) has little or no area.
     """
     vol = np.asarray(hu, dtype=np.float32)
     if vol.ndim != 3:
         raise ValueError(f"hu must be [S, H, W], got {vol.shape}")
     if not pixel_spacing > 0:
         raise ValueError(f"pixel_spacing must be > 0, got {pixel_spacing}")
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
     sigma = smooth_mm / pixel_spacing
     margin = max(1, round(1.5 / pixel_spacing))
     lo, hi = hu_range
-    out = np.zeros(vol.shape[0], dtype=np.float64)
+    s, h, w = vol.shape
+    bh, bw = -(-h // grid), -(-w // grid)  # block size, rounded up; the image is padded
+    out = np.zeros((s, grid, grid), dtype=np.float32)
     for k, sl in enumerate(vol):
         bone = ndimage.binary_dilation(sl > _BONE_HU, iterations=margin)
         inside = ndimage.binary_fill_holes(bone) & ~bone
@@ -121,8 +134,25 @@ def blood_area(
         # skull into a band of blood-range values along the inner table.
         soft = np.where((sl > _BONE_HU) | (sl < -200.0), np.float32(_WATER_HU), sl)
         sm = ndimage.gaussian_filter(soft, sigma) if sigma > 0.1 else soft
-        out[k] = np.count_nonzero(inside & (sm >= lo) & (sm <= hi)) * pixel_spacing**2
+        mask = np.zeros((grid * bh, grid * bw), dtype=np.float32)
+        mask[:h, :w] = inside & (sm >= lo) & (sm <= hi)
+        out[k] = mask.reshape(grid, bh, grid, bw).sum(axis=(1, 3)) * pixel_spacing**2
     return out
+
+
+def blood_area(
+    hu: np.ndarray,
+    pixel_spacing: float = 1.0,
+    *,
+    hu_range: tuple[float, float] = BLOOD_HU,
+    smooth_mm: float = 2.0,
+) -> np.ndarray:
+    """Area of acute-blood voxels inside the skull on each slice: ``(S,)`` float64 mm^2.
+
+    `blood_map` summed over the slice; the same arguments.
+    """
+    return blood_map(hu, pixel_spacing, grid=1, hu_range=hu_range,
+                     smooth_mm=smooth_mm).reshape(-1).astype(np.float64)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -178,6 +208,9 @@ def boundary_candidates(
         * ``d_blood``: as ``d_prob`` on ``log1p(blood area)``; ``s_blood``: the signed
           blood change that supports the flip (``shorter``: ``b_cur - b_f``; ``longer``:
           ``b_f - b_cur``);
+        * ``d_focal``: as ``d_blood``, counting only blood inside the footprint of the run
+          side's blood (``evidence.blood_map`` of the run-side slice, grown by one cell):
+          a bleed is a 3D blob, so a slice that continues it has blood at the same place;
 
         and ``boundary_score`` in (0, 1), a hand-set summary (the mean of
         ``tanh(term / scale)`` over the terms present, mapped to (0, 1); 0.5 = no
@@ -194,6 +227,7 @@ def boundary_candidates(
     zc = _logit(ev.cnn_prob) if ev.cnn_prob is not None else None
     emb = _unit(np.asarray(ev.embeddings, dtype=np.float64)) if ev.embeddings is not None else None
     blood = np.log1p(np.asarray(ev.blood, dtype=np.float64)) if ev.blood is not None else None
+    bmap = np.asarray(ev.blood_map, dtype=np.float32) if ev.blood_map is not None else None
 
     codes, _ = pd.factorize(pd.Series(np.asarray(series), dtype=object))
     order = np.lexsort((np.asarray(slice_index), codes))
@@ -218,13 +252,13 @@ def boundary_candidates(
                         outside = o if 0 <= o < m else other
                         records.append(_candidate(rows, j, "shorter", edge, length, f=e,
                                                   cur=inner, join=outside, run=(first, last),
-                                                  z=z, zc=zc, emb=emb, blood=blood))
+                                                  z=z, zc=zc, emb=emb, blood=blood, bmap=bmap))
                     if 0 <= o < m and col[o] == 0:
                         o2 = o + step
                         cur = o2 if 0 <= o2 < m and col[o2] == 0 else other
                         records.append(_candidate(rows, j, "longer", edge, length, f=o,
                                                   cur=cur, join=e, run=(first, last),
-                                                  z=z, zc=zc, emb=emb, blood=blood))
+                                                  z=z, zc=zc, emb=emb, blood=blood, bmap=bmap))
     columns = ["row", "class", "class_index", "kind", "edge", "run_length", "proposed_label",
                *EVIDENCE_TERMS, "boundary_score", "detail"]
     if not records:
@@ -292,7 +326,8 @@ def cell_candidates(
     return out
 
 
-def _candidate(rows, j, kind, edge, length, *, f, cur, join, run, z, zc, emb, blood) -> tuple:
+def _candidate(rows, j, kind, edge, length, *, f, cur, join, run, z, zc, emb, blood,
+               bmap) -> tuple:
     """One candidate's oriented evidence terms (see `boundary_candidates`)."""
     rf = rows[f]
     rc = rows[cur] if cur is not None else None
@@ -320,7 +355,17 @@ def _candidate(rows, j, kind, edge, length, *, f, cur, join, run, z, zc, emb, bl
     s_blood = float("nan")
     if blood is not None and rc is not None:
         s_blood = float(blood[rc] - blood[rf]) if kind == "shorter" else float(blood[rf] - blood[rc])
-    return (int(rf), j, kind, edge, int(length), diff(z), diff(zc), d_emb, diff(blood), s_blood)
+    d_focal = float("nan")
+    if bmap is not None and rc is not None and rj is not None:
+        # The bleed's footprint: blood cells of the run-side neighbour, grown by one cell
+        # (a bleed shifts a little from slice to slice). Blood elsewhere (sinuses, other
+        # bleeds) does not count.
+        run_ref = rj if kind == "longer" else rc
+        foot = ndimage.binary_dilation(bmap[run_ref] > 0)
+        a, c, w = (float(np.log1p(bmap[r][foot].sum())) for r in (rf, rc, rj))
+        d_focal = abs(a - c) - abs(a - w)
+    return (int(rf), j, kind, edge, int(length), diff(z), diff(zc), d_emb, diff(blood), s_blood,
+            d_focal)
 
 
 def _detail(kind: str, edge: str, length: int) -> str:

@@ -54,6 +54,8 @@ FEATURES: tuple[str, ...] = (
     "candidate_x_z_cnn",
     "shorter_x_d_blood",
     "longer_x_d_blood",
+    "shorter_x_d_focal",
+    "longer_x_d_focal",
     "shorter_x_d_emb",
     "longer_x_d_emb",
     "shorter_x_z_model",
@@ -103,7 +105,7 @@ def cell_features(cells: pd.DataFrame) -> np.ndarray:
     cand = cols["is_shorter"] + cols["is_longer"]
     for a, b in (("rule", "z_model"), ("rule", "z_cnn"), ("candidate", "z_model"),
                  ("candidate", "z_cnn"), ("shorter", "d_blood"), ("longer", "d_blood"),
-                 ("shorter", "d_emb"), ("longer", "d_emb"), ("shorter", "z_model"),
+                 ("shorter", "d_focal"), ("longer", "d_focal"), ("shorter", "d_emb"), ("longer", "d_emb"), ("shorter", "z_model"),
                  ("longer", "z_model")):
         left = {"rule": rule, "candidate": cand, "shorter": cols["is_shorter"],
                 "longer": cols["is_longer"]}[a]

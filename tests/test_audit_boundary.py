@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 
 from hohoho_core.audit import SliceEvidence, carry_any, rank_flags
-from hohoho_core.audit_boundary import EVIDENCE_TERMS, blood_area, boundary_candidates
+from hohoho_core.audit_boundary import (
+    EVIDENCE_TERMS,
+    blood_area,
+    blood_map,
+    boundary_candidates,
+)
 from hohoho_core.labels import ANY_INDEX, CLASSES
 
 SDH = CLASSES.index("subdural")
@@ -41,7 +46,11 @@ def _study(labelled: range, truth: range, n: int = 14) -> tuple[np.ndarray, np.n
     emb = base + 0.3 * rng.normal(size=(n, 16))
     emb[true] += 2.0 * np.eye(16)[0]
     blood = np.where(true, 400.0, 5.0)
-    return lab, prob, SliceEvidence(cnn_prob=cnn, embeddings=emb, blood=blood)
+    where = np.zeros((n, 8, 8))
+    where[true, 2:4, 5:7] = 100.0  # the bleed, at one place on every slice it reaches
+    where[:, 6, 1] = 5.0  # a little blood-range anatomy elsewhere on every slice
+    return lab, prob, SliceEvidence(cnn_prob=cnn, embeddings=emb, blood=blood,
+                                    blood_map=where)
 
 
 def test_blood_area_counts_blood_inside_the_skull_only() -> None:
@@ -64,6 +73,30 @@ def test_blood_area_counts_blood_inside_the_skull_only() -> None:
     assert blood_area(open_ring[None], ps)[0] < area[1]
     with pytest.raises(ValueError, match=r"\[S, H, W\]"):
         blood_area(vol[0], ps)
+    # The map says where: all of the clot's area falls in the cells that hold the blob.
+    where = blood_map(vol, ps, grid=8)
+    assert where.shape == (3, 8, 8)
+    assert where[1].sum() == pytest.approx(area[1])
+    cells = np.argwhere(where[1] > 0)
+    assert cells[:, 0].min() >= 2 and cells[:, 0].max() <= 5  # rows 24-72 of 96 px
+    assert cells[:, 1].min() >= 2 and cells[:, 1].max() <= 5
+
+
+def test_focal_blood_ignores_blood_away_from_the_bleed() -> None:
+    # Slice 8 is the superior edge of the labelled run; it holds as much blood-range area
+    # as the run (the blood sum cannot tell), but elsewhere on the slice: not this bleed.
+    lab, prob, ev = _study(range(4, 9), range(4, 8))
+    blood = np.where(np.arange(len(lab)) <= 8, 400.0, 5.0)
+    blood[:4] = 5.0
+    where = np.array(ev.blood_map)
+    where[8] = 0.0
+    where[8, 0:2, 0:2] = 100.0
+    flat = np.full_like(prob, 0.5)
+    cand = boundary_candidates(lab, np.zeros(len(lab)), np.arange(len(lab)), flat,
+                               type(ev)(blood=blood, blood_map=where))
+    top = cand[(cand["class_index"] == SDH) & (cand["row"] == 8)
+               & (cand["kind"] == "shorter")].iloc[0]
+    assert top["d_blood"] < 0.5 < top["d_focal"]
 
 
 def test_run_extended_by_one_slice_is_the_top_boundary_candidate() -> None:
