@@ -127,3 +127,36 @@ def test_fit_ranker_rejects_one_class_and_bad_files() -> None:
         AuditRanker(**{**good, "features": FEATURES[:-1]})
     with pytest.raises(ValueError, match="scales positive"):
         AuditRanker(**{**good, "scale": np.zeros(len(FEATURES))})
+
+
+def test_bench_scoring_agrees_with_rank_flags(fitted) -> None:
+    """The bench ranks cells as `rank_flags` does: same hits at k = 2 x errors."""
+    from bench.audit_data import StudySet
+    from bench.audit_scoring import score_set
+
+    ranker, _ = fitted
+    sim = _simulated_set(5, studies=12)
+    ev = sim["evidence"]
+    sset = StudySet(name="sim", labels=sim["labels"], prob=sim["prob"], cnn_prob=ev.cnn_prob,
+                    embeddings=ev.embeddings, blood=ev.blood,
+                    blood_map=np.zeros((len(sim["labels"]), 4, 4), dtype=np.float32),
+                    study=sim["study"], index=sim["index"], seconds=0.0)
+    res = score_set(sset, ranker, 0.5, seed=3, draws=1)
+    table, errors = sset.noisy(0.5, 3, 0)
+    ranked = rank_flags(table, sset.prob, evidence=sset.evidence, ranker=ranker)
+    top = ranked.iloc[: 2 * len(errors)]
+    found = set(zip(top["image_id"], top["class"], strict=True))
+    hits = sum((i, c) in found for i, c in zip(errors["image_id"], errors["class"], strict=True))
+    comb = res["signals"]["combined"]["pooled"]["2x"]
+    assert res["n_errors"] == len(errors) > 0
+    assert comb["hits"] == hits and comb["k"] == 2 * len(errors)
+    per = res["signals"]["sequence only"]["recall_by_kind_at_2x"]
+    assert sum(v[1] for k, v in per.items() if "(all cells)" not in k) == len(errors)
+
+
+def test_shipped_ranker_matches_this_code() -> None:
+    """weights/audit_ranker.json must be refitted (bench/audit_scoring.py) when FEATURES change."""
+    path = Path(__file__).resolve().parents[1] / "weights" / "audit_ranker.json"
+    ranker = AuditRanker.load(path)
+    assert ranker.features == FEATURES
+    assert ranker.meta["fitted_on"] == "own_train"  # never the foreign studies
