@@ -1,6 +1,6 @@
 """Label audit: rank slice labels by how likely they are wrong, each with its reason.
 
-Two independent kinds of evidence, then one combined ranking:
+Three kinds of evidence, then one combined ranking:
 
 * the model: out-of-fold probabilities (a model that never trained on the slice it
   judges) scored with cleanlab's ``multilabel_classification`` (confident learning,
@@ -8,9 +8,14 @@ Two independent kinds of evidence, then one combined ranking:
   flag names its class;
 * sequence rules along the sorted series (the poster's Fig. 7 "strange patterns"): an
   isolated positive among negatives, a one-slice gap inside a positive run, and an
-  "any" label that contradicts the subtypes.
+  "any" label that contradicts the subtypes;
+* run boundaries (`audit_boundary`): at each run edge, whether the run should end one
+  slice earlier or later, from the CNN and LSTM probabilities, embeddings and the blood
+  seen in the image on both sides (optional ``SliceEvidence``).
 
-Everything here is NumPy/pandas in, pandas out. Arrays of labels and probabilities are
+The combined score is the fixed `AuditWeights` sum, or a learned `audit_ranker.AuditRanker`
+when one is given; either way a subtype cell and its "any" cell rank together
+(`audit_any.carry_any`). Everything here is NumPy/pandas in, pandas out. Arrays of labels and probabilities are
 ``(N, 6)`` with columns ``labels.CLASSES``.
 """
 
