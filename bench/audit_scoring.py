@@ -1,22 +1,25 @@
-"""Score the label audit against injected label errors (issue 5, "Scoring").
+"""Score the label audit against injected label errors, on two generators (issue 14).
 
-    python -m bench.audit_scoring                       # generate, k-fold train, score
-    python -m bench.audit_scoring --probs runs/audit_bench/oof.csv   # score only
+    python -m bench.audit_scoring            # render, predict, fit the ranker, score
 
-1. A synthetic dataset with sequential label noise (``python -m hohoho_core.synthetic ...
-   --label-noise 0.05``), reused when ``<data>/generated.json`` matches the settings.
-2. Out-of-fold probabilities from ``train.oof_predict`` (k folds split by patient; every
-   slice judged by a model that never trained on its study), unless ``--probs`` is given.
-3. The audit (``hohoho_core.audit.audit_from_files``, the same path as
-   ``python -m hohoho_core audit``) ranks every (image, class) cell four ways: the model
-   alone, the sequence rules alone, cleanlab alone (the reference) and combined.
-4. precision@k and recall@k against ``label_errors.csv`` at k = 0.5, 1 and 2 times the
-   number of injected errors: an error is found when its (image_id, class) cell is flagged
-   within the top k. A cell whose ranking score is 0 is not a flag (only the sequence rules
-   leave cells at 0), so a short flag list is not padded with arbitrary cells.
+1. Studies rendered in memory (``bench/audit_data.py``): the project's generator
+   (``hohoho_core.synthetic.make_study``) for a training set and a test set with different
+   seeds, and the independent generator of ``bench/foreign_phantom.py`` (no shared code)
+   for a foreign test set. Each study goes through the shipped weights in ``weights/`` on
+   the CPU: LSTM and CNN probabilities, embeddings; plus the acute-blood area per slice.
+   The shipped model never trained on any of these studies.
+2. Label noise (``hohoho_core.synthetic.labelnoise.inject_label_noise``: gaps, isolated
+   positives, runs extended by one slice, run ends dropped, "any" flips) is drawn several
+   times on each set's clean labels; every draw is audited by ``audit.audit_cells``.
+3. The learned ranker (``audit_ranker.fit_ranker``, logistic regression) is fitted on the
+   own-generator *training* draws only, with settings fixed before any scoring; the foreign
+   studies never fit it or choose its settings.
+4. Each (image, class) cell is ranked by each signal alone, by the hand-weighted
+   combination (``AuditWeights``) and by the learned ranker ("combined"); recall@k at
+   k = 1x and 2x each draw's errors, pooled over draws, overall and per kind of error.
 
-Writes ``bench/audit_scoring.json`` and ``bench/audit_scoring.md`` (table, command, data,
-model, machine, verdict).
+Writes ``bench/audit_scoring.json`` and ``bench/audit_scoring.md``; with
+``--save-ranker`` also the fitted ranker (JSON).
 """
 
 from __future__ import annotations
@@ -38,25 +41,61 @@ from hohoho_core.system import available_cores
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: Ranking signals, in table order: (name in the table, ``rank_flags(signal_only=...)``).
+#: Ranking signals, in table order: (name in the table, what ranks the cells).
 SIGNALS: tuple[tuple[str, str | None], ...] = (
     ("model only", "model"),
+    ("CNN only", "cnn"),
     ("sequence only", "sequence"),
     ("cleanlab only (reference)", "cleanlab"),
+    ("boundary only", "boundary"),
+    ("hand-weighted (AuditWeights)", "hand"),
     ("combined", None),
 )
+#: The audit_cells column each signal ranks by; None is the learned ranker.
+SCORE_COLUMNS: dict[str | None, str] = {
+    "model": "model_score", "cnn": "cnn_score", "sequence": "sequence_score",
+    "cleanlab": "cleanlab_score", "boundary": "boundary_score", "hand": "combined_score",
+    None: "learned_score",
+}
 #: k as multiples of the number of injected errors.
 K_FACTORS: tuple[float, ...] = (0.5, 1.0, 2.0)
-#: What the issue asks of combined recall at k = 2 x errors.
+#: What the issue asks of combined recall at k = 2 x errors, overall and per boundary kind.
 TARGET_RECALL = 0.8
+TARGET_BOUNDARY = 0.5
+#: Kinds of error pooled for the targets: the subtype cell and the "any" cell with it.
+KIND_GROUPS: dict[str, tuple[str, ...]] = {
+    "run extended by one slice (all cells)": ("extend", "any + extend"),
+    "run end dropped (all cells)": ("shorten", "any + shorten"),
+    "gap (all cells)": ("gap", "any + gap"),
+    "isolated (all cells)": ("isolated", "any + isolated"),
+}
+BOUNDARY_GROUPS: tuple[str, ...] = ("run extended by one slice (all cells)",
+                                    "run end dropped (all cells)")
+#: How the ranker's form and settings were arrived at (written by hand, for the report).
+HISTORY = (
+    "Choices (blood range 60-100 HU after 2 mm smoothing, logistic regression with product "
+    "features, training noise rate 0.3 over 40 draws with the model outputs blurred on three "
+    "quarters of them, 150 training studies, the focal blood term) were compared on an "
+    "own-generator validation set (seed 1404, 40 studies, 30 draws; also with its model "
+    "outputs blurred to mimic a model lost on unfamiliar images), never on the foreign "
+    "studies. Those comparisons were within their noise (144 error cells, about +-0.07), so "
+    "the principled option was kept where they tied. In fairness: foreign results of two "
+    "earlier runs were seen while working (recall@2x 0.35 with a ranker fitted on 20 "
+    "undisturbed draws; 0.63 with the ranker before the focal blood term and with 60 "
+    "training studies; boundary kinds 4/25 and 3/31 then). The switch to blurred training "
+    "draws came after the first of them; that the shipped model is weak on this generator "
+    "was already known from bench/generalization.md."
+)
 #: Which evidence can reveal each kind of injected error (for the "cause" sentence).
 KIND_NOTES: dict[str, str] = {
     "gap": "a 0 inside a run: the gap rule sees it",
     "isolated": "a lone 1: the isolated-positive rule sees it (half score on a first or "
                 "last slice)",
     "any flip": "'any' contradicting the subtypes: the any-consistency rule sees it",
-    "extend": "a run lengthened by one slice: no sequence pattern, only the model can see it",
-    "shorten": "a run's end cut by one slice: no sequence pattern, only the model can see it",
+    "extend": "a run lengthened by one slice: no label pattern; the boundary evidence "
+              "(model, embeddings, blood) has to show it",
+    "shorten": "a run's end cut by one slice: no label pattern; the boundary evidence "
+               "(model, embeddings, blood) has to show it",
 }
 
 
@@ -65,33 +104,6 @@ def kind_note(kind: str) -> str:
     if kind.startswith("any + "):
         return f"the 'any' cell that moved with a {kind[6:]} error, same evidence as it"
     return KIND_NOTES.get(kind, kind)
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="precision/recall@k of the label audit")
-    p.add_argument("--data", type=Path, default=Path("data/audit_bench"))
-    p.add_argument("--studies", type=int, default=160)
-    p.add_argument("--seed", type=int, default=7, help="dataset seed (noise follows it)")
-    p.add_argument("--gen-size", type=int, default=512, help="generated image size (px)")
-    p.add_argument("--label-noise", type=float, default=0.05)
-    p.add_argument("--min-slices", type=int, default=16)
-    p.add_argument("--max-slices", type=int, default=24)
-    p.add_argument("--gen-workers", type=int, default=2)
-    p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--size", type=int, default=96, help="model input size (px)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--run-dir", type=Path, default=Path("runs/audit_bench"))
-    p.add_argument("--probs", type=Path, default=None,
-                   help="existing out-of-fold CSV: skip training, only score")
-    p.add_argument("--out-md", type=Path, default=REPO / "bench" / "audit_scoring.md")
-    p.add_argument("--out-json", type=Path, default=REPO / "bench" / "audit_scoring.json")
-    p.add_argument("--redraws", type=int, default=10,
-                   help="extra noise draws on the same images, scored with the same "
-                        "out-of-fold probabilities (0 = none)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
-    return p
 
 
 # --- scoring (pure) -------------------------------------------------------------------
@@ -235,216 +247,225 @@ def verdict(scores: dict[str, Any]) -> dict[str, Any]:
 # --- pipeline -------------------------------------------------------------------------
 
 
-def synthetic_argv(args: argparse.Namespace) -> list[str]:
-    return ["--out", str(args.data), "--studies", str(args.studies), "--seed", str(args.seed),
-            "--size", str(args.gen_size), "--label-noise", str(args.label_noise),
-            "--min-slices", str(args.min_slices), "--max-slices", str(args.max_slices),
-            "--workers", str(args.gen_workers)]
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="recall@k of the label audit on two generators")
+    p.add_argument("--weights", type=Path, default=REPO / "weights")
+    p.add_argument("--size", type=int, default=256, help="rendered image size (px)")
+    p.add_argument("--train-studies", type=int, default=150)
+    p.add_argument("--train-seed", type=int, default=1401)
+    p.add_argument("--test-studies", type=int, default=40)
+    p.add_argument("--test-seed", type=int, default=1402)
+    p.add_argument("--foreign-studies", type=int, default=80)
+    p.add_argument("--foreign-seed", type=int, default=1403)
+    p.add_argument("--min-slices", type=int, default=16)
+    p.add_argument("--max-slices", type=int, default=24)
+    p.add_argument("--label-noise", type=float, default=0.1,
+                   help="fraction of positive runs that get one error per draw")
+    p.add_argument("--train-noise", type=float, default=0.3,
+                   help="noise rate of the ranker's training draws (more errors to learn from)")
+    p.add_argument("--train-draws", type=int, default=40)
+    p.add_argument("--train-degrade", type=float, default=2.4,
+                   help="largest logit noise put on the model outputs of training draws")
+    p.add_argument("--test-draws", type=int, default=20)
+    p.add_argument("--noise-seed", type=int, default=14)
+    p.add_argument("--ranker-c", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache-dir", type=Path, default=Path("runs/audit_bench"))
+    p.add_argument("--save-ranker", type=Path, default=None)
+    p.add_argument("--render-only", action="store_true",
+                   help="rewrite --out-md from the results in --out-json, nothing else")
+    p.add_argument("--out-md", type=Path, default=REPO / "bench" / "audit_scoring.md")
+    p.add_argument("--out-json", type=Path, default=REPO / "bench" / "audit_scoring.json")
+    return p
 
 
-def generate(args: argparse.Namespace) -> dict[str, Any]:
-    """Write the dataset unless ``generated.json`` says this exact one is already there."""
-    from hohoho_core import synthetic
-
-    spec = {"studies": args.studies, "seed": args.seed, "size": args.gen_size,
-            "label_noise": args.label_noise, "slices": [args.min_slices, args.max_slices]}
-    marker = Path(args.data) / "generated.json"
-    timing = Path(args.data) / "generated_seconds.json"
-    t = time.perf_counter()
-    reused = marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == spec
-    if not reused:
-        if (Path(args.data) / "stage_2_train").exists():
-            raise SystemExit(f"{args.data} holds another dataset: remove it or pick --data")
-        synthetic.main(synthetic_argv(args))
-        marker.write_text(json.dumps(spec), encoding="utf-8")
-        timing.write_text(json.dumps({"seconds": time.perf_counter() - t}), encoding="utf-8")
-    took = json.loads(timing.read_text(encoding="utf-8"))["seconds"] if timing.is_file() else None
-    return {**spec, "reused": reused, "seconds": took,
-            "command": "python -m hohoho_core.synthetic " + " ".join(synthetic_argv(args))}
+def ranking_order(cells: pd.DataFrame, column: str) -> np.ndarray:
+    """Cell positions best first; combined scores break ties by the raw model score."""
+    s = cells[column].to_numpy(dtype=np.float64)
+    if column in ("combined_score", "learned_score"):
+        return np.lexsort((-cells["sequence_score"].to_numpy(),
+                           -cells["model_score"].to_numpy(), -s))
+    return np.argsort(-s, kind="stable")
 
 
-def oof_argv(args: argparse.Namespace) -> list[str]:
-    return ["--data", str(args.data), "--folds", str(args.folds), "--seed", str(args.seed),
-            "--size", str(args.size), "--epochs", str(args.epochs),
-            "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-            "--device", "cpu", "--out", str(Path(args.run_dir) / "oof.csv"),
-            "--run-dir", str(args.run_dir),
-            "--progress" if args.progress else "--no-progress"]
+def audit_draw(sset: Any, rate: float, seed: int, draw: int,
+               ranker: Any = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """One noise draw audited: (cells with ``learned_score``, error cell positions, errors)."""
+    from hohoho_core.audit import audit_cells, carry_any
+
+    table, errors = sset.noisy(rate, seed, draw)
+    cells = audit_cells(table, sset.prob, evidence=sset.evidence)
+    n = len(table)
+    if ranker is not None:
+        raw = ranker.score(cells).reshape(n, len(CLASSES))
+        lab = cells["label"].to_numpy().reshape(n, len(CLASSES))
+        cells["learned_score"] = carry_any(raw, lab)[0].reshape(-1)
+    cls_index = errors["class"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=int)
+    err_cells = errors["row"].to_numpy(dtype=int) * len(CLASSES) + cls_index
+    return cells, err_cells, errors
 
 
-def run_oof(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
-    """Train k folds with ``train.oof_predict`` (imported, same process)."""
-    from train import oof_predict
+def fit_on(sset: Any, rate: float, seed: int, draws: int, c: float,
+           degrade: float = 0.0) -> Any:
+    """Fit the learned ranker on ``draws`` noise draws of one (training) set.
 
-    result = oof_predict.main(oof_predict.get_args_parser().parse_args(oof_argv(args)))
-    result["command"] = "python -m train.oof_predict " + " ".join(oof_argv(args))
-    return Path(result["out"]), result
-
-
-def rank_all(data: Path, probs: Path, index_cache: Path) -> dict[str, pd.DataFrame]:
-    """Every cell ranked by each signal, through the same function the CLI audit uses."""
-    from hohoho_core.audit import audit_from_files
-
-    return {
-        name: audit_from_files(data, probs, signal_only=sig, cache_dir=index_cache, workers=1)
-        for name, sig in SIGNALS
-    }
-
-
-def score_redraws(
-    data: Path, probs: Path, index_cache: Path, rate: float, draws: int, seed: int
-) -> dict[str, Any]:
-    """Pool precision/recall at k = 1x and 2x errors over fresh noise draws.
-
-    The injected errors of one dataset are few (about ``rate`` x positive runs), so one
-    draw gives a coarse recall. Here the generator's own ``inject_label_noise`` draws the
-    noise again ``draws`` times on the same clean labels, and each draw is audited with the
-    same out-of-fold probabilities. They stay out-of-sample: a slice's probability never
-    depended on its own labels, only on the other folds' labels, which carried the
-    original draw's noise instead of this one's (a handful of cells among thousands).
-
-    Besides pooled precision/recall per signal, every error gets its combined rank and
-    whether any sequence rule fired on its cell, to say which errors the rules can see.
+    With ``degrade`` > 0 the model outputs of draw ``d`` are blurred with noise of
+    ``degrade * (d % 4) / 3`` (0 for a quarter of the draws): the ranker sees a model of
+    varying strength and learns how far to trust it, a guard against a model that is
+    weaker on unfamiliar data. Only the training set is touched.
     """
-    from hohoho_core.audit import rank_flags, read_probs_csv
-    from hohoho_core.rsna import build_index
-    from hohoho_core.synthetic import inject_label_noise
+    from hohoho_core.audit_ranker import cell_features, fit_ranker
 
-    index = build_index(data, cache_dir=index_cache, workers=1, progress=False).table
-    truth = pd.read_csv(Path(data) / "truth.csv", dtype={"image_id": str}).set_index("image_id")
-    truth = truth.loc[index["image_id"].astype(str)]
-    clean = truth[list(CLASSES)].to_numpy(np.uint8)
-    prob = read_probs_csv(probs, index["image_id"].to_numpy())
-    base = index[["image_id", "study_uid", "series_uid", "slice_index"]].reset_index(drop=True)
-    pooled = {name: {f: {"hits": 0, "k": 0} for f in (1.0, 2.0)} for name, _ in SIGNALS}
-    records = []  # one per injected error
-    for j in range(draws):
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(100 + j,)))
-        noisy, err = inject_label_noise(clean, truth["study_uid"].to_numpy(),
-                                        truth["true_index"].to_numpy(), rate, rng)
-        if err.empty:
+    xs, ys = [], []
+    for d in range(draws):
+        view = sset.degraded(degrade * (d % 4) / 3, seed + d)
+        cells, err_cells, _ = audit_draw(view, rate, seed, d)
+        y = np.zeros(len(cells), dtype=bool)
+        y[err_cells] = True
+        xs.append(cell_features(cells))
+        ys.append(y)
+    return fit_ranker(np.concatenate(xs), np.concatenate(ys), c=c,
+                      meta={"fitted_on": sset.name, "draws": draws, "rate": rate,
+                            "noise_seed": seed, "degrade": degrade})
+
+
+def score_set(sset: Any, ranker: Any, rate: float, seed: int, draws: int) -> dict[str, Any]:
+    """Pool recall at k = 1x and 2x errors over ``draws`` noise draws of one set."""
+    truth = sset.truth()
+    pooled = {name: {"1x": [0, 0], "2x": [0, 0]} for name, _ in SIGNALS}
+    records = []
+    n_cells = 0
+    for d in range(draws):
+        cells, err_cells, errors = audit_draw(sset, rate, seed, d, ranker)
+        n_cells = len(cells)
+        if not len(errors):
             continue
-        table = base.copy()
-        table[list(CLASSES)] = noisy.astype(np.int64)
-        errors = pd.DataFrame({"image_id": base["image_id"].to_numpy()[err["row"].to_numpy(int)],
-                               "class": err["class"].to_numpy(str)})
-        # inject_label_noise names an "any" cell that followed a subtype error by that kind
-        kinds = [("any flip" if kd == "any" else f"any + {kd}") if c == CLASSES[ANY_INDEX]
-                 else kd for c, kd in zip(err["class"], err["kind"], strict=True)]
-        k2 = max(1, int(round(2 * len(errors))))
-        full = rank_flags(table, prob)  # combined, every cell: ranks of missed errors too
-        cell_rank = dict(zip(zip(full["image_id"], full["class"], strict=True),
-                             zip(full["rank"], full["sequence_score"], strict=True),
-                             strict=True))
-        found: dict[str, set[tuple[str, str]]] = {}
+        kinds = error_kinds(truth, errors).to_numpy()
+        k1, k2 = len(errors), 2 * len(errors)
+        found: dict[str, np.ndarray] = {}
+        ranks: dict[str, np.ndarray] = {}
         for name, sig in SIGNALS:
-            ranked = full if sig is None else rank_flags(table, prob, signal_only=sig, top=k2)
-            for f in (1.0, 2.0):
-                k = max(1, int(round(f * len(errors))))
-                r = precision_recall_at_k(ranked, errors, k)
-                pooled[name][f]["hits"] += int(r["hits"])
-                pooled[name][f]["k"] += k
-            top = ranked.iloc[:k2]
-            top = top[top["score"] > 0]
-            found[name] = set(zip(top["image_id"].astype(str), top["class"].astype(str),
-                                  strict=True))
-        for img, cls, kd in zip(errors["image_id"], errors["class"], kinds, strict=True):
-            rank, seq = cell_rank[(img, cls)]
-            records.append({"draw": j, "kind": kd, "combined_rank": int(rank),
-                            "rule_fired": bool(seq > 0), "k2": k2,
-                            **{name: (str(img), str(cls)) in found[name] for name, _ in SIGNALS}})
+            col = SCORE_COLUMNS[sig]
+            order = ranking_order(cells, col)
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(len(order))
+            flag = cells[col].to_numpy()[err_cells] > 0
+            for f, k in (("1x", k1), ("2x", k2)):
+                pooled[name][f][0] += int(((rank[err_cells] < k) & flag).sum())
+                pooled[name][f][1] += k
+            found[name] = (rank[err_cells] < k2) & flag
+            ranks[name] = rank[err_cells] + 1
+        for i, kd in enumerate(kinds):
+            records.append({"draw": d, "kind": kd, "combined_rank": int(ranks["combined"][i]),
+                            "rule_fired": bool(cells["sequence_score"].to_numpy()[err_cells[i]]
+                                               > 0),
+                            **{name: bool(found[name][i]) for name, _ in SIGNALS}})
     rec = pd.DataFrame(records)
-    n_errors = len(rec)
-    out: dict[str, Any] = {"draws": draws, "rate": rate, "n_errors": n_errors, "signals": {},
-                           "n_cells": int(len(base) * len(CLASSES))}
+    n_err = len(rec)
+    out: dict[str, Any] = {"set": sset.name, "draws": draws, "rate": rate, "n_errors": n_err,
+                           "n_cells": n_cells, "signals": {}, "by_kind": {}}
     for name, _ in SIGNALS:
         rows = {}
-        for f, v in pooled[name].items():
-            rows[f"{f:g}x"] = {
-                "hits": v["hits"], "k": v["k"],
-                "precision": v["hits"] / v["k"] if v["k"] else float("nan"),
-                "recall": v["hits"] / n_errors if n_errors else float("nan"),
-                "recall_ci95": list(wilson_interval(v["hits"], n_errors)),
-            }
-        per = ({} if rec.empty else
-               {k: [int(g[name].sum()), len(g)] for k, g in rec.groupby("kind")})
+        for f, (hits, k) in pooled[name].items():
+            rows[f] = {"hits": hits, "k": k,
+                       "precision": hits / k if k else float("nan"),
+                       "recall": hits / n_err if n_err else float("nan"),
+                       "recall_ci95": list(wilson_interval(hits, n_err))}
+        per = {} if rec.empty else {k: [int(g[name].sum()), len(g)]
+                                    for k, g in rec.groupby("kind")}
+        for group, members in KIND_GROUPS.items():
+            hit = sum(per.get(m, [0, 0])[0] for m in members)
+            tot = sum(per.get(m, [0, 0])[1] for m in members)
+            if tot:
+                per[group] = [hit, tot]
         out["signals"][name] = {"pooled": rows, "recall_by_kind_at_2x": per}
     if not rec.empty:
-        out["by_kind"] = {
-            k: {"n": len(g), "rule_fired": int(g["rule_fired"].sum()),
-                "combined_found": int(g["combined"].sum()),
-                "combined_median_rank": float(g["combined_rank"].median())}
-            for k, g in rec.groupby("kind")
-        }
-        seen = rec["rule_fired"]
-        out["rule_visible"] = {"n": int(seen.sum()),
-                               "found": int(rec.loc[seen, "combined"].sum()),
-                               "invisible": int((~seen).sum()),
-                               "invisible_found": int(rec.loc[~seen, "combined"].sum()),
-                               "invisible_kinds": rec.loc[~seen, "kind"].value_counts()
-                               .sort_index().to_dict(),
-                               "invisible_median_rank": float(
-                                   rec.loc[~seen, "combined_rank"].median()) if (~seen).any()
-                               else float("nan")}
+        out["by_kind"] = {k: {"n": len(g), "rule_fired": int(g["rule_fired"].sum()),
+                              "combined_median_rank": float(g["combined_rank"].median())}
+                          for k, g in rec.groupby("kind")}
     return out
 
 
-def render_redraws(r: dict[str, Any]) -> str:
-    lines = ["| signal | P@1x | R@1x | P@2x | R@2x |", "| --- | ---: | ---: | ---: | ---: |"]
-    for name, e in r["signals"].items():
-        cells = []
-        for f in ("1x", "2x"):
-            v = e["pooled"][f]
-            lo, hi = v["recall_ci95"]
-            cells += [_pct(v["precision"]),
-                      f"{_pct(v['recall'])} ({v['hits']}/{r['n_errors']}; {_pct(lo)}-{_pct(hi)})"]
-        label = f"**{name}**" if name == "combined" else name
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    by_kind = r.get("by_kind", {})
-    if not by_kind:
-        return "\n".join(lines)
-    names = list(r["signals"])
-    lines += ["", "Pooled by kind of error at k = 2 x errors (found / injected), whether a "
-              "sequence rule fired on the cell, and the cell's median rank in the combined "
-              f"ranking (of {r['n_cells']} cells):", "",
-              "| kind | " + " | ".join(names) + " | rule fired | median rank |",
-              "| --- | " + " | ".join("---:" for _ in names) + " | ---: | ---: |"]
-    for kind, info in by_kind.items():
-        cells = [f"{r['signals'][n]['recall_by_kind_at_2x'][kind][0]}/{info['n']}"
-                 for n in names]
-        lines.append(f"| {kind} | " + " | ".join(cells)
-                     + f" | {info['rule_fired']}/{info['n']} | {info['combined_median_rank']:.0f} |")
-    return "\n".join(lines)
+def set_verdict(res: dict[str, Any]) -> dict[str, Any]:
+    """Combined recall at 2x against the targets, and against each signal alone."""
+    comb = res["signals"]["combined"]
+    overall = comb["pooled"]["2x"]["recall"]
+    per = comb["recall_by_kind_at_2x"]
+    boundary = {g: per[g][0] / per[g][1] for g in BOUNDARY_GROUPS if g in per}
+    alone = {n: e["pooled"]["2x"]["recall"] for n, e in res["signals"].items() if n != "combined"}
+    return {"combined_recall": overall, "boundary_recall": boundary,
+            "reaches_overall": bool(overall >= TARGET_RECALL),
+            "reaches_boundary": bool(boundary and all(v >= TARGET_BOUNDARY
+                                                      for v in boundary.values())),
+            "above_each_alone": bool(all(overall > v for v in alone.values()))}
 
 
-def _pooled_sentence(r: dict[str, Any], auc_macro: float | None) -> str:
-    rec = {n: e["pooled"]["2x"]["recall"] for n, e in r["signals"].items()}
-    alone = ", ".join(f"{n} {_pct(v)}" for n, v in rec.items() if n != "combined")
-    comb = rec["combined"]
-    reach = "reaches" if comb >= TARGET_RECALL else "does not reach"
-    above = ("above each signal alone" if all(comb > v for n, v in rec.items()
-                                              if n != "combined")
-             else "not above each signal alone")
-    text = (f"Pooled over the {r['draws']} draws, combined recall at 2 x errors is "
-            f"{_pct(comb)}: it {reach} {TARGET_RECALL} and is {above} ({alone}).")
-    vis = r.get("rule_visible")
-    if vis and comb < TARGET_RECALL:
-        n = r["n_errors"]
-        auc = f" (macro AUC {auc_macro:.2f} against the given labels)" if auc_macro else ""
-        kinds = ", ".join(f"{c} {k}" for k, c in vis.get("invisible_kinds", {}).items())
-        text += (
-            f" Cause: a sequence rule fires on {vis['n']} of the {n} error cells and the "
-            f"combined ranking finds {vis['found']} of them; the other {vis['invisible']} "
-            f"({kinds}) leave no pattern in the labels, so only the model can reveal them, "
-            "and the out-of-fold "
-            f"CNN{auc} ranks them at a median of {vis['invisible_median_rank']:.0f} of "
-            f"{r['n_cells']} cells: it finds {vis['invisible_found']}. Without the model the "
-            f"ceiling is {vis['n']}/{n} = {vis['n'] / n:.2f}; reaching {TARGET_RECALL} needs "
-            "a model that puts about half of the run-boundary errors into the top 2 x "
-            "errors, i.e. a much stronger stage-1 CNN than this short CPU run (and bleed "
-            "edges, where these errors sit, are where even a strong model is least sure)."
-        )
-    return text
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from bench.audit_data import build_set, describe
+    from hohoho_core.predict import Predictor
+    from hohoho_core.runtime import configure_torch
+
+    if args.render_only:
+        result = json.loads(args.out_json.read_text(encoding="utf-8"))
+        args.out_md.write_text(render_markdown(result), encoding="utf-8")
+        return result
+    configure_torch(threads=args.threads)
+    t0 = time.perf_counter()
+    predictor = Predictor.from_folder(args.weights)
+    slices = (args.min_slices, args.max_slices)
+    cache = Path(args.cache_dir)
+    sets = {
+        "own_train": build_set("own_train", "own", args.train_seed, args.train_studies,
+                               predictor, size=args.size, slices=slices, cache_dir=cache),
+        "own_test": build_set("own_test", "own", args.test_seed, args.test_studies,
+                              predictor, size=args.size, slices=slices, cache_dir=cache),
+        "foreign": build_set("foreign", "foreign", args.foreign_seed, args.foreign_studies,
+                             predictor, size=args.size, cache_dir=cache),
+    }
+    t_data = time.perf_counter() - t0
+    t = time.perf_counter()
+    ranker = fit_on(sets["own_train"], args.train_noise, args.noise_seed, args.train_draws,
+                    args.ranker_c, args.train_degrade)
+    t_fit = time.perf_counter() - t
+    t = time.perf_counter()
+    # Test draws use a different noise seed from the training draws.
+    results = {name: score_set(sets[name], ranker, args.label_noise, args.noise_seed + 1,
+                               args.test_draws) for name in ("own_test", "foreign")}
+    t_score = time.perf_counter() - t
+    if args.save_ranker is not None:
+        ranker.save(args.save_ranker)
+    result = {
+        "command": "python -m bench.audit_scoring " + " ".join(_cli(args)),
+        "data": {name: describe(s) for name, s in sets.items()},
+        "ranker": {**ranker.to_dict(), "weights_table": ranker.weights_table()
+                   .to_dict(orient="records")},
+        "results": results,
+        "verdict": {name: set_verdict(r) for name, r in results.items()},
+        "seconds": {"data": t_data, "fit": t_fit, "score": t_score,
+                    "total": time.perf_counter() - t0},
+        "machine": machine(),
+    }
+    args.out_json.parent.mkdir(parents=True, exist_ok=True)
+    args.out_json.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    args.out_md.write_text(render_markdown(result), encoding="utf-8")
+    for name, r in results.items():
+        print(f"## {name}\n{render_pooled(r)}\n")
+    return result
+
+
+def _cli(args: argparse.Namespace) -> list[str]:
+    """The options of this run, as they would be typed (defaults included, paths as given)."""
+    out = []
+    for name in ("size", "train_studies", "train_seed", "test_studies", "test_seed",
+                 "foreign_studies", "foreign_seed", "min_slices", "max_slices", "label_noise",
+                 "train_noise", "train_draws", "train_degrade", "test_draws", "noise_seed", "ranker_c", "threads"):
+        out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.save_ranker is not None:
+        out += ["--save-ranker", str(args.save_ranker)]
+    return out
+
+
+# --- report ---------------------------------------------------------------------------
 
 
 def machine() -> str:
@@ -452,79 +473,9 @@ def machine() -> str:
 
     cores = available_cores()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()} {platform.system()}, {cores} CPU cores, {gpu}, torch "
+    return (f"{cpu_name()}, {platform.machine()} {platform.system()}, {cores} CPU cores, "
+            f"{gpu}, torch "
             f"{torch.__version__}")
-
-
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    data = generate(args)
-    if args.probs is None:
-        probs, oof = run_oof(args)
-    else:
-        probs = Path(args.probs)
-        side = Path(args.run_dir) / "oof_result.json"
-        oof = json.loads(side.read_text(encoding="utf-8")) if side.is_file() else {}
-        if oof:
-            oof["command"] = "python -m train.oof_predict " + " ".join(oof_argv(args))
-    t_rank = time.perf_counter()
-    rankings = rank_all(args.data, probs, Path(args.run_dir) / "index")
-    t_rank = time.perf_counter() - t_rank
-    errors = pd.read_csv(Path(args.data) / "label_errors.csv", dtype={"image_id": str})
-    truth = pd.read_csv(Path(args.data) / "truth.csv", dtype={"image_id": str})
-    kinds = error_kinds(truth, errors)
-    scores = score_rankings(rankings, errors, kinds)
-    t_redraw = time.perf_counter()
-    redraws = (score_redraws(args.data, probs, Path(args.run_dir) / "index", args.label_noise,
-                             args.redraws, args.seed) if args.redraws > 0 else None)
-    t_redraw = time.perf_counter() - t_redraw
-    result = {
-        "command": "python -m bench.audit_scoring " + " ".join(_cli(args)),
-        "rescored_from": None if args.probs is None else str(args.probs),
-        "data": {**data, "slices": len(truth), "studies_positive": int(
-            truth.groupby("study_uid")["any"].max().sum()),
-            "positive_slices_clean": int(truth["any"].sum()),
-            "errors_by_kind": kinds.value_counts().sort_index().to_dict()},
-        "oof": {k: oof.get(k) for k in ("command", "stage", "weights", "folds", "grouping",
-                                        "studies", "images", "metrics_vs_given_labels",
-                                        "seconds")},
-        "model": model_info(Path(args.run_dir)),
-        "scores": scores,
-        "verdict": verdict(scores),
-        "redraws": redraws,
-        "redraw_seconds": t_redraw,
-        "audit_seconds": t_rank,
-        "total_seconds": time.perf_counter() - t0,
-        "machine": machine(),
-    }
-    args.out_json.parent.mkdir(parents=True, exist_ok=True)
-    args.out_json.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-    args.out_md.write_text(render_markdown(result), encoding="utf-8")
-    print(render_table(result["scores"]))
-    print(verdict_sentence(result["verdict"], result["scores"]))
-    return result
-
-
-def _cli(args: argparse.Namespace) -> list[str]:
-    """The options of this run, as they would be typed (defaults included, paths as given)."""
-    out = []
-    for name in ("data", "studies", "seed", "gen_size", "label_noise", "min_slices",
-                 "max_slices", "gen_workers", "folds", "size", "epochs", "batch_size",
-                 "threads", "redraws", "run_dir"):
-        out += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
-    return out
-
-
-def model_info(run_dir: Path) -> dict[str, Any]:
-    """The out-of-fold training settings, from the arguments oof_predict.py saved."""
-    path = run_dir / "oof_args.json"
-    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    keys = ("arch", "size", "mode", "epochs", "folds", "batch_size", "lr", "loss",
-            "positive_fraction", "augment", "threads")
-    return {k: saved.get(k) for k in keys}
-
-
-# --- report ---------------------------------------------------------------------------
 
 
 def _pct(x: float) -> str:
@@ -572,24 +523,6 @@ def verdict_sentence(v: dict[str, Any], scores: dict[str, Any]) -> str:
             f"{above} ({alone}).")
 
 
-def _redraw_section(r: dict[str, Any], auc_macro: float | None) -> list[str]:
-    return [
-        f"### The same audit over {r['draws']} more noise draws",
-        "",
-        f"One draw injects few errors, so the noise was drawn {r['draws']} more times on the "
-        "same images (the generator's `inject_label_noise`, rate "
-        f"{r['rate']}; {r['n_errors']} error cells in all) and each draw audited with the "
-        "same out-of-fold probabilities, which stay out-of-sample (a slice's probability "
-        "never depended on its own labels; the other folds carried the first draw's few "
-        "errors instead). k is 1x and 2x each draw's error count; hits and k are pooled.",
-        "",
-        render_redraws(r),
-        "",
-        _pooled_sentence(r, auc_macro),
-        "",
-    ]
-
-
 def cause_sentence(scores: dict[str, Any], kinds_key: str = "recall_by_kind_at_2x") -> str:
     """Which kinds of error the combined ranking missed at 2 x errors, and why."""
     per = scores["signals"]["combined"].get(kinds_key, {})
@@ -600,87 +533,162 @@ def cause_sentence(scores: dict[str, Any], kinds_key: str = "recall_by_kind_at_2
     return "Missed by the combined ranking at k = 2 x errors: " + "; ".join(parts) + "."
 
 
-def summary_sentence(res: dict[str, Any]) -> str:
-    """Both verdicts up front: the one draw the issue asks for, and the pooled redraws."""
-    v, s, r = res["verdict"], res["scores"], res.get("redraws")
-    kinds = ", ".join(f"{n} {k}" for k, n in res["data"]["errors_by_kind"].items())
-    text = (f"**Summary.** On the dataset's own noise draw ({s['n_errors']} error cells: "
-            f"{kinds}) combined recall at k = {v['k']} is {_pct(v['combined_recall'])}, "
-            + ("above" if v["above_each_alone"] else "not above")
-            + " each signal alone" + (" and at least " if v["reaches_target"] else ", below ")
-            + f"{TARGET_RECALL}.")
-    if r:
-        comb = r["signals"]["combined"]["pooled"]["2x"]
-        alone = [e["pooled"]["2x"]["recall"] for n, e in r["signals"].items() if n != "combined"]
-        text += (f" So few errors make that a coarse estimate: pooled over {r['draws']} more "
-                 f"draws ({r['n_errors']} error cells) combined recall at 2 x errors is "
-                 f"{_pct(comb['recall'])} (95 % interval {_pct(comb['recall_ci95'][0])}-"
-                 f"{_pct(comb['recall_ci95'][1])}), "
-                 + ("above" if all(comb["recall"] > a for a in alone) else "not above")
-                 + " each signal alone and "
-                 + ("at least" if comb["recall"] >= TARGET_RECALL else "below")
-                 + f" {TARGET_RECALL}; that is the number to trust"
-                 + (" (cause below)." if comb["recall"] < TARGET_RECALL else "."))
-    return text
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def render_pooled(r: dict[str, Any]) -> str:
+    """Recall (and precision) at 1x and 2x errors per signal, pooled over draws."""
+    lines = ["| signal | P@1x | R@1x | P@2x | R@2x |", "| --- | ---: | ---: | ---: | ---: |"]
+    for name, e in r["signals"].items():
+        cells = []
+        for f in ("1x", "2x"):
+            v = e["pooled"][f]
+            lo, hi = v["recall_ci95"]
+            cells += [_pct(v["precision"]),
+                      f"{_pct(v['recall'])} ({v['hits']}/{r['n_errors']}; {_pct(lo)}-{_pct(hi)})"]
+        label = f"**{name}**" if name == "combined" else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_by_kind(r: dict[str, Any]) -> str:
+    """Found / injected at 2x errors per kind (rows) and signal (columns)."""
+    names = list(r["signals"])
+    short = {n: n.split(" (")[0] for n in names}
+    kinds = list(r.get("by_kind", {})) + [g for g in KIND_GROUPS
+                                          if g in r["signals"]["combined"]["recall_by_kind_at_2x"]]
+    lines = ["| kind | " + " | ".join(short[n] for n in names) + " | rule fired | median rank |",
+             "| --- | " + " | ".join("---:" for _ in names) + " | ---: | ---: |"]
+    for kind in kinds:
+        cells = []
+        for n in names:
+            hit, tot = r["signals"][n]["recall_by_kind_at_2x"][kind]
+            cells.append(f"{hit}/{tot}")
+        info = r["by_kind"].get(kind)
+        tail = (f" | {info['rule_fired']}/{info['n']} | {info['combined_median_rank']:.0f} |"
+                if info else " | | |")
+        label = f"**{kind}**" if kind in KIND_GROUPS else kind
+        lines.append(f"| {label} | " + " | ".join(cells) + tail)
+    return "\n".join(lines)
+
+
+def _verdict_text(name: str, v: dict[str, Any]) -> str:
+    b = ", ".join(f"{g.split(' (')[0]} {_pct(x)}" for g, x in v["boundary_recall"].items())
+    return (f"{name}: combined recall at 2x errors {_pct(v['combined_recall'])} "
+            + ("reaches" if v["reaches_overall"] else "does not reach")
+            + f" {TARGET_RECALL}; boundary kinds ({b}) "
+            + ("all reach" if v["reaches_boundary"] else "do not all reach")
+            + f" {TARGET_BOUNDARY}; combined is "
+            + ("above" if v["above_each_alone"] else "not above") + " each signal alone.")
+
+
+def _cause_text(r: dict[str, Any], ref: dict[str, Any]) -> str:
+    """Why combined recall falls short on a set: which signals fail there, and where."""
+    sig = r["signals"]
+
+    def rec(name: str) -> float:
+        return sig[name]["pooled"]["2x"]["recall"]
+
+    per_c = sig["combined"]["recall_by_kind_at_2x"]
+    per_s = sig["sequence only"]["recall_by_kind_at_2x"]
+    ranks = ", ".join(f"{k} {v['combined_median_rank']:.0f}" for k, v in r["by_kind"].items()
+                      if 2 * v["rule_fired"] < v["n"])
+    lost = "; ".join(f"{g.split(' (')[0]} {per_c[g][0]}/{per_c[g][1]} against "
+                     f"{per_s[g][0]}/{per_s[g][1]}" for g in ("gap (all cells)",
+                                                              "isolated (all cells)")
+                     if g in per_c and per_c[g][0] < per_s[g][0])
+    return (f"Cause on the {r['set']} set: the model is nearly blind there (model only "
+            f"{_pct(rec('model only'))}, CNN only {_pct(rec('CNN only'))}, cleanlab "
+            f"{_pct(rec('cleanlab only (reference)'))} against "
+            f"{_pct(ref['signals']['model only']['pooled']['2x']['recall'])} on the own "
+            "test studies), so errors "
+            "without a label pattern rest on the image evidence alone, which ranks them at a "
+            f"median of {ranks} of {r['n_cells']} cells (k is about 2 x "
+            f"{r['n_errors'] / r['draws']:.0f}). And confident model disagreements, which on "
+            "the own generator nearly always mean a wrong label, are mostly model mistakes "
+            "here: they outrank some rule hits, so combined finds fewer of the "
+            f"rule-visible errors than the rules alone ({lost}).")
 
 
 def render_markdown(res: dict[str, Any]) -> str:
-    d, o, m, s, v = res["data"], res["oof"], res["model"], res["scores"], res["verdict"]
-    metrics = o.get("metrics_vs_given_labels") or {}
-    auc = metrics.get("auc") or {}
-    auc_line = ", ".join(f"{c} {_pct(a) if a is not None else 'n/a'}" for c, a in auc.items())
-    kinds = ", ".join(f"{k} {n}" for k, n in d["errors_by_kind"].items())
+    d, rk, sec = res["data"], res["ranker"], res["seconds"]
+    titles = {"own_test": "Own generator, test studies (not used to fit the ranker)",
+              "foreign": "Foreign generator (`bench/foreign_phantom.py`), never used to fit "
+                         "the ranker or to compare settings"}
     lines = [
         "# Label audit scoring",
         "",
-        "Precision@k and recall@k of the audit's flags against the label errors the synthetic",
-        "generator injected (issue 5). Each (image, class) cell is ranked by one signal; an",
-        "error counts as found when its cell is among the top k flags (cells scored 0 are not",
-        "flags). In brackets after each recall: errors found, and the 95 % Wilson interval.",
+        "Recall@k of the audit's flags against label errors injected into studies of two",
+        "phantom generators, with the shipped model's probabilities (`weights/`, CPU). Each",
+        "(image, class) cell is ranked by one signal; an error counts as found when its cell",
+        "is among the top k flags (cells scored 0 are not flags); k = 1x and 2x the errors",
+        "of each noise draw, hits and k pooled over the draws. In brackets: errors found of",
+        "errors injected, and the 95 % Wilson interval. \"combined\" is the learned ranker",
+        "(`hohoho_core.audit_ranker`, logistic regression over every signal) fitted on the own",
+        "generator's training studies only; \"hand-weighted\" is the earlier fixed",
+        "`AuditWeights` combination. Both carry scores between a subtype cell and its \"any\"",
+        "cell (`audit.carry_any`).",
         "",
-        "## Result",
+        "## Verdict",
         "",
-        summary_sentence(res),
+        *[f"- {_verdict_text(titles[n].split(' (')[0].split(',')[0] + (' test' if n == 'own_test' else ''), v)}"
+          for n, v in res["verdict"].items()],
+        *[f"- {_cause_text(r, res['results']['own_test'])}" for n, r in res["results"].items()
+          if n != "own_test" and not res["verdict"][n]["reaches_overall"]],
         "",
-        f"### The dataset's own noise draw ({s['n_errors']} error cells)",
+    ]
+    for name, r in res["results"].items():
+        lines += [
+            f"## {titles[name]}",
+            "",
+            f"{d[name]['studies']} studies ({d[name]['studies_positive']} with a bleed), "
+            f"{d[name]['slices']} slices, {d[name]['subtype_runs']} positive subtype runs; "
+            f"{r['draws']} noise draws at rate {r['rate']}: {r['n_errors']} error cells, "
+            f"{r['n_cells']} cells per draw.",
+            "",
+            render_pooled(r),
+            "",
+            "By kind of error at k = 2x errors (found / injected); \"rule fired\": a sequence "
+            "rule flags the cell; median rank of the error cells in the combined ranking:",
+            "",
+            render_by_kind(r),
+            "",
+        ]
+    lines += ["## How the settings were chosen", "", HISTORY, ""]
+    weights = "; ".join(f"{w['feature']} {w['weight']:+.2f}" for w in rk["weights_table"])
+    meta = rk["meta"]
+    lines += [
+        "## The learned ranker",
         "",
-        render_table(s),
+        f"Logistic regression (C = {meta['c']}, balanced class weights) on standardised "
+        f"features, fitted on {meta['draws']} noise draws of the own generator's training "
+        f"studies ({meta['cells']} cells, {meta['errors']} errors). Standardised weights, "
+        f"largest first: {weights}. The ranker of this run is shipped as "
+        "`weights/audit_ranker.json` (`AuditRanker.load`; pass it to `rank_flags(..., "
+        "evidence=SliceEvidence(...), ranker=...)`); without the evidence arrays its "
+        "boundary terms are 0 and it leans on the model, the rules and cleanlab.",
         "",
-        verdict_sentence(v, s) + " " + cause_sentence(s),
-        "",
-        "Recall by kind of error at k = 2 x errors (found / injected):",
-        "",
-        render_kinds(s),
-        "",
-        *(_redraw_section(res["redraws"], metrics.get("auc_macro"))
-          if res.get("redraws") else []),
         "## How it was made",
         "",
-        f"- Command: `{res['command']}`"
-        + (f" (the table re-scored from `{res['rescored_from']}` with `--probs`)"
-           if res.get("rescored_from") else "")
-        + (f"; data {d['seconds'] / 60:.1f} min" if d.get("seconds") is not None else "")
-        + f", out-of-fold training {(o.get('seconds') or 0) / 60:.1f} min, audit "
-        f"{res['audit_seconds']:.0f} s.",
-        f"- Data: `{d['command']}`"
-        + (" (reused from an earlier run)" if d.get("reused") else "")
-        + f": {d['studies']} studies ({d['studies_positive']} with a bleed), {d['slices']} "
-        f"slices ({d['positive_slices_clean']} truly positive for any), seed {d['seed']}, "
-        f"label noise {d['label_noise']} (one error in that fraction of positive runs), "
-        f"{s['n_errors']} injected error cells: {kinds}.",
-        f"- Out-of-fold model: `{o.get('command') or 'not recorded'}`; {m['arch']} "
-        f"from random init, {m['mode']} input at {m['size']} px, loss {m['loss']} "
-        f"(train_cnn.py's defaults), lr {m['lr']}, {m['epochs']} epochs per fold, batch "
-        f"{m['batch_size']}, positive slices drawn {m['positive_fraction']} of the time, "
-        f"'{m['augment']}' augmentation, {m['folds']} folds split by "
-        f"{o.get('grouping') or 'patient'}, trained on the noisy labels; probabilities of "
-        f"the stage-1 CNN, {o.get('weights') or 'last epoch'}; "
-        f"{(o.get('seconds') or 0) / 60:.1f} min.",
-        f"- Out-of-fold AUC against the given (noisy) labels: {auc_line or 'n/a'}.",
-        f"- Audit: `hohoho_core.audit.audit_from_files` with the default `AuditWeights`, "
-        f"{res['audit_seconds']:.1f} s for the four rankings.",
-        f"- Machine: {res['machine']} (wall-clock times; the cores were shared with other "
-        "work, so they are not speed benchmarks).",
+        f"- Command: `{res['command']}`.",
+        "- Data: " + "; ".join(
+            f"{n}: {v['studies']} studies, {v['slices']} slices, rendered and predicted in "
+            f"{v['seconds']:.0f} s" for n, v in d.items())
+        + ". Images rendered at the `--size` in the command; the model's own preprocessing "
+        "(stacked brain window, crop, 128 px) from `weights/config.json`.",
+        "- Model: the shipped weights (ResNet-18 + BiLSTM), fp32 on the CPU; out of sample "
+        "for every study here (other seeds; the foreign generator never seen).",
+        f"- Times: data {sec['data']:.0f} s (cached arrays reused when present), ranker fit "
+        f"{sec['fit']:.0f} s, scoring {sec['score']:.0f} s, total {sec['total']:.0f} s.",
+        f"- Machine: {res['machine']} (wall-clock; the cores were shared with a training job).",
         "",
     ]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Label audit: rank slice labels by how likely they are wrong, each with its reason.
 
-Two independent kinds of evidence, then one combined ranking:
+Three kinds of evidence, then one combined ranking:
 
 * the model: out-of-fold probabilities (a model that never trained on the slice it
   judges) scored with cleanlab's ``multilabel_classification`` (confident learning,
@@ -8,9 +8,14 @@ Two independent kinds of evidence, then one combined ranking:
   flag names its class;
 * sequence rules along the sorted series (the poster's Fig. 7 "strange patterns"): an
   isolated positive among negatives, a one-slice gap inside a positive run, and an
-  "any" label that contradicts the subtypes.
+  "any" label that contradicts the subtypes;
+* run boundaries (`audit_boundary`): at each run edge, whether the run should end one
+  slice earlier or later, from the CNN and LSTM probabilities, embeddings and the blood
+  seen in the image on both sides (optional ``SliceEvidence``).
 
-Everything here is NumPy/pandas in, pandas out. Arrays of labels and probabilities are
+The combined score is the fixed `AuditWeights` sum, or a learned `audit_ranker.AuditRanker`
+when one is given; either way a subtype cell and its "any" cell rank together
+(`audit_any.carry_any`). Everything here is NumPy/pandas in, pandas out. Arrays of labels and probabilities are
 ``(N, 6)`` with columns ``labels.CLASSES``.
 """
 
@@ -19,19 +24,27 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
+from hohoho_core.audit_any import carry_any
+from hohoho_core.audit_boundary import SliceEvidence, cell_candidates
 from hohoho_core.labels import ANY_INDEX, CLASSES
 from hohoho_core.rsna_csv import Source, read_rsna_csv
+
+if TYPE_CHECKING:
+    from hohoho_core.audit_ranker import AuditRanker
 
 __all__ = [
     "RULES",
     "SIGNALS",
     "AuditWeights",
+    "SliceEvidence",
+    "audit_cells",
     "audit_from_files",
+    "carry_any",
     "model_flags",
     "rank_flags",
     "read_probs_csv",
@@ -41,8 +54,8 @@ __all__ = [
 #: Sequence rules, in the order reasons are listed.
 RULES: tuple[str, ...] = ("isolated_positive", "gap_in_run", "any_inconsistent")
 #: Values of ``rank_flags(signal_only=...)``; None ranks by the combined score.
-SIGNALS: tuple[str, ...] = ("model", "sequence", "cleanlab")
-Signal = Literal["model", "sequence", "cleanlab"]
+SIGNALS: tuple[str, ...] = ("model", "sequence", "cleanlab", "cnn", "boundary")
+Signal = Literal["model", "sequence", "cleanlab", "cnn", "boundary"]
 
 # Rule scores. A pattern with both neighbours present is clear evidence (1.0). On the
 # first or last slice only one neighbour exists, and a bleed can genuinely be cut off by
@@ -368,50 +381,35 @@ def _reason(label: int, cls: str, prob: float, details: str) -> str:
     """One readable sentence: what the label is, which pattern, what the model thinks."""
     flipped = 1 - label
     backs = prob if flipped == 1 else 1.0 - prob
-    verdict = "backs a relabel" if backs >= 0.5 else "supports the label"
+    # Only a relabel has a target; "supports the label to 1" read as the opposite claim.
+    verdict = f"backs a relabel to {flipped}" if backs >= 0.5 else "supports the label"
     head = f"{cls} labelled {label}"
-    model = f"the model gives {prob:.2f} ({verdict} to {flipped})"
+    model = f"the model gives {prob:.2f} ({verdict})"
     if details:
         return f"{head}: {details}; {model}."
     return f"{head}; {model}."
 
 
-def rank_flags(
+def audit_cells(
     table: pd.DataFrame,
     prob: np.ndarray,
     weights: AuditWeights | None = None,
-    *,
-    signal_only: Signal | None = None,
-    top: int | None = None,
+    evidence: SliceEvidence | None = None,
 ) -> pd.DataFrame:
-    """Combine the model and the sequence rules into one ranked list of (image, class).
+    """Every signal and boundary feature of every (slice, class) cell, unranked.
 
-    Args:
-        table: one row per slice with columns ``image_id``, ``study_uid``,
-            ``slice_index`` and the six ``CLASSES`` label columns (0/1); a
-            ``series_uid`` column, when present, splits studies into series.
-        prob: ``(N, 6)`` out-of-fold probabilities, rows aligned with ``table``.
-        weights: weights of the combined score (``AuditWeights()`` by default).
-        signal_only: rank by one signal alone, for benchmarks: ``"model"``
-            (``|label - prob|``), ``"sequence"`` (rule score) or ``"cleanlab"``
-            (``cleanlab_score``). None ranks by the combined score.
-        top: keep only the ``top`` highest-ranked rows.
+    Args and validation as in `rank_flags`.
 
     Returns:
-        One row per (image_id, class), ``6 * N`` rows (or ``top``) sorted by ``rank``
-        (1 = most suspicious), with columns ``image_id, study_uid, slice_index, class,
-        label, prob, model_score, sequence_score, cleanlab_score, cleanlab_issue,
-        combined_score, rules`` (semicolon-separated rule names, "" if none), ``reason``
-        (a sentence), ``score`` (the ranking signal) and ``rank``. Combined-score ties are
-        split by the raw model score, then the rule score; single-signal ties keep table
-        order (then class order), so a single-signal ranking never borrows another signal.
-        Several rules on one cell combine by noisy-OR: ``1 - prod(1 - r_i)``.
+        ``6 * N`` rows in (row, class) order: the columns `rank_flags` documents (without
+        ``reason``, ``score``, ``rank`` and ``learned_score``) plus ``row``,
+        ``class_index``, ``candidate`` (``run_shorter`` | ``run_longer`` | ""),
+        ``cnn_score`` (``|label - cnn_prob|``, the model score when no
+        CNN probabilities are given), ``cleanlab_quality``, one ``rule_<name>`` score per
+        rule, the boundary evidence terms (``audit_boundary.EVIDENCE_TERMS``, NaN off a
+        candidate), ``run_length`` (0 off a candidate) and ``_details``.
     """
     weights = weights if weights is not None else AuditWeights()
-    if signal_only is not None and signal_only not in SIGNALS:
-        raise ValueError(f"signal_only must be None or one of {SIGNALS}, got {signal_only!r}")
-    if top is not None and top < 0:
-        raise ValueError(f"top must be >= 0, got {top}")
     needed = ["image_id", "study_uid", "slice_index", *CLASSES]
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -422,22 +420,32 @@ def rank_flags(
         raise ValueError("table has slices without labels; drop them before the audit")
     labels = _check_labels(label_frame.to_numpy())
     p = _check_prob(prob, n)
+    ev = evidence if evidence is not None else SliceEvidence()
+    ev.check(n)
+    if ev.cnn_prob is not None:
+        _check_prob(ev.cnn_prob, n)
 
     key = table["study_uid"].astype(str)
     if "series_uid" in table.columns:
         key = key + "\x1f" + table["series_uid"].astype(str)
     seq = sequence_flags(labels, key.to_numpy(), table["slice_index"].to_numpy())
     out = model_flags(labels, p)
+    n_cells = n * _N_CLASSES
 
     cell = out["row"].to_numpy() * _N_CLASSES + out["class_index"].to_numpy()
     seq_cell = seq["row"].to_numpy() * _N_CLASSES + seq["class_index"].to_numpy()
     # Noisy-OR over the rules that fire on one cell: independent hints add up, capped at 1.
-    miss = np.ones(n * _N_CLASSES)
+    miss = np.ones(n_cells)
     np.multiply.at(miss, seq_cell, 1.0 - seq["score"].to_numpy())
-    r = 1.0 - miss
-    r = r[cell]
-    rules = np.full(n * _N_CLASSES, "", dtype=object)
-    details = np.full(n * _N_CLASSES, "", dtype=object)
+    r = (1.0 - miss)[cell]
+    per_rule = {}
+    for rule in RULES:
+        v = np.zeros(n_cells)
+        hit = (seq["rule"] == rule).to_numpy()
+        np.maximum.at(v, seq_cell[hit], seq["score"].to_numpy()[hit])
+        per_rule[f"rule_{rule}"] = v[cell]
+    rules = np.full(n_cells, "", dtype=object)
+    details = np.full(n_cells, "", dtype=object)
     if len(seq):
         grouped = seq.groupby(seq_cell, sort=False)
         rule_str = grouped["rule"].agg(lambda s: ";".join(dict.fromkeys(s)))
@@ -445,36 +453,140 @@ def rank_flags(
         rules[rule_str.index.to_numpy()] = rule_str.to_numpy()
         details[detail_str.index.to_numpy()] = detail_str.to_numpy()
 
+    bc = cell_candidates(labels, key.to_numpy(), table["slice_index"].to_numpy(), p, ev)
+    kind, edge, boundary, terms = bc["candidate"], bc["edge"], bc["boundary_score"], bc["terms"]
+    run_length, cand_detail = bc["run_length"], bc["detail"]
+    candidate = kind.copy()
+    # A rule names the pattern first; a boundary candidate otherwise; else a plain cell.
+    kind = np.where(rules != "", np.array([s.split(";")[0] for s in rules], dtype=object),
+                    np.where(kind != "", kind, "cell"))
+    details = np.array([a if not b else (f"{a}; {b}" if a else b)
+                        for a, b in zip(details, cand_detail, strict=True)], dtype=object)
+
     m = out["model_score"].to_numpy()
     c = out["cleanlab_issue"].to_numpy().astype(np.float64)
     m_adj = 1.0 - out["cleanlab_quality"].to_numpy()
     combined = weights.combine(m, r, c, m_adjusted=m_adj)
+    combined, partner = carry_any(combined.reshape(n, _N_CLASSES), labels)
+    label_flat = out["label"].to_numpy()
+    if ev.cnn_prob is not None:
+        cnn_score = np.abs(label_flat - np.asarray(ev.cnn_prob, dtype=np.float64).reshape(-1))
+    else:
+        cnn_score = m.copy()
 
     rows = out["row"].to_numpy()
-    result = pd.DataFrame(
+    image_ids = table["image_id"].astype(str).to_numpy()
+    cls_names = out["class"].to_numpy()
+    group = np.char.add(np.char.add(image_ids[rows].astype(str), ":"), cls_names.astype(str))
+    part = np.repeat(partner, _N_CLASSES)
+    is_any = out["class_index"].to_numpy() == ANY_INDEX
+    linked = is_any & (part >= 0)
+    group = group.astype(object)
+    group[linked] = [f"{image_ids[rw]}:{CLASSES[pj]}" for rw, pj in
+                     zip(rows[linked], part[linked], strict=True)]
+    return pd.DataFrame(
         {
+            "row": rows,
             "image_id": table["image_id"].to_numpy()[rows],
             "study_uid": table["study_uid"].to_numpy()[rows],
             "slice_index": table["slice_index"].to_numpy()[rows],
-            "class": out["class"].to_numpy(),
-            "label": out["label"].to_numpy(),
+            "class": cls_names,
+            "class_index": out["class_index"].to_numpy(),
+            "label": label_flat,
             "prob": out["prob"].to_numpy(),
             "model_score": m,
+            "cnn_score": cnn_score,
             "sequence_score": r,
             "cleanlab_score": out["cleanlab_score"].to_numpy(),
+            "cleanlab_quality": out["cleanlab_quality"].to_numpy(),
             "cleanlab_issue": out["cleanlab_issue"].to_numpy(),
-            "combined_score": combined,
+            "boundary_score": boundary,
+            "combined_score": combined.reshape(-1),
             "rules": rules[cell],
+            "kind": kind[cell],
+            "edge": edge[cell],
+            "group": group,
+            "candidate": candidate[cell],
+            "run_length": run_length[cell],
+            **per_rule,
+            **{t: v[cell] for t, v in terms.items()},
             "_details": details[cell],
         }
     )
-    score_col = {
-        None: "combined_score",
-        "model": "model_score",
-        "sequence": "sequence_score",
-        "cleanlab": "cleanlab_score",
-    }[signal_only]
-    result["score"] = result[score_col].to_numpy()
+
+
+def rank_flags(
+    table: pd.DataFrame,
+    prob: np.ndarray,
+    weights: AuditWeights | None = None,
+    *,
+    signal_only: Signal | None = None,
+    top: int | None = None,
+    evidence: SliceEvidence | None = None,
+    ranker: AuditRanker | None = None,
+) -> pd.DataFrame:
+    """Combine the model and the sequence rules into one ranked list of (image, class).
+
+    Args:
+        table: one row per slice with columns ``image_id``, ``study_uid``,
+            ``slice_index`` and the six ``CLASSES`` label columns (0/1); a
+            ``series_uid`` column, when present, splits studies into series.
+        prob: ``(N, 6)`` out-of-fold probabilities, rows aligned with ``table``.
+        weights: weights of the combined score (``AuditWeights()`` by default).
+        signal_only: rank by one signal alone, for benchmarks: ``"model"``
+            (``|label - prob|``), ``"sequence"`` (rule score), ``"cleanlab"``
+            (``cleanlab_score``), ``"cnn"`` (``|label - cnn_prob|``) or ``"boundary"``
+            (``boundary_score``). None ranks by the learned score when a ``ranker`` is
+            given, else by the combined score.
+        top: keep only the ``top`` highest-ranked rows.
+        evidence: per-slice CNN probabilities, embeddings and blood areas for the
+            boundary evidence (`audit_boundary.SliceEvidence`); None: probabilities only.
+        ranker: a fitted `audit_ranker.AuditRanker` (e.g. ``AuditRanker.load(...)``);
+            its score, after `carry_any`, becomes ``learned_score`` and the ranking.
+
+    Returns:
+        One row per (image_id, class), ``6 * N`` rows (or ``top``) sorted by ``rank``
+        (1 = most suspicious), with columns ``image_id, study_uid, slice_index, class,
+        label, prob, model_score, sequence_score, cleanlab_score, cleanlab_issue,
+        combined_score, rules`` (semicolon-separated rule names, "" if none), then
+        ``cnn_score``, ``boundary_score`` (0 off a run edge), ``learned_score`` (NaN
+        without a ranker), ``kind`` (the candidate: a rule name, ``run_shorter`` = the
+        edge slice of a run that may end one slice earlier / start one later,
+        ``run_longer`` = the slice just outside a run that may extend to it, or
+        ``cell``), ``edge`` (``start`` | ``end`` | ""), ``group`` (``image_id:class``;
+        an "any" cell that moves with a subtype cell shares that subtype's group),
+        ``reason`` (a sentence), ``score`` (the ranking signal) and ``rank``.
+        Combined and learned scores carry between a subtype and its "any" cell
+        (`carry_any`). Combined-score ties are split by the raw model score, then the
+        rule score; single-signal ties keep table order (then class order), so a
+        single-signal ranking never borrows another signal. Several rules on one cell
+        combine by noisy-OR: ``1 - prod(1 - r_i)``.
+    """
+    if signal_only is not None and signal_only not in SIGNALS:
+        raise ValueError(f"signal_only must be None or one of {SIGNALS}, got {signal_only!r}")
+    if top is not None and top < 0:
+        raise ValueError(f"top must be >= 0, got {top}")
+    cells = audit_cells(table, prob, weights, evidence)
+    n = len(table)
+    learned = np.full(len(cells), np.nan)
+    if ranker is not None:
+        raw = ranker.score(cells).reshape(n, _N_CLASSES)
+        learned = carry_any(raw, cells["label"].to_numpy().reshape(n, _N_CLASSES))[0].reshape(-1)
+    cells["learned_score"] = learned
+    columns = ["image_id", "study_uid", "slice_index", "class", "label", "prob",
+               "model_score", "sequence_score", "cleanlab_score", "cleanlab_issue",
+               "combined_score", "rules", "cnn_score", "boundary_score", "learned_score",
+               "kind", "edge", "group", "_details"]
+    result = cells[columns]
+    if signal_only is None:
+        score_col = "combined_score" if ranker is None else "learned_score"
+    else:
+        score_col = {"model": "model_score", "sequence": "sequence_score",
+                     "cleanlab": "cleanlab_score", "cnn": "cnn_score",
+                     "boundary": "boundary_score"}[signal_only]
+    result = result.assign(score=result[score_col].to_numpy())
+    m = result["model_score"].to_numpy()
+    r = result["sequence_score"].to_numpy()
     if signal_only is None:
         # The clip makes very confident model disagreements tie; the raw score splits them.
         order = np.lexsort((-r, -m, -result["score"].to_numpy()))

@@ -484,3 +484,33 @@ def test_audit_from_files_finds_injected_errors(tmp_path: Path) -> None:
             data, oof, cache_dir=tmp_path / "cache", workers=1, signal_only=signal, top=k
         )
         assert len(found) >= len(wanted & set(zip(alone["image_id"], alone["class"], strict=True)))
+
+
+@pytest.mark.parametrize(
+    ("label", "prob", "expected"),
+    [
+        (0, 0.40, "subdural labelled 0; the model gives 0.40 (supports the label)."),
+        (1, 0.70, "subdural labelled 1; the model gives 0.70 (supports the label)."),
+        (0, 0.80, "subdural labelled 0; the model gives 0.80 (backs a relabel to 1)."),
+        (1, 0.10, "subdural labelled 1; the model gives 0.10 (backs a relabel to 0)."),
+    ],
+)
+def test_reason_names_a_target_only_for_a_relabel(label: int, prob: float, expected: str) -> None:
+    # Regression: the reason used to read "(supports the label to 1)" for a model that
+    # agreed with the label, which says the opposite of what the model thinks.
+    lab = np.zeros((3, 6), dtype=int)
+    lab[1, SDH] = label
+    lab[:, ANY_INDEX] = lab[:, :ANY_INDEX].max(axis=1)
+    prob_arr = np.where(lab == 1, 0.9, 0.1).astype(float)
+    prob_arr[1, SDH] = prob
+    table = pd.DataFrame(lab, columns=list(CLASSES))
+    table.insert(0, "image_id", [f"ID_{i}" for i in range(3)])
+    table.insert(1, "study_uid", "s")
+    table.insert(2, "slice_index", range(3))
+    out = rank_flags(table, prob_arr)
+    row = out[(out["image_id"] == "ID_1") & (out["class"] == "subdural")].iloc[0]
+    reason = str(row["reason"])
+    assert reason.endswith(expected.split("; ", 1)[1]) or reason == expected
+    assert "supports the label to" not in reason
+    if "supports the label" in expected:
+        assert "relabel" not in reason
