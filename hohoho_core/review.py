@@ -1,0 +1,602 @@
+"""Review sessions over the audit queue: items, readers' decisions, agreement, export.
+
+Pure functions on the frames that `hohoho_core.audit.rank_flags` and
+`hohoho_core.store.DecisionStore.current` return; nothing here reads or writes the store.
+
+* `group_items`: the flagged cells of one slice, and those of one class on adjacent slices
+  of a study (a run's edge: its last positive and the first negative slice beside it),
+  form one review item, so a slice comes back once with one decision per class.
+* `resolve`: each cell's readers' decisions settled into one label: one reader's decision,
+  two readers who agree, or an adjudicator's decision; readers who disagree leave the label
+  as it was until an adjudicator decides (`disagreements` is that queue).
+* `agreement`: Cohen's kappa per class between two readers over the cells both decided
+  (Cohen 1960, "A coefficient of agreement for nominal scales").
+* `corrected_labels` / `export_corrected`: the labels with the settled decisions applied,
+  in the input file's row order, plus a "who decided what" table.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hohoho_core.atomic import atomic_write_text
+from hohoho_core.csvsafe import safe_frame
+from hohoho_core.labels import ANY_INDEX, CLASSES
+from hohoho_core.rsna_csv import read_rsna_csv, row_id, write_rsna_csv
+
+__all__ = [
+    "STATUSES",
+    "UNSURE",
+    "Cell",
+    "CorrectedLabels",
+    "ExportSummary",
+    "LabelSource",
+    "ReviewItem",
+    "agreement",
+    "cohen_kappa",
+    "corrected_labels",
+    "disagreements",
+    "export_corrected",
+    "first_open",
+    "group_items",
+    "item_status",
+    "load_labels",
+    "outcome",
+    "readers",
+    "resolve",
+]
+
+#: The outcome of an "unsure" decision (no label).
+UNSURE: int = -1
+#: A cell's state once its decisions are resolved.
+STATUSES: tuple[str, ...] = ("single", "agreed", "adjudicated", "disagreement", "unsure")
+_SETTLED = ("single", "agreed", "adjudicated")
+
+
+# --------------------------------------------------------------------------- items
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (slice, class) label under review."""
+
+    image_id: str
+    cls: str
+    label: int  # the label under review, 0 or 1
+    slice_index: int
+    rank: int  # rank_flags' rank; 0 for a neighbour cell that was not flagged
+    reason: str = ""
+    rules: str = ""
+    prob: float = float("nan")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.image_id, self.cls
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """Cells decided together: one slice's flags, plus same-class flags next to it."""
+
+    anchor: str  # image_id shown in the centre (that of the best-ranked cell)
+    study_uid: str
+    slice_index: int  # the anchor's
+    rank: int  # best rank among the cells
+    cells: tuple[Cell, ...] = field(default_factory=tuple)
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        return [c.key for c in self.cells]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(dict.fromkeys(c.cls for c in self.cells))
+
+    @property
+    def slices(self) -> list[int]:
+        return sorted({c.slice_index for c in self.cells})
+
+
+def group_items(flags: pd.DataFrame) -> list[ReviewItem]:
+    """Group ranked flags into review items, best first.
+
+    Args:
+        flags: rows of `rank_flags` (any subset, e.g. its top N), with at least the columns
+            ``image_id, study_uid, slice_index, class, label, rank``; ``reason``,
+            ``rules`` and ``prob`` are used when present. Other columns are ignored.
+
+    Returns:
+        Items ordered by their best rank. Two cells share an item when they are on the same
+        slice, or have the same class on adjacent slices (``slice_index`` 1 apart) of the
+        same study; this is transitive. Within an item cells keep rank order.
+    """
+    if flags.empty:
+        return []
+    f = flags.sort_values("rank", kind="stable").reset_index(drop=True)
+    n = len(f)
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    def union(i: int, j: int) -> None:
+        a, b = find(i), find(j)
+        if a != b:
+            parent[max(a, b)] = min(a, b)  # the better-ranked root wins
+
+    ids = f["image_id"].astype(str).to_numpy()
+    for rows in pd.Series(np.arange(n)).groupby(ids, sort=False).groups.values():
+        rows = list(rows)
+        for r in rows[1:]:
+            union(rows[0], r)
+    by_cell = {
+        (str(s), str(c), int(k)): i
+        for i, (s, c, k) in enumerate(
+            zip(f["study_uid"], f["class"], f["slice_index"], strict=True)
+        )
+    }
+    for (study, cls, k), i in by_cell.items():
+        j = by_cell.get((study, cls, k + 1))
+        if j is not None:
+            union(i, j)
+
+    get = {
+        col: f[col].to_numpy() if col in f.columns else None for col in ("reason", "rules", "prob")
+    }
+    members: dict[int, list[int]] = {}
+    for i in range(n):
+        members.setdefault(find(i), []).append(i)
+    items = []
+    for root in sorted(members):
+        cells = tuple(
+            Cell(
+                image_id=str(ids[i]),
+                cls=str(f.at[i, "class"]),
+                label=int(f.at[i, "label"]),
+                slice_index=int(f.at[i, "slice_index"]),
+                rank=int(f.at[i, "rank"]),
+                reason=str(get["reason"][i]) if get["reason"] is not None else "",
+                rules=str(get["rules"][i]) if get["rules"] is not None else "",
+                prob=float(get["prob"][i]) if get["prob"] is not None else float("nan"),
+            )
+            for i in members[root]
+        )
+        items.append(
+            ReviewItem(
+                anchor=cells[0].image_id,
+                study_uid=str(f.at[root, "study_uid"]),
+                slice_index=cells[0].slice_index,
+                rank=cells[0].rank,
+                cells=cells,
+            )
+        )
+    return items
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def outcome(original_label: int, decision: str) -> int:
+    """The label a decision asks for: ``keep`` the original, ``relabel_0``/``relabel_1``
+    0 or 1, ``unsure`` `UNSURE`."""
+    if decision == "keep":
+        return int(original_label)
+    if decision in ("relabel_0", "relabel_1"):
+        return int(decision[-1])
+    if decision == "unsure":
+        return UNSURE
+    raise ValueError(f"unknown decision {decision!r}")
+
+
+def _outcomes(current: pd.DataFrame) -> np.ndarray:
+    return np.array(
+        [
+            outcome(o, d)
+            for o, d in zip(current["original_label"], current["decision"], strict=True)
+        ],
+        dtype=np.int64,
+    )
+
+
+def _name(value: int) -> str:
+    return "unsure" if value == UNSURE else str(value)
+
+
+_RESOLVED_COLUMNS = [
+    "image_id",
+    "subtype",
+    "original_label",
+    "status",
+    "label",
+    "decided_by",
+    "readers",
+    "adjudicator",
+    "comments",
+]
+
+
+def resolve(current: pd.DataFrame) -> pd.DataFrame:
+    """Settle each decided cell.
+
+    Args:
+        current: `DecisionStore.current()`: the live decision per (image_id, subtype,
+            reviewer, role). A frame without a ``role`` column (a version-1 reader)
+            counts every row as a reader's.
+
+    Returns:
+        One row per (image_id, subtype) with any decision, sorted by both, with columns
+        ``image_id, subtype, original_label, status`` (one of `STATUSES`), ``label``
+        (the settled label 0/1, or `UNSURE` when the cell is unsure or in disagreement:
+        its label is left as it was), ``decided_by`` (who settled it, "" if nobody),
+        ``readers`` ("name: outcome; ..." in decision order), ``adjudicator`` and
+        ``comments`` ("name: text; ...", empty comments left out).
+
+        The latest adjudicator decision settles the cell whatever the readers said; else
+        one reader's decision, or the readers' common outcome, settles it; readers whose
+        outcomes differ (``unsure`` counts as an outcome) leave it in ``disagreement``.
+    """
+    if current.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in _RESOLVED_COLUMNS}).astype(
+            {"original_label": np.int64, "label": np.int64}
+        )
+    cur = current.sort_values("id", kind="stable")
+    role = cur["role"] if "role" in cur.columns else pd.Series("reader", index=cur.index)
+    outs = pd.Series(_outcomes(cur), index=cur.index)
+    rows = []
+    for (image_id, subtype), g in cur.groupby(["image_id", "subtype"], sort=True):
+        r = role.loc[g.index]
+        readers_g = g[r == "reader"]
+        adj = g[r == "adjudicator"]
+        reader_out = outs.loc[readers_g.index]
+        readers_txt = "; ".join(
+            f"{name}: {_name(v)}" for name, v in zip(readers_g["reviewer"], reader_out, strict=True)
+        )
+        comments = "; ".join(
+            f"{n}: {c}" for n, c in zip(g["reviewer"], g["comment"], strict=True) if c
+        )
+        adjudicator = ""
+        if len(adj):
+            last = adj.index[-1]
+            value, adjudicator = int(outs.loc[last]), str(adj.at[last, "reviewer"])
+            status = "adjudicated" if value != UNSURE else "unsure"
+            decided_by = adjudicator
+        elif len(set(reader_out)) == 1:
+            value = int(reader_out.iloc[0])
+            status = (
+                ("single" if len(readers_g) == 1 else "agreed") if value != UNSURE else "unsure"
+            )
+            decided_by = "; ".join(readers_g["reviewer"])
+        else:
+            value, status, decided_by = UNSURE, "disagreement", ""
+        rows.append(
+            (
+                image_id,
+                subtype,
+                int(g["original_label"].iloc[-1]),
+                status,
+                value if status in _SETTLED else UNSURE,
+                decided_by if status in _SETTLED else "",
+                readers_txt,
+                adjudicator,
+                comments,
+            )
+        )
+    out = pd.DataFrame(rows, columns=_RESOLVED_COLUMNS)
+    return out.astype({"original_label": np.int64, "label": np.int64})
+
+
+def disagreements(resolved: pd.DataFrame) -> pd.DataFrame:
+    """The adjudication queue: cells whose readers disagree and no adjudicator decided."""
+    return resolved[resolved["status"] == "disagreement"].reset_index(drop=True)
+
+
+def readers(current: pd.DataFrame) -> list[str]:
+    """Reader names, most decisions first (ties by name)."""
+    cur = current[current["role"] == "reader"] if "role" in current.columns else current
+    counts = cur["reviewer"].value_counts()
+    return sorted(counts.index, key=lambda name: (-int(counts[name]), str(name)))
+
+
+# --------------------------------------------------------------------------- agreement
+
+
+def cohen_kappa(a: Sequence[object], b: Sequence[object]) -> float:
+    """Cohen's kappa of two raters' nominal ratings ``a`` and ``b`` (same length).
+
+    ``(p_o - p_e) / (1 - p_e)`` with ``p_o`` the observed agreement and ``p_e`` the
+    agreement expected from each rater's marginal frequencies (Cohen 1960). NaN for no
+    ratings, or when ``p_e`` is 1 (both raters used a single, common category): kappa is
+    undefined there, as in scikit-learn.
+    """
+    x, y = np.asarray(a, dtype=object), np.asarray(b, dtype=object)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(
+            f"ratings must be two 1-D sequences of one length, got {x.shape}, {y.shape}"
+        )
+    if x.size == 0:
+        return float("nan")
+    cats = list(dict.fromkeys([*x.tolist(), *y.tolist()]))
+    px = np.array([np.mean(x == c) for c in cats])
+    py = np.array([np.mean(y == c) for c in cats])
+    p_o = float(np.mean(x == y))
+    p_e = float(np.sum(px * py))
+    if np.isclose(p_e, 1.0):
+        return float("nan")
+    return (p_o - p_e) / (1.0 - p_e)
+
+
+def agreement(current: pd.DataFrame, reader_a: str, reader_b: str) -> pd.DataFrame:
+    """Agreement per class between two readers over the cells both decided.
+
+    Outcomes compared are 0, 1 and unsure (`outcome`). Returns one row per class of
+    `CLASSES` with columns ``class, cells`` (decided by both), ``agreed`` (same outcome),
+    ``kappa`` (`cohen_kappa`; NaN without cells or when undefined).
+    """
+    cur = current[current["role"] == "reader"] if "role" in current.columns else current
+    outs = pd.Series(_outcomes(cur), index=cur.index)
+    pair = []
+    for name in (reader_a, reader_b):
+        mine = cur[cur["reviewer"] == name]
+        pair.append(
+            pd.Series(
+                outs.loc[mine.index].to_numpy(),
+                index=pd.MultiIndex.from_frame(mine[["image_id", "subtype"]]),
+            )
+        )
+    both = pd.concat(pair, axis=1, join="inner", keys=["a", "b"])
+    rows = []
+    for cls in CLASSES:
+        sel = both[both.index.get_level_values("subtype") == cls]
+        rows.append(
+            (
+                cls,
+                len(sel),
+                int((sel["a"] == sel["b"]).sum()),
+                cohen_kappa(sel["a"].tolist(), sel["b"].tolist()),
+            )
+        )
+    return pd.DataFrame(rows, columns=["class", "cells", "agreed", "kappa"])
+
+
+# --------------------------------------------------------------------------- navigation
+
+
+def item_status(
+    item: ReviewItem, decided: set[tuple[str, str]], unsure: set[tuple[str, str]]
+) -> str:
+    """``"open"`` while a cell of ``item`` has no decision in ``decided``, else
+    ``"unsure"`` if one of its decisions is in ``unsure``, else ``"done"``."""
+    keys = item.keys
+    if any(k not in decided for k in keys):
+        return "open"
+    return "unsure" if any(k in unsure for k in keys) else "done"
+
+
+def first_open(
+    items: Sequence[ReviewItem], decided: set[tuple[str, str]], after: int = -1
+) -> int | None:
+    """Position of the first item after ``after`` (wrapping round) with a cell not in
+    ``decided``; None when every item is decided."""
+    n = len(items)
+    for step in range(1, n + 1):
+        j = (after + step) % n
+        if any(k not in decided for k in items[j].keys):
+            return j
+    return None
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    """What an export wrote."""
+
+    images: int  # images written (six labels each)
+    relabelled: int  # labels changed by a settled decision
+    unmatched: int  # settled cells whose image is not in the labels
+    any_inconsistent: int  # images whose "any" disagrees with their subtypes afterwards
+    inconsistent_ids: tuple[str, ...] = ()  # those images, in input order
+    unresolved: int = 0  # cells left as they were: readers disagree, not adjudicated
+    any_fixed: int = 0  # images whose "any" was set from the subtypes (fix_any)
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Original labels and the row order to write them back in.
+
+    ``labels``: int64 ``(n_images, 6)`` frame indexed by image id, columns `CLASSES`.
+    ``rows``: ``(image_id, class)`` pairs in the input file's row order (duplicates kept),
+    or None to write images in ``labels`` order with classes in `CLASSES` order.
+    """
+
+    labels: pd.DataFrame
+    rows: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def load_labels(labels: pd.DataFrame | Path | str) -> LabelSource:
+    """Original labels from an RSNA ``ID,Label`` CSV (its row order kept) or a frame with
+    the six `CLASSES` columns and the image id as index or ``image_id`` column.
+
+    A CSV is read by the one codec with strict policies: identical duplicate rows are
+    fine; a malformed row, conflicting duplicates or a missing label are refused
+    (``ValueError``), since an export could only guess at them.
+    """
+    if isinstance(labels, pd.DataFrame):
+        return LabelSource(_labels_frame(labels))
+    path = Path(labels)
+    frame = read_rsna_csv(
+        path,
+        kind="labels",
+        on_invalid="error",
+        on_duplicate="drop",
+        on_conflict="error",
+        on_missing="error",
+    ).astype(np.int64)
+    frame.index = pd.Index(frame.index.to_numpy(dtype=object), dtype=object, name="image_id")
+    # The row order only: every row was checked by the codec above.
+    ids = pd.read_csv(path, usecols=[0], dtype=str, keep_default_na=False).iloc[:, 0]
+    parts = ids.str.strip().str.rsplit("_", n=1, expand=True)
+    image = parts[0].to_numpy(dtype=object)
+    return LabelSource(frame, (image, parts[1].to_numpy(dtype=object)))
+
+
+def _labels_frame(labels: pd.DataFrame) -> pd.DataFrame:
+    frame = labels.set_index("image_id") if "image_id" in labels.columns else labels
+    missing = [c for c in CLASSES if c not in frame.columns]
+    if missing:
+        raise ValueError(f"labels are missing columns {missing}")
+    frame = frame[list(CLASSES)]
+    if frame.isna().to_numpy().any() or not frame.isin([0, 1]).to_numpy().all():
+        raise ValueError("labels must be 0 or 1 with no missing values")
+    if frame.index.duplicated().any():
+        raise ValueError("labels have duplicate image ids")
+    frame = frame.astype(np.int64)
+    frame.index = pd.Index(frame.index.to_numpy(dtype=object), dtype=object, name="image_id")
+    return frame
+
+
+@dataclass(frozen=True)
+class CorrectedLabels:
+    """Labels after review: ``values`` ``(n_images, 6)`` aligned with ``source.labels``,
+    the ``provenance`` ("who decided what") and the ``summary``."""
+
+    source: LabelSource
+    values: np.ndarray
+    provenance: pd.DataFrame
+    summary: ExportSummary
+
+    def csv_text(self) -> str:
+        """The RSNA ``ID,Label`` text, rows in the input's order."""
+        index = self.source.labels.index
+        if self.source.rows is None:
+            buf = io.StringIO(newline="")
+            write_rsna_csv(buf, index.to_numpy(dtype=object), self.values, kind="labels")
+            return buf.getvalue()
+        image, cls = self.source.rows
+        r = index.get_indexer(image)
+        k = np.array([CLASSES.index(c) for c in cls], dtype=np.int64)
+        vals = self.values[r, k]
+        lines = [
+            "ID,Label",
+            *(f"{row_id(i, c)},{v}" for i, c, v in zip(image, cls, vals, strict=True)),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def provenance_text(self) -> str:
+        """The provenance as CSV text, spreadsheet-safe (names and comments are typed)."""
+        return safe_frame(self.provenance).to_csv(index=False)
+
+
+def corrected_labels(
+    source: LabelSource, resolved: pd.DataFrame, *, fix_any: bool = False
+) -> CorrectedLabels:
+    """Apply settled decisions (`resolve`) to the original labels.
+
+    Args:
+        source: `load_labels`.
+        resolved: `resolve` of the store's current decisions.
+        fix_any: set "any" to the maximum of the subtypes on images where it disagrees,
+            unless "any" itself was settled by a decision (a person's decision is never
+            overruled by the rule; such images stay listed as inconsistent).
+
+    Returns:
+        `CorrectedLabels`; its provenance has one row per decided cell (and per "any" the
+        rule fixed) with ``ID, image_id, class, original_label, exported_label, status,
+        decided_by, readers, adjudicator, comments``.
+    """
+    labels = source.labels
+    values = labels.to_numpy(dtype=np.int64, copy=True)
+    rows = labels.index.get_indexer(resolved["image_id"])
+    known = rows >= 0
+    cols = np.array([CLASSES.index(s) for s in resolved["subtype"]], dtype=np.int64)
+    settled = resolved["label"].to_numpy(dtype=np.int64) != UNSURE
+    apply = known & settled
+    before = values[rows[apply], cols[apply]]
+    new = resolved["label"].to_numpy(dtype=np.int64)[apply]
+    values[rows[apply], cols[apply]] = new
+    relabelled = int((before != new).sum())
+
+    mismatch = values[:, :ANY_INDEX].max(axis=1) != values[:, ANY_INDEX]
+    fixed = np.zeros(len(values), dtype=bool)
+    if fix_any:
+        any_decided = np.zeros(len(values), dtype=bool)
+        any_decided[rows[apply & (cols == ANY_INDEX)]] = True
+        fixed = mismatch & ~any_decided
+        values[fixed, ANY_INDEX] = values[fixed, :ANY_INDEX].max(axis=1)
+        mismatch = mismatch & ~fixed
+
+    prov = resolved[known].copy()
+    prov["exported_label"] = values[rows[known], cols[known]]
+    prov["original_label"] = labels.to_numpy(dtype=np.int64)[rows[known], cols[known]]
+    fix_rows = np.flatnonzero(fixed)
+    fix_frame = pd.DataFrame(
+        {
+            "image_id": labels.index.to_numpy(dtype=object)[fix_rows],
+            "subtype": "any",
+            "original_label": labels.to_numpy(dtype=np.int64)[fix_rows, ANY_INDEX],
+            "exported_label": values[fix_rows, ANY_INDEX],
+            "status": "any_fixed",
+            "decided_by": "rule: any = max(subtypes)",
+            "readers": "",
+            "adjudicator": "",
+            "comments": "",
+        }
+    )
+    prov = pd.concat([prov, fix_frame], ignore_index=True)
+    prov.insert(
+        0,
+        "ID",
+        [row_id(str(i), str(c)) for i, c in zip(prov["image_id"], prov["subtype"], strict=True)],
+    )
+    prov = prov.rename(columns={"subtype": "class"})[
+        [
+            "ID",
+            "image_id",
+            "class",
+            "original_label",
+            "exported_label",
+            "status",
+            "decided_by",
+            "readers",
+            "adjudicator",
+            "comments",
+        ]
+    ]
+    summary = ExportSummary(
+        images=len(labels),
+        relabelled=relabelled,
+        unmatched=int((~known & settled).sum()),
+        any_inconsistent=int(mismatch.sum()),
+        inconsistent_ids=tuple(str(i) for i in labels.index[mismatch]),
+        unresolved=int((resolved["status"] == "disagreement").sum()),
+        any_fixed=int(fixed.sum()),
+    )
+    return CorrectedLabels(source, values, prov, summary)
+
+
+def export_corrected(
+    current: pd.DataFrame,
+    labels: pd.DataFrame | Path | str | LabelSource,
+    out_csv: Path | str,
+    *,
+    provenance_csv: Path | str | None = None,
+    fix_any: bool = False,
+) -> ExportSummary:
+    """Write corrected labels (RSNA ``ID,Label``, input row order) and, if asked, the
+    "who decided what" CSV; both atomically. See `corrected_labels`."""
+    source = labels if isinstance(labels, LabelSource) else load_labels(labels)
+    result = corrected_labels(source, resolve(current), fix_any=fix_any)
+    atomic_write_text(Path(out_csv), result.csv_text())
+    if provenance_csv is not None:
+        atomic_write_text(Path(provenance_csv), result.provenance_text())
+    return result.summary
