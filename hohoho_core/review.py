@@ -39,12 +39,17 @@ __all__ = [
     "LabelSource",
     "ReviewItem",
     "agreement",
+    "cell_keys",
     "cohen_kappa",
     "corrected_labels",
     "disagreements",
     "export_corrected",
+    "ITEM_FILTERS",
+    "decided_keys",
+    "filter_items",
     "first_open",
     "group_items",
+    "items_for_cells",
     "item_status",
     "load_labels",
     "outcome",
@@ -112,9 +117,11 @@ def group_items(flags: pd.DataFrame) -> list[ReviewItem]:
             ``rules`` and ``prob`` are used when present. Other columns are ignored.
 
     Returns:
-        Items ordered by their best rank. Two cells share an item when they are on the same
-        slice, or have the same class on adjacent slices (``slice_index`` 1 apart) of the
-        same study; this is transitive. Within an item cells keep rank order.
+        Items ordered by their best rank. Cells on the same slice share an item; so do
+        the two cells of a run edge: the same class on adjacent slices (``slice_index`` 1
+        apart) of one study, one labelled 1 and the other 0. An item never spans more than
+        two slices (so a long alternating pattern does not become one item); edges are
+        joined best rank first. Within an item cells keep rank order.
     """
     if flags.empty:
         return []
@@ -138,16 +145,24 @@ def group_items(flags: pd.DataFrame) -> list[ReviewItem]:
         rows = list(rows)
         for r in rows[1:]:
             union(rows[0], r)
+    # Slices (study, slice_index) each root's item covers, to keep items to two slices.
+    where = list(zip(f["study_uid"].astype(str), f["slice_index"].astype(int), strict=True))
+    covers: dict[int, set[tuple[str, int]]] = {}
+    for i in range(n):
+        covers.setdefault(find(i), set()).add(where[i])
+    labels = f["label"].to_numpy()
     by_cell = {
-        (str(s), str(c), int(k)): i
-        for i, (s, c, k) in enumerate(
-            zip(f["study_uid"], f["class"], f["slice_index"], strict=True)
-        )
+        (s, str(c), k): i for i, ((s, k), c) in enumerate(zip(where, f["class"], strict=True))
     }
-    for (study, cls, k), i in by_cell.items():
-        j = by_cell.get((study, cls, k + 1))
-        if j is not None:
-            union(i, j)
+    for i in range(n):  # rank order: the best-ranked edges are joined first
+        (study, k), cls = where[i], str(f.at[i, "class"])
+        for j in (by_cell.get((study, cls, k - 1)), by_cell.get((study, cls, k + 1))):
+            if j is None or labels[i] == labels[j]:
+                continue
+            a, b = find(i), find(j)
+            if a != b and len(covers[a] | covers[b]) <= 2:
+                union(a, b)
+                covers[find(a)] = covers.pop(a, set()) | covers.pop(b, set())
 
     get = {
         col: f[col].to_numpy() if col in f.columns else None for col in ("reason", "rules", "prob")
@@ -221,6 +236,7 @@ _RESOLVED_COLUMNS = [
     "readers",
     "adjudicator",
     "comments",
+    "readers_disagree",
 ]
 
 
@@ -238,7 +254,8 @@ def resolve(current: pd.DataFrame) -> pd.DataFrame:
         (the settled label 0/1, or `UNSURE` when the cell is unsure or in disagreement:
         its label is left as it was), ``decided_by`` (who settled it, "" if nobody),
         ``readers`` ("name: outcome; ..." in decision order), ``adjudicator`` and
-        ``comments`` ("name: text; ...", empty comments left out).
+        ``comments`` ("name: text; ...", empty comments left out) and
+        ``readers_disagree`` (the readers' outcomes differ, adjudicated or not).
 
         The latest adjudicator decision settles the cell whatever the readers said; else
         one reader's decision, or the readers' common outcome, settles it; readers whose
@@ -246,7 +263,7 @@ def resolve(current: pd.DataFrame) -> pd.DataFrame:
     """
     if current.empty:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in _RESOLVED_COLUMNS}).astype(
-            {"original_label": np.int64, "label": np.int64}
+            {"original_label": np.int64, "label": np.int64, "readers_disagree": bool}
         )
     cur = current.sort_values("id", kind="stable")
     role = cur["role"] if "role" in cur.columns else pd.Series("reader", index=cur.index)
@@ -288,15 +305,52 @@ def resolve(current: pd.DataFrame) -> pd.DataFrame:
                 readers_txt,
                 adjudicator,
                 comments,
+                len(set(reader_out)) > 1,
             )
         )
     out = pd.DataFrame(rows, columns=_RESOLVED_COLUMNS)
-    return out.astype({"original_label": np.int64, "label": np.int64})
+    return out.astype({"original_label": np.int64, "label": np.int64, "readers_disagree": bool})
 
 
-def disagreements(resolved: pd.DataFrame) -> pd.DataFrame:
-    """The adjudication queue: cells whose readers disagree and no adjudicator decided."""
+def cell_keys(frame: pd.DataFrame) -> set[tuple[str, str]]:
+    """The ``(image_id, subtype)`` pairs of a decisions or `resolve` frame."""
+    return set(zip(frame["image_id"], frame["subtype"], strict=True))
+
+
+def disagreements(resolved: pd.DataFrame, *, include_adjudicated: bool = False) -> pd.DataFrame:
+    """The adjudication queue: cells whose readers disagree and no adjudicator decided
+    (with ``include_adjudicated``, also those an adjudicator has settled)."""
+    if include_adjudicated:
+        return resolved[resolved["readers_disagree"]].reset_index(drop=True)
     return resolved[resolved["status"] == "disagreement"].reset_index(drop=True)
+
+
+def items_for_cells(cells: pd.DataFrame, table: pd.DataFrame) -> list[ReviewItem]:
+    """Review items for arbitrary cells (e.g. `disagreements`), in the cells' order.
+
+    Args:
+        cells: columns ``image_id``, ``subtype`` and ``original_label``; ``readers`` is
+            used as the reason when present.
+        table: one row per slice with ``image_id``, ``study_uid`` and ``slice_index``;
+            cells of images not in it are left out.
+    """
+    where = table.drop_duplicates("image_id").set_index("image_id")
+    known = cells[cells["image_id"].isin(where.index)]
+    if known.empty:
+        return []
+    ids = known["image_id"].to_numpy()
+    flags = pd.DataFrame(
+        {
+            "image_id": ids,
+            "study_uid": where.loc[ids, "study_uid"].to_numpy(),
+            "slice_index": where.loc[ids, "slice_index"].to_numpy(),
+            "class": known["subtype"].to_numpy(),
+            "label": known["original_label"].to_numpy(),
+            "rank": np.arange(1, len(known) + 1),
+            "reason": known["readers"].to_numpy() if "readers" in known else "",
+        }
+    )
+    return group_items(flags)
 
 
 def readers(current: pd.DataFrame) -> list[str]:
@@ -379,6 +433,67 @@ def item_status(
     if any(k not in decided for k in keys):
         return "open"
     return "unsure" if any(k in unsure for k in keys) else "done"
+
+
+def decided_keys(
+    current: pd.DataFrame, *, reviewer: str | None = None, role: str = "reader"
+) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """``(decided, unsure)``: the cells with a live decision of ``role`` (by ``reviewer``
+    only, if given), and those of them whose latest such decision is ``unsure``."""
+    cur = current[current["role"] == role] if "role" in current.columns else current
+    if reviewer is not None:
+        cur = cur[cur["reviewer"] == reviewer]
+    cur = cur.sort_values("id", kind="stable").drop_duplicates(["image_id", "subtype"], keep="last")
+    keys = list(zip(cur["image_id"], cur["subtype"], strict=True))
+    unsure = {k for k, d in zip(keys, cur["decision"], strict=True) if d == "unsure"}
+    return set(keys), unsure
+
+
+#: Values of `filter_items`' ``status``.
+ITEM_FILTERS: tuple[str, ...] = ("all", "open", "unsure", "done", "disagreement")
+
+
+def filter_items(
+    items: Sequence[ReviewItem],
+    decided: set[tuple[str, str]],
+    unsure: set[tuple[str, str]],
+    *,
+    classes: Sequence[str] = (),
+    study: str | None = None,
+    status: str = "all",
+    disagreeing: set[tuple[str, str]] | None = None,
+    by_reviewer: set[tuple[str, str]] | None = None,
+) -> list[int]:
+    """Positions of the items that pass every filter given.
+
+    Args:
+        items: the queue.
+        decided, unsure: `decided_keys` for the session's view (`item_status`).
+        classes: keep items with a cell of one of these classes (all when empty).
+        study: keep items of this study UID (all when None).
+        status: one of `ITEM_FILTERS`: ``open``/``unsure``/``done`` by `item_status`;
+            ``disagreement`` keeps items with a cell in ``disagreeing``.
+        disagreeing: cells whose readers disagree (needed for ``status="disagreement"``).
+        by_reviewer: keep items with a cell in this set (a reviewer's decided cells).
+    """
+    if status not in ITEM_FILTERS:
+        raise ValueError(f"status must be one of {ITEM_FILTERS}, got {status!r}")
+    wanted = set(classes)
+    keep = []
+    for pos, item in enumerate(items):
+        if wanted and not wanted & set(item.classes):
+            continue
+        if study is not None and item.study_uid != study:
+            continue
+        if status == "disagreement":
+            if not any(k in (disagreeing or set()) for k in item.keys):
+                continue
+        elif status != "all" and item_status(item, decided, unsure) != status:
+            continue
+        if by_reviewer is not None and not any(k in by_reviewer for k in item.keys):
+            continue
+        keep.append(pos)
+    return keep
 
 
 def first_open(

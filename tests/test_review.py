@@ -62,15 +62,19 @@ def test_a_run_edge_is_one_item() -> None:
             ("ID_x", "B", 5, "subdural", 0),  # slice 5 of another study: not linked
             ("ID_5", "A", 5, "subdural", 0),
             ("ID_6", "A", 6, "epidural", 0),  # adjacent, other class: not linked
+            ("ID_3", "A", 3, "subdural", 1),  # adjacent, same label: not an edge
+            ("ID_6", "A", 6, "subdural", 1),  # an edge with 5, but 4-5 is one already
         ]
     )
     items = group_items(flags)
     assert [i.keys for i in items] == [
         [("ID_4", "subdural"), ("ID_5", "subdural")],
         [("ID_x", "subdural")],
-        [("ID_6", "epidural")],
+        [("ID_6", "epidural"), ("ID_6", "subdural")],
+        [("ID_3", "subdural")],
     ]
     assert items[0].slices == [4, 5]
+    assert all(len(i.slices) <= 2 for i in items)
     assert group_items(flags.iloc[:0]) == []
 
 
