@@ -427,12 +427,12 @@ def agreement(current: pd.DataFrame, reader_a: str, reader_b: str) -> pd.DataFra
 def item_status(
     item: ReviewItem, decided: set[tuple[str, str]], unsure: set[tuple[str, str]]
 ) -> str:
-    """``"open"`` while a cell of ``item`` has no decision in ``decided``, else
-    ``"unsure"`` if one of its decisions is in ``unsure``, else ``"done"``."""
+    """``"unsure"`` if a cell of ``item`` is in ``unsure`` (the queue to revisit), else
+    ``"open"`` while a cell has no decision in ``decided``, else ``"done"``."""
     keys = item.keys
-    if any(k not in decided for k in keys):
-        return "open"
-    return "unsure" if any(k in unsure for k in keys) else "done"
+    if any(k in unsure for k in keys):
+        return "unsure"
+    return "open" if any(k not in decided for k in keys) else "done"
 
 
 def decided_keys(

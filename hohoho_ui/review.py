@@ -129,18 +129,22 @@ def keys_caption() -> str:
     )
 
 
-def decision_lines(current: pd.DataFrame, key: tuple[str, str]) -> list[str]:
-    """Markdown lines, one per live decision on the cell ``key`` in ``current`` (oldest
-    first). Names and comments are typed by people: shown as text, never as markdown."""
-    rows = current[(current["image_id"] == key[0]) & (current["subtype"] == key[1])]
+def decision_lines(current: pd.DataFrame, keys: list[tuple[str, str]]) -> list[str]:
+    """Markdown lines, one per live decision in ``current`` on the cells ``keys`` (in the
+    order of ``keys``, then oldest first), each naming its cell. Names and comments are
+    typed by people: shown as text, never as markdown."""
     lines = []
-    for r in rows.sort_values("id").itertuples(index=False):
-        role = " (adjudicator)" if getattr(r, "role", "reader") == "adjudicator" else ""
-        lines.append(
-            f"Decision on record: **{md_literal(r.decision)}** by {md_literal(r.reviewer)}{role}"
-            + (f" — “{md_literal(r.comment)}”" if r.comment else "")
-            + f" ({md_literal(str(r.created_at)[:19].replace('T', ' '))} UTC)"
-        )
+    for image_id, cls in keys:
+        rows = current[(current["image_id"] == image_id) & (current["subtype"] == cls)]
+        for r in rows.sort_values("id").itertuples(index=False):
+            role = " (adjudicator)" if getattr(r, "role", "reader") == "adjudicator" else ""
+            lines.append(
+                f"Decision on record: **{md_literal(r.decision)}** by {md_literal(r.reviewer)}"
+                + role
+                + (f" — “{md_literal(r.comment)}”" if r.comment else "")
+                + f" ({md_literal(str(r.created_at)[:19].replace('T', ' '))} UTC)"
+                + f" · {md_literal(cls)} on {md_literal(image_id)}"
+            )
     return lines
 
 

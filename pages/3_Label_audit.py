@@ -220,8 +220,7 @@ with st.expander("Filter the queue", expanded=False):
     )
 by_reviewer = None
 if f_reviewer not in (None, "Anyone") and mode != "blind":
-    mine = current[current["reviewer"] == f_reviewer]
-    by_reviewer = set(zip(mine["image_id"], mine["subtype"], strict=True))
+    by_reviewer = review.cell_keys(current[current["reviewer"] == f_reviewer])
 visible = [
     items[i]
     for i in review.filter_items(
@@ -241,6 +240,9 @@ if not visible:
 
 # --------------------------------------------------------------------------- position
 anchors = [it.anchor for it in visible]
+if st.session_state.get("audit_queue") != (key, mode):
+    st.session_state["audit_queue"] = (key, mode)  # another queue: start at its first open item
+    st.session_state["audit_item"] = None
 if st.session_state.get("audit_item") not in anchors:
     # A new session (a reload) or a filter change: the first undecided item.
     first = review.first_open(visible, decided)
@@ -288,11 +290,11 @@ def _decide(decision: str) -> None:
     )
     now = decided | {target.key}
     rest = [c for c in item.cells if c.key not in now]
-    if rest:  # the item's next open cell
+    if target.key not in item.keys or (was_decided and not rest):
+        st.session_state["audit_target"] = target  # a neighbour or a change: stay here
+    elif rest:  # the item's next open cell
         c = rest[0]
         st.session_state["audit_target"] = ui.Target(item.anchor, c.image_id, c.cls, c.label)
-    elif was_decided or target.key not in item.keys:
-        st.session_state["audit_target"] = target  # a change or a neighbour: stay here
     else:
         nxt = review.first_open(visible, now, after=pos)
         if nxt is not None and nxt != pos:
@@ -416,7 +418,8 @@ else:
 
 mine = current[(current["reviewer"] == reviewer) & (current["role"] == role)]
 shown_current = mine if mode == "blind" else current
-for line in ui.decision_lines(shown_current, target.key):
+item_keys = item.keys if target.key in item.keys else [target.key, *item.keys]
+for line in ui.decision_lines(shown_current, item_keys):
     st.success(line)
 if mode != "blind" and target.key in disagreeing:
     st.warning("Readers disagree on this cell: it waits in the adjudication queue.")

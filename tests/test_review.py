@@ -93,6 +93,7 @@ def test_navigation_helpers() -> None:
     assert first_open(items, decided, after=1) == 1  # wraps round to itself
     assert first_open(items, decided | {("ID_3", "epidural")}) is None
     assert item_status(items[1], decided, set()) == "open"
+    assert item_status(items[1], decided, {("ID_3", "any")}) == "unsure"  # before "open"
     assert item_status(items[0], decided, {("ID_1", "any")}) == "unsure"
     assert item_status(items[0], decided, set()) == "done"
 
