@@ -37,7 +37,10 @@ __all__ = [
     "CorrectedLabels",
     "ExportSummary",
     "LabelSource",
+    "MODES",
     "ReviewItem",
+    "SessionView",
+    "after_decision",
     "agreement",
     "cell_keys",
     "cohen_kappa",
@@ -55,6 +58,7 @@ __all__ = [
     "outcome",
     "readers",
     "resolve",
+    "session_view",
 ]
 
 #: The outcome of an "unsure" decision (no label).
@@ -421,6 +425,71 @@ def agreement(current: pd.DataFrame, reader_a: str, reader_b: str) -> pd.DataFra
     return pd.DataFrame(rows, columns=["class", "cells", "agreed", "kappa"])
 
 
+# --------------------------------------------------------------------------- sessions
+
+#: Review modes: one reader sees every decision; a blind (second) reader only their own;
+#: an adjudicator the cells where readers disagree.
+MODES: tuple[str, ...] = ("single", "blind", "adjudicate")
+
+
+@dataclass(frozen=True)
+class SessionView:
+    """What one reviewer's session works on, in one mode.
+
+    ``items``: the queue; ``decided``/``unsure``: the cells counted as decided / unsure in
+    this mode (a blind reader's own, an adjudicator's, or anyone's); ``disagreeing``: cells
+    whose readers disagree and wait for an adjudicator (empty for a blind reader, who must
+    not learn of them); ``visible``: the decisions this session may show; ``resolved``:
+    `resolve` of every decision (for the export, which is not blind).
+    """
+
+    mode: str
+    role: str
+    items: list[ReviewItem]
+    decided: set[tuple[str, str]]
+    unsure: set[tuple[str, str]]
+    disagreeing: set[tuple[str, str]]
+    visible: pd.DataFrame
+    resolved: pd.DataFrame
+
+
+def session_view(
+    mode: str,
+    reviewer: str,
+    current: pd.DataFrame,
+    flagged: list[ReviewItem],
+    table: pd.DataFrame,
+) -> SessionView:
+    """Build a `SessionView`.
+
+    Args:
+        mode: one of `MODES`.
+        reviewer: the session's reviewer ("" when unknown: a blind session then has no
+            decisions of its own).
+        current: `DecisionStore.current()`.
+        flagged: `group_items` of the ranked flags (the readers' queue).
+        table: one row per slice with ``image_id``, ``study_uid``, ``slice_index`` (to place
+            the adjudication queue's cells).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    resolved = resolve(current)
+    disagreeing = cell_keys(disagreements(resolved))
+    if mode == "adjudicate":
+        items = items_for_cells(disagreements(resolved, include_adjudicated=True), table)
+        decided, unsure = decided_keys(current, role="adjudicator")
+        return SessionView(
+            mode, "adjudicator", items, decided, unsure, disagreeing, current, resolved
+        )
+    if mode == "blind":
+        mine = current[(current["reviewer"] == reviewer) & (current["role"] == "reader")]
+        decided, unsure = decided_keys(mine)
+        return SessionView(mode, "reader", flagged, decided, unsure, set(), mine, resolved)
+    decided, _ = decided_keys(current)
+    unsure = cell_keys(resolved[resolved["status"] == "unsure"])
+    return SessionView(mode, "reader", flagged, decided, unsure, disagreeing, current, resolved)
+
+
 # --------------------------------------------------------------------------- navigation
 
 
@@ -507,6 +576,39 @@ def first_open(
         if any(k not in decided for k in items[j].keys):
             return j
     return None
+
+
+def after_decision(
+    items: Sequence[ReviewItem],
+    pos: int,
+    key: tuple[str, str],
+    decided_before: set[tuple[str, str]],
+) -> tuple[int, tuple[str, str]]:
+    """Where the reviewer goes after deciding the cell ``key`` on ``items[pos]``.
+
+    Args:
+        items: the queue as shown (filters applied).
+        pos: the item on screen.
+        key: the cell just decided.
+        decided_before: the cells decided before this decision (`decided_keys`).
+
+    Returns:
+        ``(position, cell)``: a cell outside the item (a neighbour) or a change of an earlier
+        decision with nothing left open in the item stays where it is (a change made while
+        going back never jumps forward); else the item's next open cell; else the first open
+        cell of the next item with one (wrapping round); else the same cell.
+    """
+    item = items[pos]
+    now = decided_before | {key}
+    rest = [c.key for c in item.cells if c.key not in now]
+    if key not in item.keys or (key in decided_before and not rest):
+        return pos, key
+    if rest:
+        return pos, rest[0]
+    nxt = first_open(items, now, after=pos)
+    if nxt is None:
+        return pos, key
+    return nxt, next(c.key for c in items[nxt].cells if c.key not in now)
 
 
 # --------------------------------------------------------------------------- export

@@ -10,6 +10,7 @@ from sklearn.metrics import cohen_kappa_score
 from hohoho_core.labels import CLASSES
 from hohoho_core.review import (
     UNSURE,
+    after_decision,
     agreement,
     cohen_kappa,
     corrected_labels,
@@ -96,6 +97,33 @@ def test_navigation_helpers() -> None:
     assert item_status(items[1], decided, {("ID_3", "any")}) == "unsure"  # before "open"
     assert item_status(items[0], decided, {("ID_1", "any")}) == "unsure"
     assert item_status(items[0], decided, set()) == "done"
+
+
+def test_after_decision() -> None:
+    items = group_items(
+        _flags(
+            [
+                ("ID_1", "A", 1, "any", 0),
+                ("ID_1", "A", 1, "epidural", 0),
+                ("ID_3", "A", 3, "any", 0),
+                ("ID_7", "A", 7, "any", 0),
+            ]
+        )
+    )
+    a, e = ("ID_1", "any"), ("ID_1", "epidural")
+    assert after_decision(items, 0, a, set()) == (0, e)  # the item's next open cell
+    assert after_decision(items, 0, e, {a}) == (1, ("ID_3", "any"))  # then the next item
+    assert after_decision(items, 0, e, {a, ("ID_3", "any")}) == (2, ("ID_7", "any"))
+    # A change on an item already done stays there (going back never jumps forward).
+    assert after_decision(items, 0, a, {a, e}) == (0, a)
+    # A neighbour's cell, not in the item: stay on it.
+    assert after_decision(items, 0, ("ID_2", "any"), set()) == (0, ("ID_2", "any"))
+    # Everything decided: nowhere to go.
+    done = {a, e, ("ID_3", "any"), ("ID_7", "any")}
+    assert after_decision(items, 2, ("ID_7", "any"), done - {("ID_7", "any")}) == (
+        2,
+        ("ID_7", "any"),
+    )
 
 
 # --------------------------------------------------------------------------- resolution
