@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.browser
 
 server = tb.server  # the module-scoped app server (its own store for this module)
 ITEM = re.compile(r"^Item (\d+) of (\d+)")
+ON_RECORD = re.compile(r"^Decision on record: ")
 
 
 def _open(browser, url: str, **params: str):  # type: ignore[no-untyped-def]
@@ -40,12 +42,35 @@ def _item(page) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
     return int(ITEM.match(caption).group(1)), parts[1], parts[-1].split(" labelled ")[0]
 
 
-def _key(page, key: str) -> None:  # type: ignore[no-untyped-def]
-    """Press a shortcut with nothing focused (as after a click on the image), then wait."""
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")
-    page.keyboard.press(key)
-    page.wait_for_timeout(300)
+def _key(page, key: str, changed: Callable[[], bool] | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Press a shortcut after a click on the page's text (as a reader clicks beside the
+    image: the page has the focus, no field has it) and wait until ``changed()`` (by
+    default: the cell on screen is another one).
+
+    A key pressed while Streamlit re-registers its button shortcuts (hotkeys-js, as the
+    page redraws) can be dropped; a reader then presses again, and so does this helper,
+    once ``changed`` has stayed false for 10 s (far longer than a rerun takes here).
+    """
     tb.settle(page)
+    before = _item(page)
+    if changed is None:
+
+        def changed() -> bool:
+            try:
+                return _item(page) != before
+            except Exception:  # noqa: BLE001 (the page is redrawing: look again)
+                return False
+
+    for _attempt in range(3):
+        page.get_by_text(ITEM).first.click()
+        page.keyboard.press(key)
+        for _ in range(100):
+            page.wait_for_timeout(100)
+            if changed():
+                tb.settle(page)
+                return
+    text = page.locator('[data-testid="stMain"]').inner_text()[:3000]
+    raise AssertionError(f"{key!r} changed nothing from {before}:\n{text}")
 
 
 def _download(page, label: str) -> str:  # type: ignore[no-untyped-def]
@@ -72,13 +97,11 @@ def test_two_readers_adjudication_keyboard_reload_download(
             first = _item(ann)
             assert _item(bob) == first
             _key(ann, "1")  # keep
-            print("DEBUG", [bob.get_by_text("Decision on record").nth(i).evaluate("e => e.outerHTML.slice(0, 400)") for i in range(bob.get_by_text("Decision on record").count())])
-            print("DEBUG ann", DecisionStore(store_path).history().to_dict("records"))
-            expect(bob.get_by_text("Decision on record")).to_have_count(0, timeout=2000)
+            expect(bob.get_by_text(ON_RECORD)).to_have_count(0)
             bob.reload()  # bob sees nothing of ann's decision, even after a reload
             bob.get_by_text(ITEM).first.wait_for()
             assert _item(bob) == first
-            expect(bob.get_by_text("Decision on record")).to_have_count(0)
+            expect(bob.get_by_text(ON_RECORD)).to_have_count(0)
             _key(bob, "2")  # relabel
             cur = DecisionStore(store_path).current()
             assert sorted(zip(cur["reviewer"], cur["decision"], strict=True)) == [
@@ -89,7 +112,6 @@ def test_two_readers_adjudication_keyboard_reload_download(
             # --- a keyboard-only pass: decide, previous, next, undo
             while _item(ann)[0] == 1:  # the first item's other cells
                 _key(ann, "1")
-            assert _item(ann)[0] == 2
             _key(ann, "d")
             assert _item(ann)[0] == 1
             _key(ann, "f")
@@ -100,27 +122,26 @@ def test_two_readers_adjudication_keyboard_reload_download(
             store = DecisionStore(store_path)
             assert len(store.current()) == n_live - 1
             assert store.history()["retracted_at"].astype(bool).sum() == 1
-            while _item(ann)[0] == 1:
-                _key(ann, "1")
-            while _item(ann)[0] == 2:
-                _key(ann, "1")
-            assert _item(ann)[0] == 3
+            _key(ann, "1")  # decide it again: the first item is done
+            assert _item(ann)[0] == 2
             progress = ann.get_by_text(re.compile(r"^\d+ of \d+ reviewed$"))
             done = progress.inner_text()
-            assert done.startswith("2 of ")
+            assert done.startswith("1 of ")
 
             # --- a reload loses nothing and resumes at the first undecided item
             ann.reload()
             ann.get_by_text(ITEM).first.wait_for()
             expect(progress).to_have_text(done)
-            assert _item(ann)[0] == 3
+            assert _item(ann)[0] == 2
             expect(ann.get_by_label("Your name (saved with each decision)")).to_have_value("ann")
 
             # --- adjudication: the disagreement is queued; the adjudicator settles it
             cat = _open(browser, url, reviewer="cat", audit_mode="adjudicate")
             assert _item(cat)[1:] == first[1:]
-            expect(cat.get_by_text("Decision on record")).to_have_count(2)
-            _key(cat, "2")  # relabel, as bob said
+            expect(cat.get_by_text(ON_RECORD)).to_have_count(2)
+            n_all = len(DecisionStore(store_path).history())
+            # Relabel, as bob said; the only item, so the page stays on it.
+            _key(cat, "2", lambda: len(DecisionStore(store_path).history()) > n_all)
             expect(cat.get_by_text(re.compile(r"^1 of 1 reviewed$"))).to_be_visible()
             original = int(cur["original_label"].iloc[0])
             text = _download(cat, "Download stage_2_train_corrected.csv")
