@@ -22,6 +22,7 @@ pytestmark = pytest.mark.browser
 server = tb.server  # the module-scoped app server (its own store for this module)
 ITEM = re.compile(r"^Item (\d+) of (\d+)")
 ON_RECORD = re.compile(r"^Decision on record: ")
+PRESSES: list[str] = []  # every key press, repeats included (printed at the end)
 
 
 def _open(browser, url: str, **params: str):  # type: ignore[no-untyped-def]
@@ -29,9 +30,18 @@ def _open(browser, url: str, **params: str):  # type: ignore[no-untyped-def]
     page = context.new_page()
     page.set_default_timeout(tb.STEP_MS)
     page.goto(f"{url}/Label_audit?{urllib.parse.urlencode(params)}")
+    _ready(page)
+    return page
+
+
+def _ready(page) -> None:  # type: ignore[no-untyped-def]
+    """Wait for a freshly loaded page to take keys. For a moment after its first run the
+    page drops key presses (Streamlit registers button shortcuts with hotkeys-js as the
+    buttons mount; a key pressed before is lost), so a reader's first key right after a
+    reload may need pressing again; here, the test waits that moment out."""
     page.get_by_text(ITEM).first.wait_for()
     tb.settle(page)
-    return page
+    page.wait_for_timeout(2000)
 
 
 def _item(page) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
@@ -47,9 +57,8 @@ def _key(page, key: str, changed: Callable[[], bool] | None = None) -> None:  # 
     image: the page has the focus, no field has it) and wait until ``changed()`` (by
     default: the cell on screen is another one).
 
-    A key pressed while Streamlit re-registers its button shortcuts (hotkeys-js, as the
-    page redraws) can be dropped; a reader then presses again, and so does this helper,
-    once ``changed`` has stayed false for 10 s (far longer than a rerun takes here).
+    A key dropped all the same (see `_ready`) is pressed again once ``changed`` has stayed
+    false for 6 s, longer than a rerun takes here.
     """
     tb.settle(page)
     before = _item(page)
@@ -62,9 +71,10 @@ def _key(page, key: str, changed: Callable[[], bool] | None = None) -> None:  # 
                 return False
 
     for _attempt in range(3):
+        PRESSES.append(key)
         page.get_by_text(ITEM).first.click()
         page.keyboard.press(key)
-        for _ in range(100):
+        for _ in range(60):
             page.wait_for_timeout(100)
             if changed():
                 tb.settle(page)
@@ -99,7 +109,7 @@ def test_two_readers_adjudication_keyboard_reload_download(
             _key(ann, "1")  # keep
             expect(bob.get_by_text(ON_RECORD)).to_have_count(0)
             bob.reload()  # bob sees nothing of ann's decision, even after a reload
-            bob.get_by_text(ITEM).first.wait_for()
+            _ready(bob)
             assert _item(bob) == first
             expect(bob.get_by_text(ON_RECORD)).to_have_count(0)
             _key(bob, "2")  # relabel
@@ -130,7 +140,7 @@ def test_two_readers_adjudication_keyboard_reload_download(
 
             # --- a reload loses nothing and resumes at the first undecided item
             ann.reload()
-            ann.get_by_text(ITEM).first.wait_for()
+            _ready(ann)
             expect(progress).to_have_text(done)
             assert _item(ann)[0] == 2
             expect(ann.get_by_label("Your name (saved with each decision)")).to_have_value("ann")
@@ -154,8 +164,7 @@ def test_two_readers_adjudication_keyboard_reload_download(
 
             # --- a download after a new decision holds it (no "Prepare" in between)
             cat.goto(f"{url}/Label_audit?reviewer=cat&audit_mode=single")
-            cat.get_by_text(ITEM).first.wait_for()
-            tb.settle(cat)
+            _ready(cat)
             _, image_id, cls = _item(cat)
             label = int(
                 cat.locator('[data-testid="stMain"] h3', has_text=" labelled ")
@@ -177,5 +186,6 @@ def test_two_readers_adjudication_keyboard_reload_download(
             expect(cat.get_by_text(ITEM).first).to_have_text(re.compile(r"^Item 4 of "))
             tb.no_exception(cat)
             tb.no_exception(ann)
+            print(f"{len(PRESSES)} key presses: {' '.join(PRESSES)}")
         finally:
             browser.close()
