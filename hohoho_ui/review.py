@@ -7,7 +7,7 @@ for the choices) and CVAT (D/F for the previous/next frame, Ctrl+Z to undo); Str
 button shortcuts never fire while the user types in a field.
 
 `Navigator` holds the callbacks (decide, undo, move); the decisions about where to go are
-`hohoho_core.review.after_decision` and `first_open`.
+`hohoho_core.review_session.after_decision` and `first_open`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pandas as pd
 import streamlit as st
 
 from hohoho_core import review
+from hohoho_core import review_session as session
 from hohoho_core.labels import CLASSES
 from hohoho_core.preprocess import WINDOWS
 from hohoho_core.store import DecisionStore, StoreError
@@ -48,7 +49,7 @@ __all__ = [
     "slices_ui",
 ]
 
-#: Session modes (`hohoho_core.review.MODES`) as the page names them.
+#: Session modes (`hohoho_core.review_session.MODES`) as the page names them.
 MODE_NAMES: dict[str, str] = {
     "single": "One reader",
     "blind": "Second reader (blind)",
@@ -115,15 +116,15 @@ def reviewer_ui() -> str:
 
 
 def mode_ui() -> str:
-    """The session's mode, one of `hohoho_core.review.MODES`."""
-    if _from_url("audit_mode", "single") not in review.MODES:
+    """The session's mode, one of `hohoho_core.review_session.MODES`."""
+    if _from_url("audit_mode", "single") not in session.MODES:
         st.session_state["audit_mode"] = "single"
     mode = kept(
         st.radio,
         "Review mode",
         "audit_mode",
         "single",
-        options=list(review.MODES),
+        options=list(session.MODES),
         format_func=MODE_NAMES.get,
         horizontal=True,
         help=(
@@ -148,7 +149,7 @@ def keys_caption() -> str:
 # --------------------------------------------------------------------------- the queue
 
 
-def filters_ui(view: review.SessionView, current: pd.DataFrame) -> list[review.ReviewItem]:
+def filters_ui(view: session.SessionView, current: pd.DataFrame) -> list[review.ReviewItem]:
     """Filters by class, study, decision and reviewer; returns the items that pass."""
     blind = view.mode == "blind"
     with st.expander("Filter the queue", expanded=False):
@@ -158,7 +159,7 @@ def filters_ui(view: review.SessionView, current: pd.DataFrame) -> list[review.R
         )
         studies = sorted({it.study_uid for it in view.items})
         study = f[1].selectbox("Study", ["All", *studies], key="audit_f_study")
-        statuses = [s for s in review.ITEM_FILTERS if not blind or s != "disagreement"]
+        statuses = [s for s in session.ITEM_FILTERS if not blind or s != "disagreement"]
         status = f[2].selectbox("Decision", statuses, key="audit_f_status")
         names = [] if blind else review.readers(current)
         who = f[3].selectbox(
@@ -167,7 +168,7 @@ def filters_ui(view: review.SessionView, current: pd.DataFrame) -> list[review.R
     by_reviewer = None
     if who not in (None, "Anyone") and not blind:
         by_reviewer = review.cell_keys(current[current["reviewer"] == who])
-    keep = review.filter_items(
+    keep = session.filter_items(
         view.items,
         view.decided,
         view.unsure,
@@ -191,7 +192,7 @@ class Navigator:
     def __init__(
         self,
         store: DecisionStore,
-        view: review.SessionView,
+        view: session.SessionView,
         visible: list[review.ReviewItem],
         labels: pd.DataFrame,
         queue_key: str,
@@ -203,7 +204,7 @@ class Navigator:
             st.session_state["audit_item"] = None
         if st.session_state.get("audit_item") not in self.anchors:
             # A new session (a reload) or a filter change: the first undecided item.
-            first = review.first_open(visible, view.decided)
+            first = session.first_open(visible, view.decided)
             st.session_state["audit_item"] = self.anchors[first if first is not None else 0]
             st.session_state["audit_target"] = None
         self.pos = self.anchors.index(st.session_state["audit_item"])
@@ -257,7 +258,7 @@ class Navigator:
         st.session_state["audit_saved"] = (
             f"Saved: {decision} for {md_literal(t.image_id)} · {t.cls} by {md_literal(name)}."
         )
-        pos, key = review.after_decision(self.visible, self.pos, t.key, self.view.decided)
+        pos, key = session.after_decision(self.visible, self.pos, t.key, self.view.decided)
         if key == t.key and pos == self.pos:
             st.session_state["audit_target"] = t
         else:
@@ -306,7 +307,7 @@ class Navigator:
 def nav_ui(nav: Navigator) -> None:
     """Previous / next / next undecided / undo buttons (with keys) and "go to item"."""
     n, pos = len(nav.visible), nav.pos
-    after = review.first_open(nav.visible, nav.view.decided, after=pos)
+    after = session.first_open(nav.visible, nav.view.decided, after=pos)
     cols = st.columns([1, 1, 1.4, 1, 1.6])
     buttons = [
         ("Previous", "audit_prev", "prev", ":material/chevron_left:", nav.go, (pos - 1,)),
@@ -512,7 +513,7 @@ def queue_ui(nav: Navigator) -> None:
             "Image": [it.anchor for it in items],
             "Slice": [it.slice_index + 1 for it in items],
             "Classes": [", ".join(it.classes) for it in items],
-            "Status": [review.item_status(it, view.decided, view.unsure) for it in items],
+            "Status": [session.item_status(it, view.decided, view.unsure) for it in items],
             "Decisions": [
                 "; ".join(f"{k[1]} · {d}" for k in it.keys for d in by_key.get(k, []))
                 for it in items

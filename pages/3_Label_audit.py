@@ -17,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from hohoho_core import review
+from hohoho_core import review_session as session
 from hohoho_core.audit import rank_flags, read_probs_csv
 from hohoho_core.labels import CLASSES
 from hohoho_core.rsna import default_labels_csv, image_series
@@ -167,8 +168,8 @@ size = widgets.kept(
 )
 queue = flags.head(int(size)).reset_index(drop=True)
 current = store.current()
-view = review.session_view(mode, reviewer, current, _items(key, int(size), queue), labelled)
-statuses = [review.item_status(it, view.decided, view.unsure) for it in view.items]
+view = session.session_view(mode, reviewer, current, _items(key, int(size), queue), labelled)
+statuses = [session.item_status(it, view.decided, view.unsure) for it in view.items]
 st.progress(
     statuses.count("done") / len(view.items) if view.items else 0.0,
     text=f"{statuses.count('done')} of {len(view.items)} reviewed",

@@ -10,19 +10,24 @@ from sklearn.metrics import cohen_kappa_score
 from hohoho_core.labels import CLASSES
 from hohoho_core.review import (
     UNSURE,
-    after_decision,
     agreement,
     cohen_kappa,
     corrected_labels,
     disagreements,
     export_corrected,
-    first_open,
     group_items,
-    item_status,
     load_labels,
     outcome,
     readers,
     resolve,
+)
+from hohoho_core.review_session import (
+    after_decision,
+    decided_keys,
+    filter_items,
+    first_open,
+    item_status,
+    session_view,
 )
 from hohoho_core.store import DecisionStore
 
@@ -314,3 +319,70 @@ def test_export_corrected_reads_decisions_given_at_call_time(tmp_path) -> None:
     store.record("ID_a", "any", 0, "relabel_1", "ann")
     export_corrected(store.current(), labels, tmp_path / "2.csv")
     assert (tmp_path / "1.csv").read_text() != (tmp_path / "2.csv").read_text()
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def test_session_views_keep_a_blind_reader_blind() -> None:
+    flags = _flags([("ID_1", "A", 1, "any", 0), ("ID_2", "A", 2, "epidural", 0)])
+    items = group_items(flags)
+    table = flags.rename(columns={"class": "cls"})[["image_id", "study_uid", "slice_index"]]
+    cur = _current(
+        [
+            ("ID_1", "any", 0, "keep", "ann", "reader"),
+            ("ID_1", "any", 0, "relabel_1", "bob", "reader"),
+            ("ID_2", "epidural", 0, "unsure", "bob", "reader"),
+        ]
+    )
+    one = session_view("single", "cat", cur, items, table)
+    assert one.disagreeing == {("ID_1", "any")} and one.decided == {
+        ("ID_1", "any"),
+        ("ID_2", "epidural"),
+    }
+    assert one.unsure == {("ID_2", "epidural")} and len(one.visible) == 3
+
+    blind = session_view("blind", "ann", cur, items, table)
+    assert blind.decided == {("ID_1", "any")} and blind.unsure == set()
+    assert blind.disagreeing == set() and list(blind.visible["reviewer"]) == ["ann"]
+    assert session_view("blind", "", cur, items, table).decided == set()
+
+    adj = session_view("adjudicate", "cat", cur, items, table)
+    assert adj.role == "adjudicator" and [i.keys for i in adj.items] == [[("ID_1", "any")]]
+    assert adj.decided == set()
+    with pytest.raises(ValueError, match="mode"):
+        session_view("boss", "cat", cur, items, table)
+
+
+def test_filter_items() -> None:
+    items = group_items(
+        _flags(
+            [
+                ("ID_1", "A", 1, "any", 0),
+                ("ID_5", "B", 5, "subdural", 1),
+                ("ID_5", "B", 5, "any", 1),
+                ("ID_9", "A", 9, "epidural", 0),
+            ]
+        )
+    )
+    decided, unsure = decided_keys(
+        _current(
+            [
+                ("ID_1", "any", 0, "keep", "ann", "reader"),
+                ("ID_9", "epidural", 0, "unsure", "bob", "reader"),
+            ]
+        )
+    )
+    assert unsure == {("ID_9", "epidural")}
+    assert filter_items(items, decided, unsure) == [0, 1, 2]
+    assert filter_items(items, decided, unsure, classes=["subdural"]) == [1]
+    assert filter_items(items, decided, unsure, study="A") == [0, 2]
+    assert filter_items(items, decided, unsure, status="open") == [1]
+    assert filter_items(items, decided, unsure, status="unsure") == [2]
+    assert filter_items(items, decided, unsure, status="done") == [0]
+    assert filter_items(
+        items, decided, unsure, status="disagreement", disagreeing={("ID_5", "any")}
+    ) == [1]
+    assert filter_items(items, decided, unsure, by_reviewer={("ID_9", "epidural")}) == [2]
+    with pytest.raises(ValueError, match="status"):
+        filter_items(items, decided, unsure, status="maybe")
