@@ -212,6 +212,9 @@ if study is not None:
 
 st.subheader("Queue")
 ui.queue_ui(nav)
-if mode != "blind":
+if mode == "blind":
+    # Agreement and the export would show the other readers' decisions.
+    st.caption("Agreement and export: in the one-reader and adjudication modes.")
+else:
     ui.agreement_ui(current)
-ui.export_ui(store, _label_source(root, labelled), view.resolved)
+    ui.export_ui(store, _label_source(root, labelled), view.resolved)

@@ -194,6 +194,7 @@ def test_a_second_reader_does_not_replace_the_first(env) -> None:
     bob = _named("bob", audit_mode="blind")
     assert _item(bob)[:2] == (image_id, cls)  # bob's own queue: still open for him
     assert not any("Decision on record" in s for s in texts(bob.success))  # blind
+    assert not bob.get("download_button")  # the export would show ann's decision
     _decide(bob, "audit_relabel")
     cur = DecisionStore(store_path).current()
     assert sorted(cur["reviewer"]) == ["ann", "bob"]
