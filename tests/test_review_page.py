@@ -261,3 +261,20 @@ def test_any_inconsistency_is_listed_and_can_be_fixed(env) -> None:
     assert clean not in listed(at)
     caption = next(c for c in texts(at.caption) if " labels changed" in c)
     assert "'any' labels set from the subtypes" in caption
+
+
+def test_every_review_button_has_its_key(env) -> None:
+    """The navigation buttons showed arrows and had no keys: each now has one (Label
+    Studio's numbered choices, CVAT's D/F, Ctrl+Z), and the caption lists them."""
+    at = _named("ann")
+    keys = {
+        "audit_keep": "1",
+        "audit_relabel": "2",
+        "audit_unsure": "3",
+        "audit_prev": "d",
+        "audit_next": "f",
+        "audit_next_open": "n",
+        "audit_undo": "ctrl+z",
+    }
+    assert {k: at.button(key=k).proto.shortcut for k in keys} == keys
+    assert any(c.startswith("Keys: 1 keep · 2 relabel · 3 unsure") for c in texts(at.caption))
