@@ -210,13 +210,16 @@ def outcome(original_label: int, decision: str) -> int:
 
 
 def _outcomes(current: pd.DataFrame) -> np.ndarray:
-    return np.array(
-        [
-            outcome(o, d)
-            for o, d in zip(current["original_label"], current["decision"], strict=True)
-        ],
-        dtype=np.int64,
-    )
+    decision = current["decision"].to_numpy(dtype=object)
+    known = np.isin(decision, ["keep", "relabel_0", "relabel_1", "unsure"])
+    if not known.all():
+        raise ValueError(f"unknown decision {decision[~known][0]!r}")
+    original = current["original_label"].to_numpy(dtype=np.int64)
+    return np.select(
+        [decision == "keep", decision == "relabel_0", decision == "relabel_1"],
+        [original, 0, 1],
+        UNSURE,
+    ).astype(np.int64)
 
 
 def _name(value: int) -> str:
@@ -262,50 +265,55 @@ def resolve(current: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in _RESOLVED_COLUMNS}).astype(
             {"original_label": np.int64, "label": np.int64, "readers_disagree": bool}
         )
-    cur = current.sort_values("id", kind="stable")
+    keys = ["image_id", "subtype"]
+    cur = current.sort_values("id", kind="stable").reset_index(drop=True)
     role = cur["role"] if "role" in cur.columns else pd.Series("reader", index=cur.index)
-    outs = pd.Series(_outcomes(cur), index=cur.index)
-    rows = []
-    for (image_id, subtype), g in cur.groupby(["image_id", "subtype"], sort=True):
-        r = role.loc[g.index]
-        readers_g = g[r == "reader"]
-        adj = g[r == "adjudicator"]
-        reader_out = outs.loc[readers_g.index]
-        readers_txt = "; ".join(
-            f"{name}: {_name(v)}" for name, v in zip(readers_g["reviewer"], reader_out, strict=True)
-        )
-        comments = "; ".join(
-            f"{n}: {c}" for n, c in zip(g["reviewer"], g["comment"], strict=True) if c
-        )
-        adjudicator = ""
-        if len(adj):
-            last = adj.index[-1]
-            value, adjudicator = int(outs.loc[last]), str(adj.at[last, "reviewer"])
-            status = "adjudicated" if value != UNSURE else "unsure"
-            decided_by = adjudicator
-        elif len(set(reader_out)) == 1:
-            value = int(reader_out.iloc[0])
-            status = (
-                ("single" if len(readers_g) == 1 else "agreed") if value != UNSURE else "unsure"
-            )
-            decided_by = "; ".join(readers_g["reviewer"])
-        else:
-            value, status, decided_by = UNSURE, "disagreement", ""
-        rows.append(
-            (
-                image_id,
-                subtype,
-                int(g["original_label"].iloc[-1]),
-                status,
-                value if status in _SETTLED else UNSURE,
-                decided_by if status in _SETTLED else "",
-                readers_txt,
-                adjudicator,
-                comments,
-                len(set(reader_out)) > 1,
-            )
-        )
-    out = pd.DataFrame(rows, columns=_RESOLVED_COLUMNS)
+    cur = cur.assign(_out=_outcomes(cur), _role=role.to_numpy())
+    out = cur.groupby(keys, sort=True).agg(original_label=("original_label", "last"))
+
+    def joined(frame: pd.DataFrame, text: pd.Series) -> pd.Series:
+        """ "; "-joined ``text`` per cell, in decision order; "" for cells without any."""
+        if frame.empty:
+            return pd.Series("", index=out.index)
+        parts = frame[keys].assign(_t=text.to_numpy()).groupby(keys, sort=True)["_t"]
+        return parts.agg("; ".join).reindex(out.index, fill_value="")
+
+    rd = cur[cur["_role"] == "reader"]
+    by_reader = rd.groupby(keys, sort=True)["_out"]
+    n = by_reader.size().reindex(out.index, fill_value=0).to_numpy()
+    lo = by_reader.min().reindex(out.index).to_numpy()
+    hi = by_reader.max().reindex(out.index).to_numpy()
+    names = joined(rd, rd["reviewer"]).to_numpy()
+    out["readers"] = joined(rd, rd["reviewer"] + ": " + rd["_out"].map(_name))
+    said = cur[cur["comment"] != ""]
+    comments = joined(said, said["reviewer"] + ": " + said["comment"])
+    adj = cur[cur["_role"] == "adjudicator"].groupby(keys, sort=True)[["reviewer", "_out"]].last()
+    adj = adj.reindex(out.index)
+    has_adj = adj["reviewer"].notna().to_numpy()
+    adj_out = adj["_out"].fillna(UNSURE).to_numpy(dtype=np.int64)
+
+    agree = (n > 0) & (lo == hi)
+    value = np.where(has_adj, adj_out, np.where(agree, np.nan_to_num(lo, nan=UNSURE), UNSURE))
+    value = value.astype(np.int64)
+    status = np.where(
+        has_adj,
+        np.where(adj_out != UNSURE, "adjudicated", "unsure"),
+        np.where(
+            agree,
+            np.where(value == UNSURE, "unsure", np.where(n == 1, "single", "agreed")),
+            "disagreement",
+        ),
+    )
+    settled = np.isin(status, _SETTLED)
+    out["status"] = status
+    out["label"] = np.where(settled, value, UNSURE)
+    out["decided_by"] = np.where(
+        settled, np.where(has_adj, adj["reviewer"].fillna("").to_numpy(), names), ""
+    )
+    out["adjudicator"] = adj["reviewer"].fillna("").to_numpy()
+    out["comments"] = comments
+    out["readers_disagree"] = (n > 0) & (lo != hi)
+    out = out.reset_index()[_RESOLVED_COLUMNS]
     return out.astype({"original_label": np.int64, "label": np.int64, "readers_disagree": bool})
 
 
