@@ -7,6 +7,7 @@ URL carries the name and the mode, as a bookmarked session would.
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from collections.abc import Callable
@@ -90,7 +91,7 @@ def _download(page, label: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_two_readers_adjudication_keyboard_reload_download(
-    server: tuple[str, Path, object],
+    server: tuple[str, Path, object], tmp_path: Path
 ) -> None:
     if not tb.CHROMIUM.exists():
         pytest.fail(f"{tb.CHROMIUM} is missing: run `make browser` (Debian's chromium) first.")
@@ -186,6 +187,10 @@ def test_two_readers_adjudication_keyboard_reload_download(
             expect(cat.get_by_text(ITEM).first).to_have_text(re.compile(r"^Item 4 of "))
             tb.no_exception(cat)
             tb.no_exception(ann)
+            shots = tb.SCREENSHOTS if os.environ.get("HOHOHO_SCREENSHOTS") == "1" else tmp_path
+            shots.mkdir(parents=True, exist_ok=True)
+            cat.evaluate("() => window.scrollTo(0, 0)")
+            tb.shoot(cat, shots / "review.png")
             print(f"{len(PRESSES)} key presses: {' '.join(PRESSES)}")
         finally:
             browser.close()
