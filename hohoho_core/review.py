@@ -352,7 +352,9 @@ def items_for_cells(cells: pd.DataFrame, table: pd.DataFrame) -> list[ReviewItem
             "class": known["subtype"].to_numpy(),
             "label": known["original_label"].to_numpy(),
             "rank": np.arange(1, len(known) + 1),
-            "reason": known["readers"].to_numpy() if "readers" in known else "",
+            "reason": ("readers disagree: " + known["readers"]).to_numpy()
+            if "readers" in known
+            else "",
         }
     )
     return group_items(flags)

@@ -141,7 +141,8 @@ class DecisionStore:
 
     Args:
         path: the store file. A missing or empty file is created and initialised; an
-            existing one must be a HOHOHO store of this schema version.
+            existing one must be a HOHOHO store of schema version 2, or of version 1 (then
+            upgraded in place, after a copy to ``<name>.v1-backup``).
 
     Raises:
         StoreError: the path is a directory, not SQLite, corrupt or truncated, another
