@@ -164,8 +164,10 @@ def test_two_readers_adjudication_keyboard_reload_download(
             )
 
             # --- a download after a new decision holds it (no "Prepare" in between)
-            cat.goto(f"{url}/Label_audit?reviewer=cat&audit_mode=single")
-            _ready(cat)
+            cat.get_by_role("radio", name="One reader").check(force=True)
+            cat.get_by_text(re.compile(r"^\d+ of (?!1 reviewed)\d+ reviewed$")).wait_for()
+            tb.settle(cat)
+            assert "audit_mode" not in cat.url  # the default mode leaves the URL
             _, image_id, cls = _item(cat)
             label = int(
                 cat.locator('[data-testid="stMain"] h3', has_text=" labelled ")
