@@ -62,6 +62,9 @@ _LAZY: dict[str, str] = {
     "audit_from_files": "audit",
     "DecisionStore": "store",
     "StoreError": "store",
+    "resolve": "review",
+    "agreement": "review",
+    "export_corrected": "review",
 }
 
 __all__ = [

@@ -1,8 +1,19 @@
 """Reviewer decisions on flagged labels: an append-only SQLite history.
 
-One SQLite file holds every decision ever made (table ``decisions``, never updated or
-deleted: triggers refuse both) and a view ``current_decisions`` with the latest decision
-per (image_id, subtype). Corrected labels are exported in the RSNA CSV format.
+One SQLite file holds every decision ever made (table ``decisions``) and every undo
+(table ``retractions``: one row naming the decision it withdraws). Neither table is ever
+updated or deleted from (triggers refuse both), so an undo is itself a record and the
+history can always be replayed. The view ``current_decisions`` holds the latest decision
+that was not withdrawn per (image_id, subtype, reviewer, role): two readers of one cell
+each keep their own decision, and an ``adjudicator`` decision settles a disagreement
+(`hohoho_core.review` resolves them into labels). Corrected labels are exported in the
+RSNA CSV format by `hohoho_core.review.export_corrected`.
+
+Schema versions: 1 (decisions only; the latest decision per cell won, whoever made it)
+and 2 (adds ``decisions.role`` and ``retractions``). A version-1 file is upgraded in place
+by one transaction that only adds (a column with a default, a table, triggers, views);
+no row is changed, and a copy of the version-1 file is kept beside it first
+(``<name>.v1-backup``).
 
 Durability choices:
 
@@ -29,19 +40,19 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hohoho_core.labels import ANY_INDEX, CLASSES
-from hohoho_core.rsna_csv import read_rsna_csv, write_rsna_csv
+from hohoho_core.labels import CLASSES
+from hohoho_core.review import ExportSummary, export_corrected
 
 __all__ = [
     "APPLICATION_ID",
     "DECISIONS",
+    "ROLES",
     "SCHEMA_VERSION",
     "DecisionStore",
     "ExportSummary",
@@ -50,10 +61,11 @@ __all__ = [
 
 #: "HOHO" in ASCII: marks the file as a HOHOHO decisions store.
 APPLICATION_ID: int = 0x484F484F
-SCHEMA_VERSION: int = 1
+SCHEMA_VERSION: int = 2
 #: Allowed decisions: keep the label, set it to 0 or 1, or leave it for a second look.
 DECISIONS: tuple[str, ...] = ("keep", "relabel_0", "relabel_1", "unsure")
-_RELABEL = {"relabel_0": 0, "relabel_1": 1}
+#: Who a decision speaks for: one of the readers, or the adjudicator of a disagreement.
+ROLES: tuple[str, ...] = ("reader", "adjudicator")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _BUSY_TIMEOUT_MS = 30_000
 
@@ -66,9 +78,38 @@ _HISTORY_COLUMNS = [
     "reviewer",
     "comment",
     "created_at",
+    "role",
 ]
+#: Extra column of `DecisionStore.history`: when the decision was withdrawn ("" if live).
+_RETRACTED = "retracted_at"
 
-_SCHEMA = f"""
+_CHECK_ROLE = "CHECK (role IN ({}))".format(", ".join(f"'{r}'" for r in ROLES))
+
+# Version 2 on top of version 1: only additions, so a version-1 file can be upgraded.
+_SCHEMA_V2 = f"""
+ALTER TABLE decisions ADD COLUMN role TEXT NOT NULL DEFAULT 'reader' {_CHECK_ROLE};
+CREATE TABLE retractions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    decision_id INTEGER NOT NULL UNIQUE REFERENCES decisions (id),
+    reviewer TEXT NOT NULL CHECK (length(reviewer) > 0),
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE TRIGGER retractions_no_update BEFORE UPDATE ON retractions
+BEGIN SELECT RAISE(ABORT, 'retractions are append-only: UPDATE is not allowed'); END;
+CREATE TRIGGER retractions_no_delete BEFORE DELETE ON retractions
+BEGIN SELECT RAISE(ABORT, 'retractions are append-only: DELETE is not allowed'); END;
+DROP VIEW current_decisions;
+CREATE VIEW current_decisions AS
+SELECT d.* FROM decisions AS d
+JOIN (
+    SELECT MAX(id) AS id FROM decisions
+    WHERE id NOT IN (SELECT decision_id FROM retractions)
+    GROUP BY image_id, subtype, reviewer, role
+) AS latest ON d.id = latest.id;
+"""
+
+# Version 1 exactly as it was written (the first step of a new file, then `_SCHEMA_V2`).
+_SCHEMA_V1 = f"""
 CREATE TABLE decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     image_id TEXT NOT NULL CHECK (length(image_id) > 0),
@@ -95,22 +136,13 @@ class StoreError(RuntimeError):
     """The file cannot be used as a decisions store (and was left untouched)."""
 
 
-@dataclass(frozen=True)
-class ExportSummary:
-    """What ``DecisionStore.export_labels`` wrote."""
-
-    images: int  # images written (six rows each)
-    relabelled: int  # labels changed by a relabel decision
-    unmatched: int  # current relabel decisions for images not in the labels
-    any_inconsistent: int  # images whose "any" disagrees with their subtypes afterwards
-
-
 class DecisionStore:
     """Append-only reviewer decisions in one SQLite file.
 
     Args:
         path: the store file. A missing or empty file is created and initialised; an
-            existing one must be a HOHOHO store of this schema version.
+            existing one must be a HOHOHO store of schema version 2, or of version 1 (then
+            upgraded in place, after a copy to ``<name>.v1-backup``).
 
     Raises:
         StoreError: the path is a directory, not SQLite, corrupt or truncated, another
@@ -147,12 +179,16 @@ class DecisionStore:
                 raise self._fail(
                     f"is another application's SQLite database (application_id {header_app_id})"
                 )
-            if not self._inspect_read_only():
+            if self._inspect_read_only() is None:
                 return
         self._initialise()
 
-    def _inspect_read_only(self) -> bool:
-        """Check an existing SQLite file without writing to it; True if it needs a schema.
+    def _inspect_read_only(self) -> str | None:
+        """Check an existing SQLite file without writing to it.
+
+        Returns:
+            ``"create"`` for an empty SQLite file, ``"upgrade"`` for a version-1 store,
+            None for a store of this version.
 
         The connection is read-only, so the file's bytes never change. For a WAL-mode file
         SQLite may create empty ``-wal``/``-shm`` side files next to it (it needs them to
@@ -171,39 +207,67 @@ class DecisionStore:
         if check != ["ok"]:
             raise self._fail(f"is corrupt (integrity check: {check[0][:200]})")
         if app_id == 0 and version == 0 and n_objects == 0:
-            return True  # an empty SQLite file: nothing to lose, initialise it
+            return "create"  # an empty SQLite file: nothing to lose, initialise it
         if app_id != APPLICATION_ID:
             raise self._fail(f"is another application's SQLite database (application_id {app_id})")
+        if version == 1:
+            return "upgrade"
         if version != SCHEMA_VERSION:
             raise self._fail(
                 f"has decisions-store schema version {version}, this code reads "
-                f"{SCHEMA_VERSION}; it is not migrated automatically"
+                f"1 and {SCHEMA_VERSION}; it is not migrated automatically"
             )
-        return False
+        return None
+
+    @staticmethod
+    def _run_script(con: sqlite3.Connection, script: str) -> None:
+        for statement in script.split(";\n"):
+            if statement.strip():
+                con.execute(statement)
+
+    def _backup_v1(self) -> None:
+        """Copy a version-1 store to ``<name>.v1-backup`` (once) before upgrading it."""
+        backup = self.path.with_name(self.path.name + ".v1-backup")
+        if backup.exists():
+            return
+        tmp = backup.with_name(backup.name + ".tmp")
+        with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as src:
+            with contextlib.closing(sqlite3.connect(tmp)) as dst:
+                src.backup(dst)
+        tmp.replace(backup)
 
     def _initialise(self) -> None:
-        """Create the schema once, even when several processes start together."""
+        """Create the schema, or upgrade a version-1 file, once, even when several
+        processes start together."""
+        exists = self.path.is_file() and self.path.stat().st_size > 0
+        if exists and self._inspect_read_only() == "upgrade":
+            self._backup_v1()
         with self._connect() as con:
             self._enable_wal(con)
             con.execute("BEGIN IMMEDIATE")
             try:
                 app_id = con.execute("PRAGMA application_id").fetchone()[0]
+                version = con.execute("PRAGMA user_version").fetchone()[0]
                 n_objects = con.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
                 if app_id == 0 and n_objects == 0:
-                    for statement in _SCHEMA.split(";\n"):
-                        if statement.strip():
-                            con.execute(statement)
+                    self._run_script(con, _SCHEMA_V1)
+                    self._run_script(con, _SCHEMA_V2)
                     con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     con.execute("COMMIT")
+                elif app_id == APPLICATION_ID and version == 1:
+                    self._run_script(con, _SCHEMA_V2)
+                    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    con.execute("COMMIT")
                 else:
-                    # Another process created it between our check and our lock.
+                    # Another process created or upgraded it between our check and our lock.
                     con.execute("ROLLBACK")
             except BaseException:
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
-        self._inspect_read_only()
+        if self._inspect_read_only() is not None:
+            raise self._fail("could not be initialised")
 
     def _enable_wal(self, con: sqlite3.Connection) -> None:
         """Switch the file to WAL, waiting for other processes that hold it.
@@ -251,6 +315,8 @@ class DecisionStore:
         decision: str,
         reviewer: str,
         comment: str = "",
+        *,
+        role: str = "reader",
     ) -> int:
         """Append one decision; returns its id once it is committed to disk.
 
@@ -261,6 +327,8 @@ class DecisionStore:
             decision: one of ``DECISIONS``.
             reviewer: who decided (non-empty).
             comment: free text.
+            role: one of ``ROLES``: ``"reader"`` (default) or ``"adjudicator"`` (settles
+                a disagreement between readers).
         """
         if not isinstance(image_id, str) or not image_id.strip():
             raise ValueError("image_id must be a non-empty string")
@@ -274,51 +342,104 @@ class DecisionStore:
             raise ValueError("reviewer must be a non-empty string")
         if not isinstance(comment, str):
             raise ValueError("comment must be a string")
-        created = datetime.now(UTC).isoformat(timespec="microseconds")
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+        row = (
+            image_id,
+            subtype,
+            int(original_label),
+            decision,
+            reviewer.strip(),
+            comment,
+            _now(),
+            role,
+        )
+        with self._transaction() as con:
+            cur = con.execute(
+                "INSERT INTO decisions (image_id, subtype, original_label, decision, "
+                "reviewer, comment, created_at, role) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                row,
+            )
+            return int(cur.lastrowid)
+
+    def undo_last(self, reviewer: str) -> int | None:
+        """Withdraw ``reviewer``'s latest decision that is still live (an undo).
+
+        Nothing is erased: a row appended to ``retractions`` names the decision, and the
+        reviewer's previous decision on that cell (if any) becomes current again. Calling it
+        again withdraws the one before, and so on.
+
+        Returns:
+            The id of the decision withdrawn, or None if ``reviewer`` has none left.
+        """
+        if not isinstance(reviewer, str) or not reviewer.strip():
+            raise ValueError("reviewer must be a non-empty string")
+        name = reviewer.strip()
+        with self._transaction() as con:
+            found = con.execute(
+                "SELECT MAX(id) FROM decisions WHERE reviewer = ? "
+                "AND id NOT IN (SELECT decision_id FROM retractions)",
+                (name,),
+            ).fetchone()[0]
+            if found is None:
+                return None
+            con.execute(
+                "INSERT INTO retractions (decision_id, reviewer, created_at) VALUES (?, ?, ?)",
+                (int(found), name, _now()),
+            )
+            return int(found)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction: committed on leaving, rolled back on an error."""
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
-                cur = con.execute(
-                    "INSERT INTO decisions (image_id, subtype, original_label, decision, "
-                    "reviewer, comment, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        image_id,
-                        subtype,
-                        int(original_label),
-                        decision,
-                        reviewer.strip(),
-                        comment,
-                        created,
-                    ),
-                )
+                yield con
                 con.execute("COMMIT")
             except BaseException:
                 if con.in_transaction:
                     con.execute("ROLLBACK")
                 raise
-            return int(cur.lastrowid)
 
     # ----------------------------------------------------------------- reading
 
-    def _frame(self, sql: str, params: tuple = ()) -> pd.DataFrame:
+    def _frame(self, sql: str, params: tuple = (), extra: tuple[str, ...] = ()) -> pd.DataFrame:
         with self._connect() as con:
             rows = con.execute(sql, params).fetchall()
-        frame = pd.DataFrame(rows, columns=_HISTORY_COLUMNS)
+        frame = pd.DataFrame(rows, columns=[*_HISTORY_COLUMNS, *extra])
         return frame.astype({"id": np.int64, "original_label": np.int64})
 
     def history(self, image_id: str | None = None) -> pd.DataFrame:
-        """Every decision (of one image, if given), oldest first; columns as the table."""
-        cols = ", ".join(_HISTORY_COLUMNS)
-        if image_id is None:
-            return self._frame(f"SELECT {cols} FROM decisions ORDER BY id")
-        return self._frame(
-            f"SELECT {cols} FROM decisions WHERE image_id = ? ORDER BY id", (image_id,)
+        """Every decision (of one image, if given), oldest first, withdrawn ones included.
+
+        Columns: those of the table (``id, image_id, subtype, original_label, decision,
+        reviewer, comment, created_at, role``) and ``retracted_at`` (when an undo withdrew
+        the decision; "" while it is live).
+        """
+        cols = ", ".join(f"d.{c}" for c in _HISTORY_COLUMNS)
+        sql = (
+            f"SELECT {cols}, COALESCE(r.created_at, '') FROM decisions AS d "
+            "LEFT JOIN retractions AS r ON r.decision_id = d.id"
         )
+        if image_id is None:
+            return self._frame(f"{sql} ORDER BY d.id", extra=(_RETRACTED,))
+        return self._frame(f"{sql} WHERE d.image_id = ? ORDER BY d.id", (image_id,), (_RETRACTED,))
 
     def current(self) -> pd.DataFrame:
-        """The latest decision per (image_id, subtype), ordered by image_id, subtype."""
+        """The latest live decision per (image_id, subtype, reviewer, role), ordered by
+        image_id, subtype, id. Two reviewers of one cell give two rows: neither replaces
+        the other (`hohoho_core.review.resolve` settles them)."""
         cols = ", ".join(_HISTORY_COLUMNS)
-        return self._frame(f"SELECT {cols} FROM current_decisions ORDER BY image_id, subtype")
+        return self._frame(f"SELECT {cols} FROM current_decisions ORDER BY image_id, subtype, id")
+
+    def last_change(self) -> tuple[int, int]:
+        """``(last decision id, last retraction id)``: changes whenever anything is
+        recorded, so it keys caches of views of the decisions."""
+        with self._connect() as con:
+            d = con.execute("SELECT COALESCE(MAX(id), 0) FROM decisions").fetchone()[0]
+            r = con.execute("SELECT COALESCE(MAX(id), 0) FROM retractions").fetchone()[0]
+        return int(d), int(r)
 
     def progress(
         self, queue_keys: Iterable[tuple[str, str]], *, count_unsure: bool = True
@@ -342,75 +463,35 @@ class DecisionStore:
     # ----------------------------------------------------------------- export
 
     def export_labels(
-        self, labels: pd.DataFrame | Path | str, out_csv: Path | str
+        self,
+        labels: pd.DataFrame | Path | str,
+        out_csv: Path | str,
+        *,
+        provenance_csv: Path | str | None = None,
+        fix_any: bool = False,
     ) -> ExportSummary:
-        """Write corrected labels in the RSNA CSV format.
+        """Write corrected labels in the RSNA CSV format from the decisions on record now.
 
         Args:
             labels: the original labels: an RSNA CSV path (``ID,Label``, rows
-                ``ID_<hex>_<class>``), or a DataFrame with the six ``CLASSES`` columns and
-                the image id either as index or as an ``image_id`` column.
+                ``ID_<hex>_<class>``; its row order is kept), or a DataFrame with the six
+                ``CLASSES`` columns and the image id either as index or as an
+                ``image_id`` column.
             out_csv: destination; written to a temporary file first and renamed, so a
                 crash never leaves half a file.
+            provenance_csv: where to write "who decided what" (optional).
+            fix_any: set "any" from the subtypes where they disagree (`review.corrected_labels`).
 
         Returns:
-            An ``ExportSummary``. The current decision per (image, class) applies:
-            ``relabel_0``/``relabel_1`` set the label, ``keep``/``unsure`` leave it.
-            Images keep their input order; classes follow ``CLASSES``.
+            An ``ExportSummary``. Each cell's decisions are settled by `review.resolve`:
+            one reader's decision, readers who agree, or an adjudicator; ``relabel_0`` /
+            ``relabel_1`` set the label, ``keep``/``unsure`` and unresolved disagreements
+            leave it.
         """
-        table = _labels_frame(labels)
-        cur = self.current()
-        cur = cur[cur["decision"].isin(list(_RELABEL))]
-        rows = table.index.get_indexer(cur["image_id"])
-        known = rows >= 0
-        cols = np.array([CLASSES.index(s) for s in cur["subtype"]], dtype=np.int64)
-        values = table.to_numpy(dtype=np.int64, copy=True)
-        new = cur["decision"].map(_RELABEL).to_numpy(dtype=np.int64)
-        before = values[rows[known], cols[known]]
-        values[rows[known], cols[known]] = new[known]
-        relabelled = int((before != new[known]).sum())
-        inconsistent = int((values[:, :ANY_INDEX].max(axis=1) != values[:, ANY_INDEX]).sum())
-
-        write_rsna_csv(out_csv, table.index.to_numpy(dtype=object), values, kind="labels")
-        return ExportSummary(
-            images=len(table),
-            relabelled=relabelled,
-            unmatched=int((~known).sum()),
-            any_inconsistent=inconsistent,
+        return export_corrected(
+            self.current(), labels, out_csv, provenance_csv=provenance_csv, fix_any=fix_any
         )
 
 
-def _labels_frame(labels: pd.DataFrame | Path | str) -> pd.DataFrame:
-    """Original labels as a frame indexed by image_id with the six int columns."""
-    if isinstance(labels, pd.DataFrame):
-        frame = labels.set_index("image_id") if "image_id" in labels.columns else labels
-        missing = [c for c in CLASSES if c not in frame.columns]
-        if missing:
-            raise ValueError(f"labels are missing columns {missing}")
-        frame = frame[list(CLASSES)]
-        if frame.isna().to_numpy().any() or not frame.isin([0, 1]).to_numpy().all():
-            raise ValueError("labels must be 0 or 1 with no missing values")
-        if frame.index.duplicated().any():
-            raise ValueError("labels have duplicate image ids")
-        frame = frame.astype(np.int64)
-        frame.index = frame.index.astype(object)
-        return frame
-    return _read_rsna_csv(Path(labels))
-
-
-def _read_rsna_csv(path: Path) -> pd.DataFrame:
-    """An RSNA ``ID,Label`` CSV as int64 labels in the file's image order.
-
-    Identical duplicate rows (the real file has some) are fine; anything the export could
-    only guess at (a malformed row, conflicting duplicates, a missing label) is refused.
-    """
-    frame = read_rsna_csv(
-        path,
-        kind="labels",
-        on_invalid="error",
-        on_duplicate="drop",
-        on_conflict="error",
-        on_missing="error",
-    ).astype(np.int64)
-    frame.index = pd.Index(frame.index.to_numpy(dtype=object), dtype=object, name="image_id")
-    return frame
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")

@@ -26,7 +26,8 @@ DEFAULTS: dict[str, Any] = {
     "win_centre": float(WINDOWS["brain"][0]),
     "win_width": float(WINDOWS["brain"][1]),
     "pending_source": None,  # (kind, source) of an upload/folder with several series
-    "audit_pos": 0,  # position in the audit queue
+    "audit_item": None,  # anchor image id of the audit item on screen (None: first open)
+    "audit_target": None,  # hohoho_ui.review.Target the decision buttons act on
     "sanity": {},  # (fingerprint, slice, method, class) -> RandomisationResult
 }
 

@@ -1,27 +1,32 @@
-"""Label audit: a ranked queue of suspected mislabeled slices and the reviewer's decisions.
+"""Label audit: a ranked queue of suspected mislabeled slices and the reviewers' decisions.
 
 Flags come from `hohoho_core.audit.rank_flags` (model disagreement, cleanlab's confident
-learning and the sequence rules of the poster's Fig. 7). Every decision is appended to
-the decisions store at once, so it survives a reload or a server restart.
+learning and the sequence rules of the poster's Fig. 7); `hohoho_core.review.group_items`
+makes one item of a slice's flagged cells (and of a run's edge). Every decision is appended
+to the decisions store at once, so it survives a reload or a server restart; an undo is an
+appended record too. Modes: one reader, a blind second reader, and adjudication of the
+cells where readers disagree (`hohoho_core.review`).
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
+from hohoho_core import review
+from hohoho_core import review_session as session
 from hohoho_core.audit import rank_flags, read_probs_csv
 from hohoho_core.labels import CLASSES
-from hohoho_core.rsna import image_series
+from hohoho_core.rsna import default_labels_csv, image_series
 from hohoho_core.store import DecisionStore, StoreError
 from hohoho_ui import loaders, widgets
+from hohoho_ui import review as ui
 from hohoho_ui.settings import Settings
 from hohoho_ui.text import md_literal
-from hohoho_ui.views import neighbour_indices, resolve_under, windowed_uint8
+from hohoho_ui.views import resolve_under
 
 IN_SAMPLE = "Loaded model (in-sample)"
 CSV_PATH = "Probabilities CSV on the server"
@@ -31,6 +36,28 @@ CSV_UPLOAD = "Upload a probabilities CSV"
 @st.cache_data(max_entries=8, show_spinner="Ranking the labels…")
 def _flags(key: str, _table: pd.DataFrame, _prob: np.ndarray) -> pd.DataFrame:
     return rank_flags(_table, _prob)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _items(key: str, size: int, _queue: pd.DataFrame) -> list[review.ReviewItem]:
+    return review.group_items(_queue)
+
+
+@st.cache_data(max_entries=4, show_spinner="Reading the labels file…")
+def _labels_csv(path: str, mtime_ns: int) -> review.LabelSource:
+    return review.load_labels(path)
+
+
+def _label_source(root: Path, labelled: pd.DataFrame) -> review.LabelSource:
+    """The dataset's labels CSV (so the export keeps its row order), or, when it cannot be
+    read strictly, the indexed labels in index order."""
+    path = default_labels_csv(root)
+    if path.is_file():
+        try:
+            return _labels_csv(str(path), path.stat().st_mtime_ns)
+        except (ValueError, OSError) as err:
+            st.caption(f"Export in index order: the labels file was refused ({md_literal(err)}).")
+    return review.load_labels(labelled.drop_duplicates("image_id")[["image_id", *CLASSES]])
 
 
 def _probs_from_csv(
@@ -71,6 +98,11 @@ def _open_store(settings: Settings) -> DecisionStore:
 settings = widgets.page_setup("Label audit", "🏷️")
 model = widgets.model_ui(settings)
 st.title("Label audit")
+who = st.columns([2, 3])
+with who[0]:
+    reviewer = ui.reviewer_ui()
+with who[1]:
+    mode = ui.mode_ui()
 root = widgets.dataset_ui(settings)
 if root is None:
     st.stop()
@@ -128,7 +160,7 @@ except (ValueError, RuntimeError, OSError) as err:
 
 size = widgets.kept(
     st.slider,
-    "Queue length (most suspicious first)",
+    "Queue length (most suspicious flags first)",
     "audit_top",
     min(50, len(flags)),
     min_value=1,
@@ -136,195 +168,53 @@ size = widgets.kept(
 )
 queue = flags.head(int(size)).reset_index(drop=True)
 current = store.current()
-decided = {(r.image_id, r.subtype): r for r in current.itertuples(index=False)}
-reviewed, total = store.progress(zip(queue["image_id"], queue["class"], strict=True))
-st.progress(reviewed / total if total else 0.0, text=f"{reviewed} of {total} reviewed")
-
-
-def _undecided_after(pos: int) -> int:
-    n = len(queue)
-    for step in range(1, n + 1):
-        j = (pos + step) % n
-        if (queue.at[j, "image_id"], queue.at[j, "class"]) not in decided:
-            return j
-    return pos
-
-
-def _move(pos: int) -> None:
-    st.session_state["audit_pos"] = int(min(max(pos, 0), len(queue) - 1))
-
-
-def _decide(image_id: str, cls: str, label: int, decision: str) -> None:
-    reviewer = str(st.session_state.get("reviewer") or "").strip()
-    comment = str(st.session_state.get("audit_comment") or "")
-    try:
-        store.record(image_id, cls, label, decision, reviewer or "reviewer", comment)
-    except (ValueError, StoreError, OSError) as err:
-        st.session_state["audit_error"] = str(err)
-        return
-    st.session_state["audit_error"] = None
-    st.session_state["audit_comment"] = ""
-    st.session_state["audit_saved"] = f"Saved: {decision} for {md_literal(image_id)} · {cls}."
-    _move(_undecided_after(int(st.session_state.get("audit_pos", 0))))
-
-
-pos = int(min(max(st.session_state.get("audit_pos", 0), 0), len(queue) - 1))
-st.session_state["audit_pos"] = pos
-row = queue.iloc[pos]
-image_id, cls, label = str(row["image_id"]), str(row["class"]), int(row["label"])
-
-nav = st.columns([1, 1, 1.4, 4])
-nav[0].button(
-    "Previous",
-    key="audit_prev",
-    icon=":material/keyboard_arrow_up:",
-    on_click=_move,
-    args=(pos - 1,),
-    width="stretch",
+view = session.session_view(mode, reviewer, current, _items(key, int(size), queue), labelled)
+statuses = [session.item_status(it, view.decided, view.unsure) for it in view.items]
+st.progress(
+    statuses.count("done") / len(view.items) if view.items else 0.0,
+    text=f"{statuses.count('done')} of {len(view.items)} reviewed",
 )
-nav[1].button(
-    "Next",
-    key="audit_next",
-    icon=":material/keyboard_arrow_down:",
-    on_click=_move,
-    args=(pos + 1,),
-    width="stretch",
-)
-nav[2].button(
-    "Next undecided",
-    key="audit_next_open",
-    icon=":material/skip_next:",
-    on_click=_move,
-    args=(_undecided_after(pos),),
-    width="stretch",
-)
-
-st.subheader(
-    f"#{int(row['rank'])} · {md_literal(image_id)} · {widgets.class_label(cls)} labelled {label}"
-)
-st.info(f"Why flagged: {row['reason']}" + (f" (rules: {row['rules']})" if row["rules"] else ""))
-prior = decided.get((image_id, cls))
-if prior is not None:
-    # Names and comments are typed by other reviewers: shown as text, never as markdown.
-    st.success(
-        f"Decision on record: **{md_literal(prior.decision)}** by {md_literal(prior.reviewer)}"
-        + (f" — “{md_literal(prior.comment)}”" if prior.comment else "")
-        + f" ({md_literal(prior.created_at[:19].replace('T', ' '))} UTC)"
+st.caption(
+    f"{statuses.count('unsure')} unsure (filter “unsure” to revisit) · "
+    + (
+        "other readers' decisions are hidden in this mode"
+        if mode == "blind"
+        else f"{len(view.disagreeing)} cells where readers disagree, awaiting adjudication"
     )
-saved = st.session_state.pop("audit_saved", None)
-if saved:
-    st.toast(saved)
-if st.session_state.get("audit_error"):
-    st.error(md_literal(st.session_state["audit_error"]))
+)
+if not view.items:
+    st.info(
+        "Nothing to adjudicate: no cell where readers disagree."
+        if mode == "adjudicate"
+        else "The queue is empty."
+    )
+    st.stop()
+visible = ui.filters_ui(view, current)
+if not visible:
+    st.info("No item passes these filters.")
+    st.stop()
 
-series = image_series(index, image_id)
+label_of = labelled.drop_duplicates("image_id").set_index("image_id")[list(CLASSES)]
+nav = ui.Navigator(store, view, visible, label_of, key)
+ui.nav_ui(nav)
+ui.item_header_ui(nav)
+
 try:
-    study, centre_idx = loaders.load_series_slice(series, image_id, settings.max_upload_bytes)
-except (ValueError, RuntimeError, OSError) as err:
+    series = image_series(index, nav.item.anchor)
+    study, _ = loaders.load_series_slice(series, nav.item.anchor, settings.max_upload_bytes)
+except (KeyError, ValueError, RuntimeError, OSError) as err:
     st.error(f"Cannot show this slice: {md_literal(err)}")
-    study, centre_idx = None, None
-
+    study = None
 if study is not None:
-    by_id = series.set_index("image_id")
-    k = CLASSES.index(cls)
-    cols = st.columns(3, gap="small")
-    for col, i in zip(cols, neighbour_indices(centre_idx, study.n_slices), strict=False):
-        iid = study.image_ids[i]
-        lab = int(by_id.at[iid, cls]) if iid in by_id.index else -1
-        marker = "▶ flagged" if i == centre_idx else ("above" if i > centre_idx else "below")
-        col.image(
-            windowed_uint8(study.hu[i], 40.0, 80.0),
-            caption=f"{marker} · slice {i + 1}/{study.n_slices} · {cls} label {lab}",
-            width="stretch",
-        )
-
-    table_row = table.index[table["image_id"] == image_id]
-    probs = prob[table_row[0]] if len(table_row) else np.full(len(CLASSES), np.nan)
-    detail = pd.DataFrame(
-        {
-            "Class": [widgets.class_label(c) for c in CLASSES],
-            "Label": [int(by_id.at[image_id, c]) for c in CLASSES],
-            "Model probability": [f"{p:.2f}" for p in probs],
-        }
-    )
-    left, right = st.columns([2, 3])
-    left.dataframe(detail, hide_index=True)
-    with right:
-        widgets.kept(st.text_input, "Reviewer", "reviewer", "reviewer")
-        st.text_input("Comment (optional)", key="audit_comment")
-        b = st.columns(3)
-        b[0].button(
-            f"✓ Keep {label}",
-            key="audit_keep",
-            on_click=_decide,
-            args=(image_id, cls, label, "keep"),
-            type="primary",
-            width="stretch",
-            shortcut="K",
-        )
-        b[1].button(
-            f"↺ Relabel to {1 - label}",
-            key="audit_relabel",
-            on_click=_decide,
-            args=(image_id, cls, label, f"relabel_{1 - label}"),
-            width="stretch",
-            shortcut="L",
-        )
-        b[2].button(
-            "? Unsure",
-            key="audit_unsure",
-            on_click=_decide,
-            args=(image_id, cls, label, "unsure"),
-            width="stretch",
-            shortcut="U",
-        )
-        st.caption("Keys: K keep · L relabel · U unsure. Saved at once to the decisions store.")
+    ui.slices_ui(nav, study)
+    rows = table.index[table["image_id"] == nav.target.image_id]
+    ui.decide_ui(nav, reviewer, prob[rows[0]] if len(rows) else np.full(len(CLASSES), np.nan))
 
 st.subheader("Queue")
-shown = queue[
-    ["rank", "image_id", "slice_index", "class", "label", "prob", "score", "rules"]
-].copy()
-shown["slice_index"] = shown["slice_index"] + 1
-shown["decision"] = [
-    decided[(i, c)].decision if (i, c) in decided else ""
-    for i, c in zip(queue["image_id"], queue["class"], strict=True)
-]
-shown.columns = ["Rank", "Image", "Slice", "Class", "Label", "Prob", "Score", "Rules", "Decision"]
-st.dataframe(
-    shown,
-    hide_index=True,
-    height=320,
-    column_config={
-        "Prob": st.column_config.NumberColumn(format="%.2f"),
-        "Score": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f"),
-    },
-)
-
-st.subheader("Export")
-st.caption(
-    "Corrected labels in the RSNA format (ID,Label): relabel decisions applied, keep and "
-    "unsure leave the label. Every decision stays in the store's history."
-)
-if st.button("Prepare corrected labels", key="audit_export"):
-    labels_frame = labelled.set_index("image_id")[list(CLASSES)].astype(np.int64)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "stage_2_train_corrected.csv"
-            summary = store.export_labels(labels_frame, out)
-            st.session_state["audit_export_csv"] = (out.read_bytes(), summary)
-    except (ValueError, StoreError, OSError) as err:
-        st.error(f"Export failed: {md_literal(err)}")
-exported = st.session_state.get("audit_export_csv")
-if exported:
-    data_bytes, summary = exported
-    st.download_button(
-        "Download stage_2_train_corrected.csv",
-        data_bytes,
-        file_name="stage_2_train_corrected.csv",
-        mime="text/csv",
-        key="audit_download",
-    )
-    st.caption(
-        f"{summary.images} images · {summary.relabelled} labels changed · "
-        f"{summary.any_inconsistent} images where 'any' now disagrees with the subtypes."
-    )
+ui.queue_ui(nav)
+if mode == "blind":
+    # Agreement and the export would show the other readers' decisions.
+    st.caption("Agreement and export: in the one-reader and adjudication modes.")
+else:
+    ui.agreement_ui(current)
+    ui.export_ui(store, _label_source(root, labelled), view.resolved)

@@ -262,22 +262,35 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
             cls = rest.split(" labelled ")[0]
             progress = page.get_by_text(re.compile(r"^\d+ of \d+ reviewed$"))
             expect(progress).to_have_text(re.compile(r"^0 of \d+ reviewed$"))
-            # Typing letters that are also shortcuts (K, L, U) must only type.
+            # No name, no decision: the buttons wait for one.
+            expect(page.locator(".st-key-audit_keep button")).to_be_disabled()
+            name = page.get_by_label("Your name (saved with each decision)")
+            name.fill("dr_lee")
+            name.press("Enter")
+            settle(page)
+            # Typing characters that are also shortcuts (1, 2, 3, D, F, N) must only type.
             comment = page.get_by_label("Comment (optional)")
-            comment.press_sequentially("lukewarm")
+            comment.press_sequentially("lukewarm 123 dfn")
             comment.press("Enter")
             settle(page)
             expect(progress).to_have_text(re.compile(r"^0 of \d+ reviewed$"))
+            expect(page.locator('[data-testid="stMain"] h3', has_text=image_id)).to_be_visible()
             page.locator(".st-key-audit_keep button").click()
-            expect(progress).to_have_text(re.compile(r"^1 of \d+ reviewed$"))
+            expect(
+                page.get_by_text(re.compile(r"^Decision on record: keep by dr_lee"))
+            ).to_be_visible()
             settle(page)
             no_exception(page)
             shoot(page, shots / "audit.png")
 
-            page.reload()
-            expect(progress).to_have_text(re.compile(r"^1 of \d+ reviewed$"))
+            page.reload()  # the name stays (it is in the URL); the decision too
+            expect(page.get_by_label("Your name (saved with each decision)")).to_have_value(
+                "dr_lee"
+            )
             expect(page.locator('[data-testid="stMain"] h3', has_text=image_id)).to_be_visible()
-            expect(page.get_by_text("Decision on record: keep by reviewer")).to_be_visible()
+            expect(
+                page.get_by_text(re.compile(r"^Decision on record: keep by dr_lee"))
+            ).to_be_visible()
             no_exception(page)
         finally:
             browser.close()
@@ -285,7 +298,7 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
     current = DecisionStore(store_path).current()
     cols = ("image_id", "subtype", "decision", "comment")
     rows = zip(*(current[c] for c in cols), strict=True)
-    assert list(rows) == [(image_id, cls, "keep", "lukewarm")]
+    assert list(rows) == [(image_id, cls, "keep", "lukewarm 123 dfn")]
     for name in ("viewer", "saliency", "embeddings", "audit"):
         assert (shots / f"{name}.png").stat().st_size > 10_000
 

@@ -113,11 +113,19 @@ def test_record_history_current(tmp_path: Path) -> None:
     stamp = pd.Timestamp(hist["created_at"][0])
     assert stamp.tzinfo is not None and stamp.utcoffset() == pd.Timedelta(0)
     cur = store.current()
-    assert list(zip(cur["image_id"], cur["subtype"], cur["decision"], strict=True)) == [
-        ("ID_a", "epidural", "unsure"),
-        ("ID_b", "any", "keep"),
+    # A second reviewer of a cell adds a decision; it does not replace the first one's.
+    assert list(
+        zip(cur["image_id"], cur["subtype"], cur["reviewer"], cur["decision"], strict=True)
+    ) == [
+        ("ID_a", "epidural", "ann", "relabel_1"),
+        ("ID_a", "epidural", "bob", "unsure"),
+        ("ID_b", "any", "ann", "keep"),
     ]
-    assert cur.loc[cur["image_id"] == "ID_a", "comment"].item() == "second look"
+    assert list(cur.loc[cur["image_id"] == "ID_a", "comment"]) == ["clear EDH", "second look"]
+    # One reviewer changing their mind: their latest decision is current.
+    store.record("ID_b", "any", 1, "relabel_0", "ann")
+    cur = store.current()
+    assert cur.loc[cur["image_id"] == "ID_b", "decision"].tolist() == ["relabel_0"]
     _assert_healthy(tmp_path / "d.db")
 
 
@@ -165,10 +173,121 @@ def test_update_and_delete_are_refused(tmp_path: Path) -> None:
         con.execute("PRAGMA recursive_triggers = ON")
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
             con.execute(
-                "INSERT OR REPLACE INTO decisions VALUES (1, 'ID_a', 'any', 0, 'keep', 'x', '', 't')"
+                "INSERT OR REPLACE INTO decisions "
+                "VALUES (1, 'ID_a', 'any', 0, 'keep', 'x', '', 't', 'reader')"
             )
     con.close()
     assert list(store.history()["decision"]) == ["relabel_1"]
+
+
+# ----------------------------------------------------------------- undo, roles, version 1
+
+
+def test_undo_appends_a_retraction_and_restores_the_previous_decision(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    store = DecisionStore(path)
+    first = store.record("ID_a", "subdural", 0, "keep", "ann")
+    second = store.record("ID_a", "subdural", 0, "relabel_1", "ann")
+    bob = store.record("ID_a", "subdural", 0, "unsure", "bob")
+    before = store.last_change()
+    assert store.undo_last("ann") == second  # ann's latest, not bob's later one
+    assert store.last_change() != before
+    cur = store.current()
+    assert sorted(zip(cur["reviewer"], cur["decision"], strict=True)) == [
+        ("ann", "keep"),
+        ("bob", "unsure"),
+    ]
+    assert store.undo_last("ann") == first
+    assert store.undo_last("ann") is None  # nothing left to undo
+    assert list(store.current()["id"]) == [bob]
+    # Nothing was erased: every decision is in the history, the undone ones stamped.
+    hist = store.history()
+    assert list(hist["id"]) == [first, second, bob]
+    assert [bool(t) for t in hist["retracted_at"]] == [True, True, False]
+    with sqlite3.connect(path) as con:
+        assert con.execute("SELECT decision_id FROM retractions ORDER BY id").fetchall() == [
+            (second,),
+            (first,),
+        ]
+        for sql in ("UPDATE retractions SET reviewer = 'x'", "DELETE FROM retractions"):
+            with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+                con.execute(sql)
+    con.close()
+    with pytest.raises(ValueError, match="reviewer"):
+        store.undo_last(" ")
+
+
+def test_roles(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "d.db")
+    store.record("ID_a", "any", 0, "keep", "ann")
+    store.record("ID_a", "any", 0, "relabel_1", "ann", role="adjudicator")
+    cur = store.current()
+    assert sorted(zip(cur["role"], cur["decision"], strict=True)) == [
+        ("adjudicator", "relabel_1"),
+        ("reader", "keep"),
+    ]
+    with pytest.raises(ValueError, match="role"):
+        store.record("ID_a", "any", 0, "keep", "ann", role="boss")
+
+
+def _version_1_store(path: Path) -> None:
+    """A store as the schema-1 code wrote it (its DDL, ids and pragmas)."""
+    from hohoho_core import store as store_module
+
+    with sqlite3.connect(path) as con:
+        con.execute("PRAGMA journal_mode = WAL")
+        for statement in store_module._SCHEMA_V1.split(";\n"):
+            if statement.strip():
+                con.execute(statement)
+        con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        con.execute("PRAGMA user_version = 1")
+        con.executemany(
+            "INSERT INTO decisions (image_id, subtype, original_label, decision, reviewer, "
+            "comment, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                ("ID_a", "any", 0, "relabel_1", "ann", "old", "2026-11-01T00:00:00+00:00"),
+                ("ID_b", "subdural", 1, "keep", "ann", "", "2026-11-01T00:00:01+00:00"),
+            ],
+        )
+    con.close()
+
+
+def test_version_1_store_is_read_and_upgraded_without_loss(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    _version_1_store(path)
+    store = DecisionStore(path)
+    hist = store.history()
+    assert list(
+        zip(
+            hist["id"],
+            hist["image_id"],
+            hist["decision"],
+            hist["comment"],
+            hist["role"],
+            strict=True,
+        )
+    ) == [
+        (1, "ID_a", "relabel_1", "old", "reader"),
+        (2, "ID_b", "keep", "", "reader"),
+    ]
+    assert len(store.current()) == 2
+    assert store.undo_last("ann") == 2 and store.record("ID_c", "any", 0, "keep", "bob") == 3
+    _assert_healthy(path)
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    con.close()
+    backup = tmp_path / "d.db.v1-backup"
+    with sqlite3.connect(backup) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert con.execute("SELECT id, decision FROM decisions").fetchall() == [
+            (1, "relabel_1"),
+            (2, "keep"),
+        ]
+    con.close()
+    # A second opening finds version 2: no second upgrade, the backup left as it was.
+    stamp = backup.stat().st_mtime_ns
+    assert len(DecisionStore(path).history()) == 3
+    assert backup.stat().st_mtime_ns == stamp
 
 
 def test_progress(tmp_path: Path) -> None:
@@ -446,13 +565,18 @@ def test_export_applies_current_relabels(tmp_path: Path) -> None:
     store.record("ID_gone", "any", 0, "relabel_1", "ann")  # not in the labels
     out = tmp_path / "corrected.csv"
     summary = store.export_labels(labels_csv, out)
-    assert summary == ExportSummary(images=3, relabelled=2, unmatched=1, any_inconsistent=0)
+    # ID_a subarachnoid: ann relabel_0 vs bob unsure, a disagreement: left as it was.
+    # ID_b subdural: ann relabel_0 vs bob relabel_1, a disagreement: left as it was.
+    assert summary == ExportSummary(
+        images=3, relabelled=2, unmatched=1, any_inconsistent=0, unresolved=2
+    )
     text = out.read_text().splitlines()
     assert text[0] == "ID,Label"
     expected = {**original, "ID_c": [1, 0, 0, 0, 0, 1]}
+    # The input's row order, its duplicate row included, so a diff shows only changes.
     assert text[1:] == [
         f"{i}_{c},{v}" for i, vals in expected.items() for c, v in zip(CLASSES, vals, strict=True)
-    ]
+    ] + ["ID_a_any,1"]
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -464,7 +588,9 @@ def test_export_from_dataframe_counts_any_inconsistency(tmp_path: Path) -> None:
     store = DecisionStore(tmp_path / "d.db")
     store.record("ID_a", "subdural", 1, "relabel_0", "ann")  # leaves any = 1 alone
     summary = store.export_labels(frame, tmp_path / "out.csv")
-    assert summary == ExportSummary(images=2, relabelled=1, unmatched=0, any_inconsistent=1)
+    assert summary == ExportSummary(
+        images=2, relabelled=1, unmatched=0, any_inconsistent=1, inconsistent_ids=("ID_a",)
+    )
     back = pd.read_csv(tmp_path / "out.csv")
     assert back.loc[back["ID"] == "ID_a_subdural", "Label"].item() == 0
     assert back.loc[back["ID"] == "ID_a_any", "Label"].item() == 1
