@@ -299,3 +299,13 @@ def test_shipped_calibration_file_holds_two_whole_hu_studies() -> None:
     stored = load_file(str(REPO / "weights" / CALIBRATION_FILE))
     assert sorted(stored) == ["study_000", "study_001"]
     assert all(t.dtype == torch.int16 and t.shape == (16, 256, 256) for t in stored.values())
+
+
+def test_nan_metrics_are_written_as_null_strict_json(tmp_path: Path) -> None:
+    cnn, lstm, config = _models()
+    config.metrics = {"test": {"f2_macro": float("nan")}, "val": [1.0, float("inf")]}
+    save_weights(tmp_path / "w", cnn, lstm, config)
+    text = (tmp_path / "w" / CONFIG_FILE).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    loaded = load_weights(tmp_path / "w").config
+    assert loaded.metrics == {"test": {"f2_macro": None}, "val": [1.0, None]}

@@ -35,6 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Extract per-slice embeddings and logits",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cnn-run", type=Path, required=True, help="train_cnn.py output folder")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="the preprocessed cache (default: the one in <cnn-run>/args.json)")
     p.add_argument("--weights-file", type=Path, default=None,
                    help="model tensors (default: <cnn-run>/best_cnn.safetensors)")
     p.add_argument("--splits", nargs="+", default=list(common.SPLITS),
@@ -126,7 +128,11 @@ def concat_tables(tables: list[EmbeddingTable]) -> EmbeddingTable:
 def main(args: argparse.Namespace) -> dict[str, str]:
     dist = common.setup_runtime(args)
     cnn_args, cfg, splits = read_cnn_run(args.cnn_run)
-    cache = StudyCache(Path(cnn_args["cache_dir"]) / "studies")
+    cache_dir = args.cache_dir or cnn_args.get("cache_dir")
+    if not cache_dir or not (Path(cache_dir) / "studies").is_dir():
+        raise SystemExit(f"no preprocessed cache at {cache_dir!r} (from {args.cnn_run}/args.json):"
+                         " pass --cache-dir")
+    cache = StudyCache(Path(cache_dir) / "studies")
     model = create_model(cnn_args["arch"], init="random", in_channels=cfg.channels)
     common.load_model_weights(args.weights_file or Path(args.cnn_run) / "best_cnn.safetensors",
                               model)
