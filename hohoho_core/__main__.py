@@ -87,6 +87,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise CliError(f"--out must end in .csv or .json, got {out.name}")
     if args.batch_size < 1:
         raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.series_description:
+        import re
+
+        try:
+            re.compile(args.series_description)
+        except re.error as err:
+            raise CliError(f"--series-description: invalid pattern ({err})") from None
     sources = _load_sources(args.paths)
     # The summary beside a CSV: `predict.studies_path`'s rule (not imported: torch is heavy).
     summary = [out.with_name(f"{out.stem}_studies.csv")] if out.suffix.lower() == ".csv" else []
@@ -102,6 +109,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from hohoho_core import distributed as D
     from hohoho_core.dicom import StudyLoadError, scan_source
+    from hohoho_core.dicom.series import choose_series
     from hohoho_core.predict import Predictor, prediction_record, write_predictions
     from hohoho_core.resultlog import ResultLog, rank_log_path, study_key
     from hohoho_core.runtime import configure_torch
@@ -152,7 +160,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     # Every rank numbers the series the same way and takes every
                     # world_size-th; the number restores the input order at the merge.
                     owned: dict[str, int] = {}
-                    for s in scan.loadable_series():
+                    chosen = choose_series(scan.series, description=args.series_description,
+                                           rule=args.series)
+                    if not chosen and scan.loadable_series():
+                        raise CliError(
+                            f"{src}: no axial series matches --series-description "
+                            f"{args.series_description!r} (descriptions found: "
+                            + ", ".join(sorted({repr(s.description) for s in scan.series}))[:300]
+                            + ")"
+                        )
+                    for s in chosen:
                         if order % info.world_size == info.rank:
                             owned[study_key(s.study_uid, s.series_uid)] = order
                         order += 1
@@ -503,6 +520,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "faster than the naive fp32 path on a 2-core AVX2 CPU, with macro F2 0.0067 away "
         "from fp32 (bar 0.005, not met); probabilities differ by up to about 0.01",
     )
+    p.add_argument("--series", choices=("all", "thinnest", "thickest"), default="all",
+                   help="per study: every axial series, or only the thinnest / thickest one "
+                   "(an exam exported with thin and thick reconstructions)")
+    p.add_argument("--series-description", default=None, metavar="REGEX",
+                   help="only series whose SeriesDescription matches (case-insensitive)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run into the same --out: studies already "
                    "written to its partial log are skipped")
