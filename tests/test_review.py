@@ -444,6 +444,7 @@ def test_resolve_matches_the_rules_cell_by_cell_and_is_quick() -> None:
             for i in range(5000)
         ]
     )
-    start = time.perf_counter()
+    # CPU time, not wall time: a busy machine must not fail a test of the algorithm
+    start = time.process_time()
     assert len(resolve(big)) == 5000
-    assert time.perf_counter() - start < 3.0  # one loop per cell took ~10 s here
+    assert time.process_time() - start < 3.0  # one loop per cell took ~10 s here
