@@ -172,14 +172,30 @@ def test_write_failure_after_predicting_is_one_line(
 ) -> None:
     """A disk that fails at the end (after the checks passed) is still one line, exit 2."""
     import hohoho_core.dicom as dicom
+    from hohoho_core.study import LoadReport
 
-    def no_studies(src: object) -> list:
-        return []
+    class NoStudies:
+        """A scan that finds nothing (the write at the end is what fails here)."""
+
+        series: list = []
+        report = LoadReport()
+
+        def loadable_series(self) -> list:
+            return []
+
+        def iter_studies(self, **_: object) -> list:
+            return []
+
+        def __enter__(self) -> NoStudies:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
 
     def full_disk(records: object, out: object) -> None:
         raise OSError(28, "No space left on device", str(out))
 
-    monkeypatch.setattr(dicom, "iter_studies", no_studies)
+    monkeypatch.setattr(dicom, "scan_source", lambda src: NoStudies())
     monkeypatch.setattr(predict_mod, "write_predictions", full_disk)
     monkeypatch.setattr(predict_mod.Predictor, "from_folder", classmethod(lambda *a, **k: None))
     src = tmp_path / "a.dcm"
