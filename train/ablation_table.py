@@ -63,6 +63,10 @@ def extra_scores(run: Path, info: dict[str, Any], extra: list[str]) -> dict[str,
         if not root:
             raise SystemExit(f"--extra-test needs NAME=ROOT, got {spec!r}")
         cached = run / f"extra_{name}.json"
+        own = ((info.get("data") or {}).get("sets") or {}).get("test", {}).get("root")
+        if own and Path(own).resolve() == Path(root).resolve():
+            out[name] = info["shipped_test"]  # the run already scored this folder
+            continue
         if cached.is_file():
             out[name] = json.loads(cached.read_text(encoding="utf-8"))
             continue
