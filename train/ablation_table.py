@@ -63,7 +63,8 @@ def extra_scores(run: Path, info: dict[str, Any], extra: list[str]) -> dict[str,
         if not root:
             raise SystemExit(f"--extra-test needs NAME=ROOT, got {spec!r}")
         cached = run / f"extra_{name}.json"
-        own = ((info.get("data") or {}).get("sets") or {}).get("test", {}).get("root")
+        sets = info.get("data") or {}
+        own = sets.get("sets", sets).get("test", {}).get("root")
         if own and Path(own).resolve() == Path(root).resolve():
             out[name] = info["shipped_test"]  # the run already scored this folder
             continue
