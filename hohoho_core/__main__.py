@@ -356,21 +356,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finite(obj: Any) -> Any:
-    """JSON-ready copy with every NaN or infinity as None (strict JSON, no ``NaN``)."""
-    import math
-
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if hasattr(obj, "tolist"):
-        return _finite(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def _evaluation_table(reports: dict[str, dict[str, Any]]) -> list[str]:
     from hohoho_core.labels import CLASSES
 
@@ -430,6 +415,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hohoho_core.retune import retune_thresholds, write_retuned
     from hohoho_core.rsna import build_index
     from hohoho_core.runtime import configure_torch
+    from hohoho_core.strictjson import finite_json
     from hohoho_core.system import available_cores
 
     configure_torch(available_cores(), deterministic=True)
@@ -489,7 +475,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                              "cnn_thresholds": cnn_thr, **rule}
         print(f"retuned thresholds ({rule['rule']}) -> {retune}")
     if out is not None:
-        atomic_write_text(out, json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(out, json.dumps(finite_json(result), indent=2, allow_nan=False) + "\n")
         print(f"report -> {out}")
     return 0
 

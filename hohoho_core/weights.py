@@ -37,6 +37,7 @@ from hohoho_core.models import (
     create_model,
 )
 from hohoho_core.preprocess import PreprocessConfig
+from hohoho_core.strictjson import finite_json
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -330,25 +331,13 @@ def save_weights(
     # Serialise the config first: a value JSON cannot hold fails before anything is written.
     # Strict JSON: a metric that is NaN (a split without positives or without studies)
     # is stored as null, which every JSON reader accepts.
-    text = json.dumps(_finite(config.to_dict()), indent=2, default=_json_default,
+    text = json.dumps(finite_json(config.to_dict()), indent=2, default=_json_default,
                       allow_nan=False) + "\n"
     meta = {"format": "pt", "hohoho_format": str(FORMAT_VERSION), "arch": config.arch}
     with atomic_path(folder / TENSORS_FILE) as tmp:
         save_file(tensors, tmp, metadata=meta)
     atomic_write_text(folder / CONFIG_FILE, text)
     return folder
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, str):
-        return _finite(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _json_default(value: Any) -> Any:

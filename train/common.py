@@ -50,6 +50,7 @@ from hohoho_core.distributed import DistInfo, barrier, init_distributed
 from hohoho_core.labels import CLASSES
 from hohoho_core.preprocess import MODES, WINDOWS, PreprocessConfig
 from hohoho_core.runtime import configure_torch
+from hohoho_core.strictjson import finite_json
 from hohoho_core.system import available_cores
 
 log = logging.getLogger("hohoho.train")
@@ -443,19 +444,6 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # --- checkpoints ----------------------------------------------------------------------
 # The checkpoint format lives in hohoho_core.checkpoint; the names are imported above so
 # scripts keep calling ``common.save_checkpoint`` and friends.
-
-
-def finite_json(obj: Any) -> Any:
-    """A copy whose NaN and infinite floats are None: strict JSON that every parser reads."""
-    if isinstance(obj, Mapping):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite_json(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, str):
-        return finite_json(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def write_json(path: Path, obj: Any) -> None:
