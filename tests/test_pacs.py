@@ -217,3 +217,13 @@ def test_settings_from_the_environment():
         server_from_env({"HOHOHO_DICOMWEB_URL": "ftp://user:hunter2@pacs"})
     except PacsError as err:
         assert "hunter2" not in str(err)
+
+
+def test_missing_orthanc_fails_with_the_install_command(tmp_path, monkeypatch):
+    # A machine without Orthanc must fail the PACS tests (not skip them), saying what to run.
+    from tests import pacs_fixture
+
+    monkeypatch.setattr(pacs_fixture, "ORTHANC", str(tmp_path / "no-orthanc"))
+    with pytest.raises(RuntimeError, match=r"make pacs"):
+        with pacs_fixture.running_orthanc(tmp_path / "o"):
+            pass
