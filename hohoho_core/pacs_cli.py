@@ -41,6 +41,9 @@ def add_predict_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--store-sr", action="store_true",
                    help="store each study's analysis back as a DICOM structured report "
                    "(STOW-RS)")
+    g.add_argument("--store-saliency", action="store_true",
+                   help="also store a Grad-CAM overlay of each positive subtype's peak slice "
+                   "as a DICOM Secondary Capture image")
 
 
 def add_pacs_parser(sub: Any, error: type[Exception]) -> None:
@@ -102,7 +105,8 @@ def predict_dicomweb(
 ) -> int:
     """``predict --dicomweb``: each study (given or found) retrieved, read like an upload,
     predicted; results written like ``predict PATH``'s; with ``--store-sr`` a structured
-    report per study goes back to the server. A failure keeps what was predicted: the
+    report per study goes back to the server, with ``--store-saliency`` saliency overlays
+    as Secondary Capture images. A failure keeps what was predicted: the
     output is written first, then the error says how far it got."""
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".json"):
@@ -136,6 +140,7 @@ def predict_dicomweb(
     from hohoho_core.predict import Predictor, prediction_record, write_predictions
     from hohoho_core.runtime import configure_torch
     from hohoho_core.sr import build_sr, evidence_headers, model_identity
+    from hohoho_core.sr_capture import saliency_captures
     from hohoho_core.system import available_cores
     from hohoho_core.weights import WeightsError
 
@@ -169,14 +174,17 @@ def predict_dicomweb(
                     scan.series, description=args.series_description, rule=args.series)}
                 if not chosen:
                     raise StudyLoadError("no axial CT series to predict", scan.report)
-                headers = evidence_headers(uploads) if args.store_sr else {}
+                keep = args.store_sr or args.store_saliency
+                headers = evidence_headers(uploads) if keep else {}
                 for study in scan.iter_studies(
                         skip=lambda a, b, chosen=chosen: (a, b) not in chosen):
                     pred = predictor.predict(study)
                     records.append(prediction_record(pred))
-                    if args.store_sr:
-                        stored += store_instances(
-                            server, [build_sr(pred, study, headers, model)])
+                    objects = [build_sr(pred, study, headers, model)] if args.store_sr else []
+                    if args.store_saliency:
+                        objects += saliency_captures(pred, study, headers, predictor)
+                    if objects:
+                        stored += store_instances(server, objects)
             print(f"[{n}/{len(uids)}] study {uid}: predicted", file=sys.stderr)
         except StudyLoadError as err:
             failures.append(f"study {uid}: {err}")
@@ -190,7 +198,8 @@ def predict_dicomweb(
         print(f"{len(records)} studies, {n_images} images -> "
               + ", ".join(str(p) for p in written))
     if stored:
-        print(f"{stored} structured reports stored on {server.display_url}")
+        print(f"{stored} DICOM objects (structured reports, saliency images) stored on "
+              f"{server.display_url}")
     if failures:
         kept = f" ({len(records)} studies predicted were written)" if records else ""
         more = f" (and {len(failures) - 1} more failures)" if len(failures) > 1 else ""

@@ -68,22 +68,25 @@ def test_predict_a_study_and_store_its_report(orthanc_rw, pacs_studies, tmp_path
     target = pacs_studies[0]
     out = tmp_path / "preds.json"
     rc = main(["predict", "--dicomweb", orthanc_rw.dicomweb_url, "--study-uid",
-               target.study_uid, "--out", str(out), "--store-sr"])
+               target.study_uid, "--out", str(out), "--store-sr", "--store-saliency"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "1 structured reports stored" in captured.out
     record = json.loads(out.read_text())["studies"][0]
+    n_captures = sum(record["summary"]["positive"].values())
+    assert f"{1 + n_captures} DICOM objects (structured reports, saliency images) stored" in (
+        captured.out)
     assert record["study_uid"] == target.study_uid
     assert len(record["image_ids"]) == len(target.datasets)
     # The study now holds our report: the reader skips it, read_sr reads it.
     server = DicomwebServer(orthanc_rw.dicomweb_url)
     uploads = retrieve_study(server, target.study_uid)
-    assert len(uploads) == len(target.datasets) + 1
+    assert len(uploads) == len(target.datasets) + 1 + n_captures
     with scan_source(uploads) as scan:
         study = scan.load()
-        skipped = scan.report.skipped
+        skipped = sorted(scan.report.skipped, key=lambda s: s.reason != SkipReason.NOT_IMAGE)
     assert study.n_slices == len(target.datasets)
-    assert [s.reason for s in skipped] == [SkipReason.NOT_IMAGE]
+    assert [s.reason for s in skipped] == (
+        [SkipReason.NOT_IMAGE] + [SkipReason.RGB_OR_SECONDARY] * n_captures)
     report = next(u for u in uploads if u.name == skipped[0].source)
     found = read_sr(pydicom.dcmread(io.BytesIO(report.data)))
     assert "not for clinical use" in found.disclaimer

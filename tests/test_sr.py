@@ -109,3 +109,26 @@ def test_report_needs_the_slices_headers(analysed, predictor):
     headers.pop(study.slices[3].source)
     with pytest.raises(SrError, match="no header for slice 4"):
         build_sr(pred, study, headers, model_identity(predictor.config))
+
+
+def test_saliency_captures_are_images_never_slices(analysed, predictor):
+    from hohoho_core.sr_capture import CAPTURE_SERIES_DESCRIPTION, saliency_captures
+
+    uploads, study, pred = analysed
+    captures = saliency_captures(pred, study, evidence_headers(uploads), predictor)
+    positive = [c for c in pred.classes if pred.summary.positive[c]]
+    assert len(captures) == len(positive) >= 1
+    size = predictor.preprocess_config.size * 4
+    files = []
+    for n, sc in enumerate(captures):
+        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+        assert sc.StudyInstanceUID == study.study_uid
+        assert sc.SeriesDescription == CAPTURE_SERIES_DESCRIPTION
+        assert "not for clinical use" in sc.ImageComments
+        assert sc.pixel_array.shape == (size, size, 3)
+        assert sc.pixel_array.std() > 0  # an image, not a blank
+        files.append(Upload(f"capture{n}.dcm", sr_bytes(sc)))
+    with scan_source([*uploads, *files]) as scan:
+        again = scan.load()
+    np.testing.assert_array_equal(again.hu, study.hu)
+    assert {s.reason for s in again.report.skipped} == {SkipReason.RGB_OR_SECONDARY}
