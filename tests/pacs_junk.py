@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 @contextlib.contextmanager
-def junk_server(mode: str, token: str | None = None) -> Iterator[str]:
+def junk_server(mode: str, token: str | None = None, hang_s: float = 3.0) -> Iterator[str]:
     """Yield the DICOMweb URL of a server that answers every GET and POST with:
 
     ``"garbage"``: 200 and bytes that are neither JSON nor multipart DICOM;
     ``"multipart-garbage"``: 200, a multipart/related body whose part is not DICOM;
-    ``"error"``: HTTP 500; ``"bearer"``: ``[]`` when ``Authorization: Bearer <token>``
+    ``"error"``: HTTP 500; ``"hang"``: answers only after ``hang_s`` seconds; ``"bearer"``: ``[]`` when ``Authorization: Bearer <token>``
     is sent, else 401. ``seen`` headers are kept on the server for the tests.
     """
 
@@ -24,7 +25,10 @@ def junk_server(mode: str, token: str | None = None) -> Iterator[str]:
             if length:
                 self.rfile.read(length)
             server.seen.append(dict(self.headers))  # type: ignore[attr-defined]
-            if mode == "error":
+            if mode == "hang":
+                time.sleep(hang_s)
+                self._send(200, b"[]", "application/dicom+json")
+            elif mode == "error":
                 self._send(500, b"internal error", "text/plain")
             elif mode == "bearer":
                 if self.headers.get("Authorization") == f"Bearer {token}":

@@ -151,6 +151,15 @@ def test_server_that_answers_garbage_or_errors(mode, words):
             retrieve_study(DicomwebServer(url), "1.2.3")
 
 
+def test_server_that_times_out():
+    with junk_server("hang", hang_s=3.0) as url:
+        start = time.monotonic()
+        with pytest.raises(PacsError, match=r"stopped answering for more than 0.5 s") as err:
+            search_studies(DicomwebServer(url, timeout_s=0.5), StudyQuery())
+        assert time.monotonic() - start < 2.5
+        assert url in str(err.value)
+
+
 def test_garbage_instead_of_instances(orthanc, pacs_studies, monkeypatch):
     # The study search answers well, the retrieval sends a part that is not DICOM.
     from hohoho_core.pacs import retrieve as R

@@ -109,6 +109,18 @@ def test_predict_every_study_a_query_finds(orthanc, pacs_studies, tmp_path, caps
     assert pacs_studies[1].study_uid in studies and pacs_studies[2].study_uid in studies
 
 
+def test_a_failed_study_keeps_the_others(orthanc, pacs_studies, tmp_path, capsys):
+    out = tmp_path / "preds.json"
+    rc = main(["predict", "--dicomweb", orthanc.dicomweb_url, "--study-uid",
+               pacs_studies[2].study_uid, "--study-uid", "1.2.3.4.5", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1] == (f"hohoho: error: DICOMweb server {orthanc.dicomweb_url} has no study "
+                       "1.2.3.4.5 (1 studies predicted were written)")
+    written = json.loads(out.read_text())["studies"]
+    assert [r["study_uid"] for r in written] == [pacs_studies[2].study_uid]
+
+
 def _run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "hohoho_core", *argv], capture_output=True,
                           text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
