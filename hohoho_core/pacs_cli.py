@@ -115,6 +115,17 @@ def predict_dicomweb(
         raise error("give either study PATHs or --dicomweb, not both")
     if args.batch_size < 1:
         raise error(f"--batch-size must be >= 1, got {args.batch_size}")
+    for flag, value in (("--resume", args.resume), ("--sample-submission",
+                                                    args.sample_submission)):
+        if value:
+            raise error(f"{flag} works with study PATHs, not with --dicomweb")
+    if args.series_description:
+        import re
+
+        try:
+            re.compile(args.series_description)
+        except re.error as err:
+            raise error(f"--series-description: invalid pattern ({err})") from None
     query_given = any(getattr(args, k) for k in
                       ("patient_id", "patient_name", "date_from", "date_to", "accession"))
     if not args.study_uid and not query_given:

@@ -88,9 +88,9 @@ def running_orthanc(root: Path, user: str | None = None, password: str | None = 
     }
     cfg = root / "orthanc.json"
     cfg.write_text(json.dumps(config), encoding="utf-8")
-    log = open(root / "orthanc.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                            cwd=root)
+    with open(root / "orthanc.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=root)
     server = Orthanc(port=port, root=root, user=user, password=password)
     try:
         deadline = time.monotonic() + timeout_s
@@ -116,7 +116,6 @@ def running_orthanc(root: Path, user: str | None = None, password: str | None = 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-        log.close()
 
 
 @dataclass(frozen=True)

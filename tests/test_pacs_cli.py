@@ -153,3 +153,9 @@ def test_predict_needs_a_study_or_query(orthanc, tmp_path, capsys):
     assert "--study-uid" in capsys.readouterr().err
     assert main(["predict", "--dicomweb", "--study-uid", "1.2"]) == 2
     assert "HOHOHO_DICOMWEB_URL" in capsys.readouterr().err
+    assert main(["predict", "--dicomweb", orthanc.dicomweb_url, "--study-uid", "1.2",
+                 "--resume"]) == 2
+    assert "--resume works with study PATHs" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--dicomweb", orthanc.dicomweb_url,
+                 "--study-uid", "1.2"]) == 2
+    assert "not both" in capsys.readouterr().err
