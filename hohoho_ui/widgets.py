@@ -311,7 +311,7 @@ def _series_picker_ui(settings: Settings) -> None:
 
 
 def study_source_ui(settings: Settings) -> None:
-    """Sidebar: open a demo study, uploaded files or a server folder."""
+    """Sidebar: open a demo study, uploaded files, a server folder or a PACS study."""
     with st.sidebar:
         st.subheader("Study")
         kind = kept(
@@ -319,13 +319,17 @@ def study_source_ui(settings: Settings) -> None:
             "Open from",
             "source_kind",
             "Demo studies",
-            options=["Demo studies", "Upload", "Server folder"],
+            options=["Demo studies", "Upload", "Server folder", "PACS (DICOMweb)"],
             horizontal=True,
         )
         if kind == "Demo studies":
             _demo_picker_ui(settings)
         elif kind == "Upload":
             _upload_ui(settings)
+        elif kind == "PACS (DICOMweb)":
+            from hohoho_ui.pacs import pacs_ui  # search and retrieve; opens as an upload
+
+            pacs_ui(settings, _open_source)
         else:
             _folder_ui(settings)
         _series_picker_ui(settings)
