@@ -529,15 +529,25 @@ def _load_ranker(path: str, mtime_ns: int) -> AuditRanker:
 
 
 def shipped_ranker(folder: Path | str | None = None) -> AuditRanker:
-    """The learned ranker of a weights folder (default: `weights.default_weights_dir`).
+    """The learned ranker of a weights folder.
+
+    Without ``folder``: the ``audit_ranker.json`` of `weights.default_weights_dir` when
+    it has one, else the repository's shipped one (`weights.shipped_weights_dir`): the
+    ranker reads the audit's signals, not the network, so a folder of other weights (a
+    fine-tuned model) can share it.
 
     Raises:
-        ValueError: the folder has no ``audit_ranker.json``, or it is not a ranker of
-            this version (refit with ``python -m bench.audit_scoring --save-ranker``).
+        ValueError: no ``audit_ranker.json`` there, or it is not a ranker of this version
+            (refit with ``python -m bench.audit_scoring --save-ranker``).
     """
-    from hohoho_core.weights import default_weights_dir
+    from hohoho_core.weights import default_weights_dir, shipped_weights_dir
 
-    path = Path(folder if folder is not None else default_weights_dir()) / RANKER_FILE
+    if folder is not None:
+        path = Path(folder) / RANKER_FILE
+    else:
+        path = default_weights_dir() / RANKER_FILE
+        if not path.is_file():
+            path = shipped_weights_dir() / RANKER_FILE
     if not path.is_file():
         raise ValueError(f"no learned audit ranker at {path}; pass ranker=None for the "
                          "hand-weighted score")

@@ -107,3 +107,12 @@ def test_cli_audit_writes_the_learned_score_and_reads_the_images(tmp_path: Path)
     assert all(r["learned_score"] == "" for r in hand)
     assert main(["audit", "--data", str(data), "--probs", str(oof), "--out",
                  str(tmp_path / "x.csv"), "--ranker", str(tmp_path / "absent.json")]) == 2
+
+
+def test_a_weights_folder_without_a_ranker_uses_the_shipped_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hohoho_core.weights import shipped_weights_dir
+
+    monkeypatch.setenv("HOHOHO_WEIGHTS", str(tmp_path))  # other weights, no ranker file
+    assert shipped_ranker() is shipped_ranker(shipped_weights_dir())  # one cached load
