@@ -747,6 +747,14 @@ def audit_from_files(
         from hohoho_core.audit_images import table_evidence
         from hohoho_core.dicom.loader import load_study
 
-        evidence = table_evidence(table, load_study)
+        root = Path(data_dir)  # index paths are relative to the dataset folder
+        skipped: list[str] = []
+        evidence = table_evidence(table, lambda paths: load_study([root / p for p in paths]),
+                                  skipped=skipped)
+        if skipped:
+            # A count only: the reasons name series UIDs, which stay out of logs.
+            warnings.warn(f"audit: no image evidence for {len(skipped)} series that could "
+                          "not be read; their run edges rank on the other signals",
+                          stacklevel=2)
     return rank_flags(table, prob, weights, signal_only=signal_only, top=top,
                       evidence=evidence, ranker=ranker)

@@ -71,6 +71,7 @@ def image_evidence(
     *,
     rows: np.ndarray | None = None,
     grid: int = GRID,
+    skipped: list[str] | None = None,
 ) -> SliceEvidence:
     """Blood maps, blood areas and brain areas of the wanted slices of ``table``.
 
@@ -81,6 +82,9 @@ def image_evidence(
             ``pixel_spacing``, ``image_ids``), e.g. ``dicom.loader.load_study``.
         rows: ``(N,)`` bool, the slices to read (default: all).
         grid: cells per side of the maps.
+        skipped: when given, a series that cannot be read is appended here (as
+            ``"study_uid/series_uid: reason"``) and keeps zeros, rather than stopping
+            the audit: the image evidence is one signal among several.
 
     Returns:
         `SliceEvidence` with ``blood``, ``blood_map``, ``blood_map_lo`` and ``brain``
@@ -102,8 +106,15 @@ def image_evidence(
     keys = ["study_uid"] + (["series_uid"] if "series_uid" in table.columns else [])
     sub = table.loc[want, [*keys, "image_id", "path"]]
     where = {img: i for i, img in enumerate(table["image_id"].astype(str))}
-    for _, part in sub.groupby(keys, sort=False):
-        study = load_series([str(p) for p in part["path"]])
+    for name, part in sub.groupby(keys, sort=False):
+        try:
+            study = load_series([str(p) for p in part["path"]])
+        except (ValueError, OSError, RuntimeError) as err:
+            if skipped is None:
+                raise
+            label = "/".join(str(v) for v in (name if isinstance(name, tuple) else (name,)))
+            skipped.append(f"{label}: {err}")
+            continue
         spacing = float(np.mean(study.pixel_spacing))
         hu = np.asarray(study.hu, dtype=np.float32)
         at = np.array([where.get(str(i), -1) for i in study.image_ids], dtype=np.int64)
@@ -125,6 +136,7 @@ def table_evidence(
     *,
     cnn_prob: np.ndarray | None = None,
     embeddings: np.ndarray | None = None,
+    skipped: list[str] | None = None,
 ) -> SliceEvidence:
     """Everything the boundary evidence can use for an audit table: the image evidence of
     the slices near run edges (`edge_rows`, `image_evidence`) plus the model's CNN
@@ -134,5 +146,5 @@ def table_evidence(
         key = key + "\x1f" + table["series_uid"].astype(str)
     near = edge_rows(table[list(CLASSES)].to_numpy(), key.to_numpy(),
                      table["slice_index"].to_numpy())
-    ev = image_evidence(table, load_series, rows=near)
+    ev = image_evidence(table, load_series, rows=near, skipped=skipped)
     return replace(ev, cnn_prob=cnn_prob, embeddings=embeddings)

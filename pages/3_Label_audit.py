@@ -42,16 +42,19 @@ def _flags(
     max_upload_bytes: int,
     _cnn_prob: np.ndarray | None = None,
     _embeddings: np.ndarray | None = None,
-) -> pd.DataFrame:
-    """The learned ranking (`rank_flags` with the shipped ranker) over the boundary
-    evidence of every run edge: the model's outputs and the blood seen on the slices."""
+) -> tuple[pd.DataFrame, int]:
+    """(flags, series without image evidence): the learned ranking (`rank_flags` with the
+    shipped ranker) over the boundary evidence of every run edge: the model's outputs and
+    the blood seen on the slices near it."""
+    skipped: list[str] = []
     evidence = table_evidence(
         _table,
         lambda paths: loaders.load_indexed_study(tuple(paths), max_upload_bytes),
         cnn_prob=_cnn_prob,
         embeddings=_embeddings,
+        skipped=skipped,
     )
-    return rank_flags(_table, _prob, evidence=evidence, ranker=shipped_ranker())
+    return rank_flags(_table, _prob, evidence=evidence, ranker=shipped_ranker()), len(skipped)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -171,7 +174,7 @@ try:
         cnn_prob = embeddings = None
         prob, key = got
         key = f"{key}|{root}|{loaders.listing_key(root)}"
-    flags = _flags(key, table, prob, settings.max_upload_bytes, cnn_prob, embeddings)
+    flags, unread = _flags(key, table, prob, settings.max_upload_bytes, cnn_prob, embeddings)
 except (ValueError, RuntimeError, OSError) as err:
     st.error(md_literal(err))
     st.stop()
@@ -184,6 +187,11 @@ st.caption(
     if flags["learned_score"].notna().all()
     else "Ranked by the hand-weighted score."
 )
+if unread:
+    st.caption(
+        f"No image evidence for {unread} series that could not be read: their run edges "
+        "rank on the other signals."
+    )
 size = widgets.kept(
     st.slider,
     "Queue length (most suspicious flags first)",

@@ -240,7 +240,8 @@ def test_sensitive_blood_and_brain_area_make_a_fraction_that_finds_faint_blood()
     assert brain[0] == pytest.approx(np.pi * (37 * ps) ** 2, rel=0.1)
     assert blood_area(vol, ps)[1] == 0.0
     lo = blood_map(vol, ps, grid=4, hu_range=SENSITIVE_BLOOD_HU, smooth_mm=1.0)
-    assert lo[0].sum() == 0.0 and lo[1].sum() == pytest.approx(blob.sum() * ps * ps, rel=0.3)
+    area = blob.sum() * ps * ps  # the smoothing erodes the faint clot's rim, not its core
+    assert lo[0].sum() == 0.0 and 0.5 * area < lo[1].sum() <= 1.05 * area
     with pytest.raises(ValueError, match="pixel_spacing"):
         brain_area(vol, 0.0)
     # The map and the fraction reach the candidates: a faint last slice of a run.

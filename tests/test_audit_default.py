@@ -17,7 +17,8 @@ SDH = CLASSES.index("subdural")
 
 def _two_studies() -> tuple[pd.DataFrame, np.ndarray, SliceEvidence]:
     """Study "a": subdural labelled on slices 4..8 while the bleed covers 4..7 (the run was
-    extended by one slice); every piece of evidence follows the bleed. Study "b": no
+    extended by one slice); the blood, the embeddings and the neighbours' probabilities
+    follow the bleed, the model on the extra slice itself only hesitates. Study "b": no
     bleed, and one generic cell where the model mildly disagrees (0.35 on a 0 label)."""
     n = 14
     lab = np.zeros((2 * n, 6), dtype=int)
@@ -27,7 +28,7 @@ def _two_studies() -> tuple[pd.DataFrame, np.ndarray, SliceEvidence]:
     true[4:8] = True
     prob = np.full((2 * n, 6), 0.03)
     prob[true, SDH] = prob[true, ANY_INDEX] = 0.85
-    prob[8, SDH] = prob[8, ANY_INDEX] = 0.2
+    prob[8, SDH] = prob[8, ANY_INDEX] = 0.7  # the model leans to the (wrong) label
     prob[n + 6, CLASSES.index("intraparenchymal")] = 0.35
     rng = np.random.default_rng(0)
     emb = rng.normal(size=16) + 0.3 * rng.normal(size=(2 * n, 16))
@@ -57,13 +58,16 @@ def test_default_ranking_is_learned_and_puts_the_boundary_error_above_a_generic_
     assert out.loc[out["rank"] == extended, "kind"].item() == "run_shorter"
     # The "any" cell of the extended slice ranks with it (carry_any).
     assert abs(pos[("ID_8", "any")] - extended) <= 1
-    # The hand-weighted score alone ranks the generic disagreement first: the model is
-    # the only signal it reads, and 0.35 beats 0.2.
-    hand = rank_flags(table, prob, evidence=ev, ranker=None)
-    hpos = {(i, c): r for i, c, r in zip(hand["image_id"], hand["class"], hand["rank"],
+    # The model alone ranks the generic disagreement first (0.35 against 0.30): the
+    # boundary evidence is what lifts the extended run's edge.
+    alone = rank_flags(table, prob, evidence=ev, signal_only="model")
+    apos = {(i, c): r for i, c, r in zip(alone["image_id"], alone["class"], alone["rank"],
                                          strict=True)}
+    assert apos[("ID_20", "intraparenchymal")] < apos[("ID_8", "subdural")]
+    # ranker=None: the hand-weighted score, no learned column.
+    hand = rank_flags(table, prob, evidence=ev, ranker=None)
     assert hand["learned_score"].isna().all()
-    assert hpos[("ID_20", "intraparenchymal")] < hpos[("ID_8", "subdural")]
+    np.testing.assert_allclose(hand["score"], hand["combined_score"])
 
 
 def test_shipped_ranker_errors_are_specific(tmp_path: Path) -> None:

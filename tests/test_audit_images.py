@@ -78,3 +78,22 @@ def test_image_evidence_reads_only_the_wanted_slices_and_measures_the_clot() -> 
         image_evidence(table.drop(columns="path"), load)
     with pytest.raises(ValueError, match="rows"):
         image_evidence(table, load, rows=np.ones(3, dtype=bool))
+
+
+def test_an_unreadable_series_keeps_zeros_when_skipping_is_asked() -> None:
+    n = 8
+    table = pd.DataFrame(_labels(n, range(2, 5)), columns=list(CLASSES))
+    table.insert(0, "image_id", [f"ID_{i}" for i in range(n)])
+    table.insert(1, "study_uid", "s")
+    table.insert(2, "slice_index", range(n))
+    table["path"] = [f"/d/{i}.dcm" for i in range(n)]
+
+    def broken(paths):
+        raise RuntimeError("No usable CT slice found in 8 files: 8 unreadable.")
+
+    skipped: list[str] = []
+    ev = table_evidence(table, broken, skipped=skipped)
+    assert len(skipped) == 1 and "unreadable" in skipped[0]
+    assert (ev.blood == 0).all() and (ev.brain == 0).all()
+    with pytest.raises(RuntimeError, match="unreadable"):
+        table_evidence(table, broken)
