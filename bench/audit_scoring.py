@@ -74,21 +74,80 @@ BOUNDARY_GROUPS: tuple[str, ...] = ("run extended by one slice (all cells)",
                                     "run end dropped (all cells)")
 #: How the ranker's form and settings were arrived at (written by hand, for the report).
 HISTORY = (
-    "Choices (blood range 60-100 HU after 2 mm smoothing, logistic regression with product "
-    "features, training noise rate 0.3 over 40 draws with the model outputs blurred on three "
-    "quarters of them, 150 training studies, the focal blood term) were compared on an "
-    "own-generator validation set (seed 1404, 40 studies, 30 draws; also with its model "
-    "outputs blurred to mimic a model lost on unfamiliar images), never on the foreign "
-    "studies. Those comparisons were within their noise (144 error cells, about +-0.07), so "
-    "the principled option was kept where they tied. In fairness: foreign results of two "
-    "earlier runs were seen while working (recall@2x 0.35 with a ranker fitted on 20 "
-    "undisturbed draws; 0.63 with the ranker before the focal blood term and with 60 "
-    "training studies; boundary kinds 4/25 and 3/31 then). The switch to blurred training "
-    "draws came after the first of them; that the shipped model is weak on this generator "
-    "was already known from bench/generalization.md."
+    "This run's design (issue 14, second pass) was fixed on own-generator data only: the "
+    "relative edge terms (`r_*`: scale-free by construction, so that a generator or scanner "
+    "with other contrast or another model temperature reads the same), the sensitive blood "
+    "map (the whole acute range of docs/domain.md, 50-100 HU, at 1 mm smoothing, used only "
+    "relative to the step across the edge), the blood fraction of the brain area, the "
+    "model-agreement feature (how far the model agrees with the labels over the audited "
+    "table) with its products, and training on the own generator's studies plain and with "
+    "its domain randomisation (`--randomise`; 100 + 100 studies, 20 draws each at noise "
+    "rate 0.3, model outputs blurred on three quarters of the draws as before). The "
+    "evidence table was looked at on the own validation set while building the terms. The "
+    "rule for the feature set, set before the run: ship all features unless a smaller set "
+    "has a higher mean boundary-kind recall over the two unblurred own validation views by "
+    "more than 0.03. Result (table above): + relative terms 0.42, all 0.40, + model "
+    "agreement 0.39, earlier features 0.35, earlier features with plain training only 0.30; "
+    "so all features ship. These comparisons rest on 20-30 boundary error cells per view "
+    "and are within their noise except the gain over plain training. The earlier choices "
+    "(strict blood range 60-100 HU after 2 mm smoothing, logistic regression with product "
+    "features, the focal blood term, blurred training draws) stand as the first pass made "
+    "them on an own validation set. In fairness: foreign figures were seen before this run "
+    "by the first pass (recall@2x 0.35, 0.63 and 0.59 with its rankers; boundary kinds 4/25 "
+    "and 3/31, then 3/25 and 2/31), which is why boundary evidence that transfers was "
+    "looked for at all, and by two smoke runs of this bench in this pass (one or two noise "
+    "draws, smaller training sets: combined 14/20 foreign error cells, and a one-draw "
+    "evidence table); nothing in the features or the fit changed after them, only the "
+    "bench's running time (the comparison now audits each validation draw once; the "
+    "evidence table uses the first 10 test draws)."
+)
+#: What this pass bought and what is left (written by hand after the run, for the report).
+GAP = (
+    "What this pass bought, and the gap left. On the foreign studies combined recall at 2x "
+    "errors went from 0.59 (108/184, the first pass's ranker) to 0.69 (127/184); \"run "
+    "extended by one slice\" from 3/25 to 11/25 (0.44) and \"run end dropped\" from 2/31 to "
+    "3/31 (0.10); gaps from 51/68 to 63/68. Left to the targets: 21 more error cells "
+    "overall (0.80), 2 more for the extended runs and 13 more for the dropped run ends "
+    "(0.50). On the own test studies combined went from 0.95 to 0.92 (59/64; extended runs "
+    "8/9 to 6/9), within that set's noise. Which addition bought what can only be read on "
+    "the own validation views (the foreign set never chose a feature): mean boundary-kind "
+    "recall 0.30 with the earlier features fitted on plain studies, 0.35 with the "
+    "randomised studies added to training, 0.42 with the relative terms, 0.39 with the "
+    "model agreement instead, 0.40 with both. The evidence table names the likely next "
+    "step: the sensitive relative blood term separates dropped run ends on the foreign "
+    "studies (AUC 0.96) but carries a small weight, because the training draws always hold "
+    "a model that still agrees with the labels; training draws with a blind model (outputs "
+    "replaced by noise), or a share of the queue reserved for the best boundary candidates, "
+    "would test that (not done here)."
 )
 #: What the evidence table shows (written by hand after the run, for the report).
-EVIDENCE_READING = "(reading to be written)"
+EVIDENCE_READING = (
+    "Reading. On the own test studies the model's disagreement (`z_model`, `z_cnn`) and "
+    "the raw edge differences (`d_prob`, `d_cnn`, `d_emb`) separate injected edges from "
+    "true ones almost perfectly (AUC 0.78-0.98). On the foreign studies they fall to "
+    "0.52-0.86: the model's probabilities are overconfident and shaped by our generator "
+    "(model only finds 0.06 of the foreign errors), and the raw embedding similarity "
+    "drops to 0.52 on the edge slice. The strict blood range (60-100 HU after 2 mm "
+    "smoothing: `d_blood`, `d_focal`, `r_focal`) is weak there (0.58-0.79), and its "
+    "relative terms are defined on only 34-57 % of the foreign candidates (elsewhere the "
+    "two sides hold the same, often no, strict-range blood): the foreign bleeds are 55-85 HU "
+    "and often thin (blood in sulci, an IVH level of 55-72 HU, a thin SDH crescent), and "
+    "smoothing pulls them under 60 HU. The sensitive map, relative to the step across the "
+    "edge (`r_focal_lo`), is defined on 82-95 % of the foreign candidates and is the best "
+    "single term there (0.85 on the edge slice, 0.96 on the slice outside), as it is on "
+    "the own studies (1.00 / 1.00); on the own randomised studies 0.73 / 0.93. The "
+    "relative model terms hold up better than the raw ones (`r_prob` 0.74 / 0.89), the "
+    "blood fraction of the brain area (`r_frac`) adds nothing over the area. So evidence "
+    "that transfers exists, and it lifted \"run extended by one slice\" from 3/25 to 11/25; "
+    "what still fails is the weighting for a dropped run end: the ranker is fitted where "
+    "the model is good, so the model, cleanlab and the label prior carry its largest "
+    "weights and the image terms small ones (`r_focal_lo` +0.10, `longer_x_r_focal_lo` "
+    "+0.05). A dropped run end (a \"longer\" candidate, AUC 0.96 on `r_focal_lo` among the "
+    "candidates) then still ranks at a median of about 200 among 14340 cells, behind the "
+    "confident model disagreements of a model that is lost on these images. The own "
+    "validation view with blurred model outputs shows the same weakness without any "
+    "foreign data (run end dropped 0.08 with all features)."
+)
 #: Which evidence can reveal each kind of injected error (for the "cause" sentence).
 KIND_NOTES: dict[str, str] = {
     "gap": "a 0 inside a run: the gap rule sees it",
@@ -797,6 +856,8 @@ def render_markdown(res: dict[str, Any]) -> str:
           for n, v in res["verdict"].items()],
         *[f"- {_cause_text(r, res['results']['own_test'])}" for n, r in res["results"].items()
           if n != "own_test" and not res["verdict"][n]["reaches_overall"]],
+        "",
+        GAP,
         "",
     ]
     for name, r in res["results"].items():
