@@ -341,6 +341,18 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_ranker(spec: str) -> Any:
+    """``--ranker``: "shipped" (the weights folder's), "none" (hand-weighted) or a JSON path."""
+    from hohoho_core.audit_ranker import AuditRanker
+
+    if spec in ("shipped", "none"):
+        return None if spec == "none" else "shipped"
+    path = Path(spec)
+    if not path.is_file():
+        raise CliError(f"--ranker {path}: no such file")
+    return AuditRanker.load(path)
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from hohoho_core.atomic import atomic_open
     from hohoho_core.audit import audit_from_files
@@ -355,7 +367,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         raise CliError(f"--top must be >= 1, got {args.top}")
     _check_out(out)
     try:
-        flags = audit_from_files(data, probs, labels_csv=args.labels, top=args.top)
+        ranker = _audit_ranker(args.ranker)
+        flags = audit_from_files(data, probs, labels_csv=args.labels, top=args.top,
+                                 ranker=ranker, image_evidence=not args.no_images)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(f"audit: {err}") from None
     # Text cells (UIDs, paths) from the files: none may open as a spreadsheet formula.
@@ -546,6 +560,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="flags CSV to write")
     p.add_argument("--labels", default=None, help="labels CSV (default: the folder's)")
     p.add_argument("--top", type=int, default=None, help="keep the N highest-ranked rows")
+    p.add_argument("--ranker", default="shipped",
+                   help="learned ranker: 'shipped' (weights/audit_ranker.json), 'none' "
+                        "(hand-weighted score) or a ranker JSON")
+    p.add_argument("--no-images", action="store_true",
+                   help="skip reading slices near run edges for the blood evidence")
     p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser(

@@ -18,7 +18,8 @@ import streamlit as st
 
 from hohoho_core import review
 from hohoho_core import review_session as session
-from hohoho_core.audit import rank_flags, read_probs_csv
+from hohoho_core.audit import rank_flags, read_probs_csv, shipped_ranker
+from hohoho_core.audit_images import table_evidence
 from hohoho_core.labels import CLASSES
 from hohoho_core.rsna import default_labels_csv, image_series
 from hohoho_core.store import DecisionStore, StoreError
@@ -33,9 +34,27 @@ CSV_PATH = "Probabilities CSV on the server"
 CSV_UPLOAD = "Upload a probabilities CSV"
 
 
-@st.cache_data(max_entries=8, show_spinner="Ranking the labels…")
-def _flags(key: str, _table: pd.DataFrame, _prob: np.ndarray) -> pd.DataFrame:
-    return rank_flags(_table, _prob)
+@st.cache_data(max_entries=8, show_spinner="Reading the slices near run edges and ranking…")
+def _flags(
+    key: str,
+    _table: pd.DataFrame,
+    _prob: np.ndarray,
+    max_upload_bytes: int,
+    _cnn_prob: np.ndarray | None = None,
+    _embeddings: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """(flags, series without image evidence): the learned ranking (`rank_flags` with the
+    shipped ranker) over the boundary evidence of every run edge: the model's outputs and
+    the blood seen on the slices near it."""
+    skipped: list[str] = []
+    evidence = table_evidence(
+        _table,
+        lambda paths: loaders.load_indexed_study(tuple(paths), max_upload_bytes),
+        cnn_prob=_cnn_prob,
+        embeddings=_embeddings,
+        skipped=skipped,
+    )
+    return rank_flags(_table, _prob, evidence=evidence, ranker=shipped_ranker()), len(skipped)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -145,19 +164,34 @@ try:
         keep = data.table["image_id"].isin(labelled["image_id"]).to_numpy()
         table = data.table[keep].reset_index(drop=True)
         prob = data.prob[keep]
+        cnn_prob, embeddings = data.cnn_prob[keep], data.embeddings[keep]
         key = f"model {model.key}|{root}|{loaders.listing_key(root)}"
     else:
         got = _probs_from_csv(source, labelled, settings, f"{root}|{loaders.listing_key(root)}")
         if got is None:
             st.stop()
         table = labelled.reset_index(drop=True)
+        cnn_prob = embeddings = None
         prob, key = got
         key = f"{key}|{root}|{loaders.listing_key(root)}"
-    flags = _flags(key, table, prob)
+    flags, unread = _flags(key, table, prob, settings.max_upload_bytes, cnn_prob, embeddings)
 except (ValueError, RuntimeError, OSError) as err:
     st.error(md_literal(err))
     st.stop()
 
+edges = int(flags["kind"].isin(["run_shorter", "run_longer"]).sum())
+st.caption(
+    "Ranked by the learned ranker (`weights/audit_ranker.json`) over the model, cleanlab, "
+    f"the sequence rules and the evidence at {edges} run-edge cells (the blood seen on the "
+    "slices near each run edge)."
+    if flags["learned_score"].notna().all()
+    else "Ranked by the hand-weighted score."
+)
+if unread:
+    st.caption(
+        f"No image evidence for {unread} series that could not be read: their run edges "
+        "rank on the other signals."
+    )
 size = widgets.kept(
     st.slider,
     "Queue length (most suspicious flags first)",

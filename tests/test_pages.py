@@ -197,13 +197,17 @@ def test_audit_decision_is_stored_and_survives_a_restart(env) -> None:
         "clear on the neighbours",
         label,
     )
-    assert _current_item(at)[:2] != (image_id, cls)  # moved on to the next undecided
+    undecided = _current_item(at)
+    assert undecided[:2] != (image_id, cls)  # moved on to the next undecided
 
     # A "server restart": a fresh app session on the same store shows the decision and
-    # resumes at the first undecided item (here the same slice: it has other open cells).
+    # resumes at the first undecided item (the slice's next open cell when it has one,
+    # else the next item: which, depends on the ranking).
     fresh = open_page(AUDIT)
-    assert _current_item(fresh)[0] == image_id
-    assert any("Decision on record: **keep** by dr_test" in s for s in texts(fresh.success))
+    assert _current_item(fresh)[:2] == undecided[:2]
+    if undecided[0] == image_id:
+        assert any("Decision on record: **keep** by dr_test" in s
+                   for s in texts(fresh.success))
     queue = next(d.value for d in fresh.dataframe if "Decisions" in d.value.columns)
     assert queue.loc[queue["Image"] == image_id, "Decisions"].tolist() == [
         f"{cls} · dr_test: keep"
@@ -236,8 +240,11 @@ def test_audit_with_an_out_of_fold_csv(env, tmp_path: Path) -> None:
     data, _ = env
     table = demo_table(data)
     rng = np.random.default_rng(1)
-    probs = rng.uniform(0.0, 0.2, size=(len(table), len(CLASSES)))
-    # One clear disagreement: the model is sure of a bleed on a slice labelled negative.
+    labels = table[list(CLASSES)].to_numpy() == 1
+    # A model that agrees with the labels (the learned ranker discounts one that does not)...
+    probs = np.where(labels, rng.uniform(0.8, 1.0, labels.shape),
+                     rng.uniform(0.0, 0.2, labels.shape))
+    # ...but for one clear disagreement: sure of a bleed on a slice labelled negative.
     target = int(np.flatnonzero(table["subdural"].to_numpy() == 0)[0])
     probs[target, CLASSES.index("subdural")] = 0.99
     rows = [
@@ -253,8 +260,12 @@ def test_audit_with_an_out_of_fold_csv(env, tmp_path: Path) -> None:
     at.text_input(key="_w_audit_csv_rel").input("oof_probs.csv").run()
     assert not at.exception and not at.error
     assert not any("In-sample" in w for w in texts(at.warning))
-    image_id, cls, label = _current_item(at)
-    assert (image_id, cls, label) == (table["image_id"].iloc[target], "subdural", 0)
+    # The clear disagreement is among the first items (the learned ranker puts some run
+    # edges of the demo labels beside it).
+    queue = next(d.value for d in at.dataframe if "Decisions" in d.value.columns)
+    top = queue.head(5)
+    row = top[top["Image"] == table["image_id"].iloc[target]]
+    assert len(row) == 1 and "subdural" in row["Classes"].item()
 
     # A CSV that misses images is refused with the reader's message.
     pd.DataFrame(rows[:12], columns=["ID", "Label"]).to_csv(data.root / "short.csv", index=False)
