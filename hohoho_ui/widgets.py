@@ -84,7 +84,9 @@ def kept(widget: Callable[..., Any], label: str, key: str, default: Any, **kwarg
     """Draw ``widget`` whose value lives in the plain session key ``key``.
 
     Streamlit forgets a widget's value when a page without it runs; the plain key does
-    not, so the choice survives page switches. ``options`` (if given) must hold it.
+    not, so the choice survives page switches. ``options`` (if given) must hold it, and a
+    kept number is clamped to ``min_value``/``max_value`` (a shorter list than last time
+    must not make the widget refuse its own value).
     """
     wkey = f"_w_{key}"
     options = kwargs.get("options")
@@ -92,6 +94,13 @@ def kept(widget: Callable[..., Any], label: str, key: str, default: Any, **kwarg
         options is not None and st.session_state[key] not in list(options)
     ):
         st.session_state[key] = default
+    value = st.session_state[key]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+        if hi is not None and value > hi:
+            st.session_state[key] = hi
+        elif lo is not None and value < lo:
+            st.session_state[key] = lo
     st.session_state[wkey] = st.session_state[key]
 
     def _store() -> None:
