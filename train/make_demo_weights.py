@@ -94,6 +94,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lstm-emb-noise", type=float, default=0.1,
                    help="Gaussian noise on training embeddings (relative to their std)")
     p.add_argument("--lstm-weight-decay", type=float, default=1e-4)
+    p.add_argument("--lstm-residual", action=argparse.BooleanOptionalAction, default=False,
+                   help="stage 2 outputs the CNN's logits plus a penalised LSTM correction "
+                        "(train_lstm --residual; docs/ablation.md)")
+    p.add_argument("--lstm-residual-penalty", type=float, default=0.01)
+    p.add_argument("--lstm-z-augment", type=float, default=0.0,
+                   help="probability of each z re-sampling of a training study for stage 2 "
+                        "(train_lstm --z-stride/--z-crop/--z-flip; 0 = off)")
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="temperature-scale the CNN and LSTM outputs on validation")
     p.add_argument("--train-copies", type=int, default=1,
@@ -310,8 +317,20 @@ def stage_args(args: argparse.Namespace, work: Path, cache_dir: Path, splits_fil
             "--dropout", str(args.lstm_dropout), "--emb-noise", str(args.lstm_emb_noise),
             "--weight-decay", str(args.lstm_weight_decay),
             "--calibrate" if args.calibrate else "--no-calibrate", "--seed", str(args.seed),
-            "--device", "cpu", *prog, *threads]
+            "--device", "cpu", *prog, *threads, *stage2_options(args)]
     return {"train_cnn": cnn, "extract_embeddings": emb, "train_lstm": lstm}
+
+
+def stage2_options(args: argparse.Namespace) -> list[str]:
+    """The issue-13 stage-2 options for train_lstm, only those switched on (so the command
+    of the plain recipe is unchanged)."""
+    out: list[str] = []
+    if getattr(args, "lstm_residual", False):
+        out += ["--residual", "--residual-penalty", str(args.lstm_residual_penalty)]
+    z = getattr(args, "lstm_z_augment", 0.0)
+    if z > 0:
+        out += ["--z-stride", str(z), "--z-crop", str(z), "--z-flip", str(z)]
+    return out
 
 
 def check_folder(folder: Path, root: Path, index_cache: Path) -> dict[str, Any]:
