@@ -221,3 +221,37 @@ def test_make_demo_weights_passes_the_stage2_options_through(tmp_path: Path) -> 
     assert chosen.residual and chosen.residual_penalty == 0.05
     assert chosen.z_stride == chosen.z_crop == chosen.z_flip == 0.5
     assert train_lstm.lstm_kwargs(chosen)["residual"] is True
+
+
+def test_perturbed_validation_copies_and_the_selection_rule() -> None:
+    from hohoho_core.datasets import EmbeddingTable
+    from train import stage2_transfer as st
+
+    n = 5
+    table = EmbeddingTable(
+        embeddings=np.arange(2 * n, dtype=np.float32)[:, None],
+        logits=np.zeros((2 * n, K), np.float32), labels=np.zeros((2 * n, K), np.int8),
+        study=np.asarray(["a"] * n + ["b"] * n),
+        image_id=np.asarray([f"i{k}" for k in range(2 * n)]),
+        slice_index=np.tile(np.arange(n, dtype=np.int32), 2))
+    z = st.perturb(table, "stride2")
+    assert sorted(set(z.study.tolist())) == ["a#z0", "a#z1", "b#z0", "b#z1"]
+    assert z.embeddings[z.study == "a#z0", 0].tolist() == [0, 2, 4]
+    assert z.slice_index[z.study == "a#z1"].tolist() == [0, 1]
+    r = st.perturb(table, "reverse")
+    assert r.embeddings[r.study == "b", 0].tolist() == [9, 8, 7, 6, 5]
+    with pytest.raises(ValueError, match="perturbation"):
+        st.perturb(table, "shuffle")
+
+    base = {"name": "B", "val": 0.55, "margins": {"x": 0.05, "y": -0.02}}
+    rows = [base,
+            {"name": "worse_val", "val": 0.53, "margins": {"x": 0.2, "y": 0.2}},
+            {"name": "below_cnn", "val": 0.55, "margins": {"x": 0.3, "y": -0.001}},
+            {"name": "small_gain", "val": 0.55, "margins": {"x": 0.03, "y": 0.02}},
+            {"name": "ok", "val": 0.545, "margins": {"x": 0.06, "y": 0.04}},
+            {"name": "best", "val": 0.56, "margins": {"x": 0.08, "y": 0.06}}]
+    v = st.verdict(rows)
+    assert v["qualifies"] == {"worse_val": False, "below_cnn": False, "small_gain": False,
+                              "ok": True, "best": True}
+    assert v["winner"] == "best"
+    assert st.verdict(rows[:4])["winner"] is None

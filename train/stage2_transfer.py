@@ -74,6 +74,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--features", action="append", required=True, metavar="NAME=NPZ[:PERTURB]")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("table", help="markdown table and the selection rule's verdict")
+    t.add_argument("variants", nargs="+", metavar="NAME=LSTM_RUN_DIR:WEIGHTS",
+                   help="the first one is the baseline")
+    t.add_argument("--scores", type=Path, required=True)
+    t.add_argument("--shift", nargs="+", default=["val_aug", "val_stride2", "val_reverse"],
+                   help="the perturbed validation sets of the rule")
+    t.add_argument("--report", nargs="*", default=["test", "test_plain", "foreign"])
+    t.add_argument("--out", type=Path, default=None)
     return p
 
 
@@ -223,6 +231,67 @@ def _feature_specs(specs: list[str]) -> dict[str, tuple[Path, str]]:
     return out
 
 
+def _macro(rep: dict[str, Any] | None, stage: str, tuned: bool = False) -> float | None:
+    if rep is None or stage not in rep:
+        return None
+    r = rep[stage]["tuned"] if tuned else rep[stage]
+    return float(r["slice"]["macro"])
+
+
+def verdict(rows: list[dict[str, Any]], val_drop: float = 0.01,
+            margin_gain: float = 0.01) -> dict[str, Any]:
+    """The selection rule of docs/ablation.md ("Stage-2 sequence model that transfers"),
+    validation and its perturbed copies only. ``rows[0]`` is the baseline; each row has
+    ``name``, ``val`` (CNN+LSTM macro F2) and ``margins`` (CNN+LSTM - CNN per shift set)."""
+    base = rows[0]
+    base_mean = float(np.mean(list(base["margins"].values())))
+    out: dict[str, Any] = {"baseline": base["name"], "qualifies": {}, "winner": None}
+    best = None
+    for r in rows[1:]:
+        mean = float(np.mean(list(r["margins"].values())))
+        ok = (r["val"] >= base["val"] - val_drop
+              and min(r["margins"].values()) >= 0
+              and mean > base_mean + margin_gain)
+        out["qualifies"][r["name"]] = ok
+        if ok and (best is None or mean > best[1]):
+            best = (r["name"], mean)
+    out["winner"] = best[0] if best else None
+    return out
+
+
+def results_table(variants: list[str], scores: dict[str, Any], shift: list[str],
+          report: list[str]) -> tuple[str, dict[str, Any]]:
+    """Markdown rows (validation, perturbed-validation margins, reported sets) and the
+    rule's verdict."""
+    rows = []
+    head = ["variant", "val CNN", "val CNN+LSTM", *(f"{s} margin" for s in shift)]
+    for r in report:
+        head += [f"{r} CNN", f"{r} CNN+LSTM"]
+        if r == "foreign":
+            head += ["foreign CNN+LSTM (thr. picked there)", "foreign AUC CNN / CNN+LSTM"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for spec in variants:
+        name, _, rest = spec.partition("=")
+        run, _, weights = rest.partition(":")
+        val = json.loads((Path(run) / "metrics.json").read_text(encoding="utf-8"))["val"]
+        sc = scores[weights]
+        margins = {s: _macro(sc[s], "cnn_lstm") - _macro(sc[s], "cnn") for s in shift}
+        rows.append({"name": name, "val": val["cnn_lstm"]["slice"]["macro"], "margins": margins})
+        cells = [name, f"{val['cnn']['slice']['macro']:.3f}",
+                 f"{val['cnn_lstm']['slice']['macro']:.3f}",
+                 *(f"{margins[s]:+.3f}" for s in shift)]
+        for r in report:
+            rep = sc.get(r)
+            cells += ["-" if rep is None else f"{_macro(rep, st):.3f}"
+                      for st in ("cnn", "cnn_lstm")]
+            if r == "foreign":
+                cells += ["-", "-"] if rep is None else [
+                    f"{_macro(rep, 'cnn_lstm', tuned=True):.3f}",
+                    f"{rep['cnn']['auc_macro']:.3f} / {rep['cnn_lstm']['auc_macro']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n", verdict(rows)
+
+
 def main(args: argparse.Namespace) -> Any:
     common.setup_logging(True)
     torch.set_num_threads(args.threads)
@@ -241,6 +310,15 @@ def main(args: argparse.Namespace) -> Any:
         save_table(args.out, t)
         log.info("%s: %d slices", args.out, len(t.study))
         return None
+    if args.command == "table":
+        text, decision = results_table(args.variants, json.loads(args.scores.read_text()),
+                                       args.shift, args.report)
+        text += "\nverdict: " + json.dumps(decision) + "\n"
+        if args.out is None:
+            print(text, end="")
+        else:
+            args.out.write_text(text, encoding="utf-8")
+        return decision
     specs = _feature_specs(args.features)
     tables = {name: perturb(load_embeddings(path), how) for name, (path, how) in specs.items()}
     result: dict[str, Any] = {}
