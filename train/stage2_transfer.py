@@ -294,7 +294,7 @@ def results_table(variants: list[str], scores: dict[str, Any], shift: list[str],
 
 def main(args: argparse.Namespace) -> Any:
     common.setup_logging(True)
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(getattr(args, "threads", 1))
     if args.command == "features":
         t = features(args.weights, args.root, args.index_cache)
         save_table(args.out, t)
