@@ -255,3 +255,13 @@ def test_perturbed_validation_copies_and_the_selection_rule() -> None:
                               "ok": True, "best": True}
     assert v["winner"] == "best"
     assert st.verdict(rows[:4])["winner"] is None
+
+
+def test_model_card_names_the_stage2_options_only_when_used() -> None:
+    from train.make_demo_weights import _stage2_text
+
+    plain = {"dropout": 0.2, "emb_noise": 0.1, "weight_decay": 1e-4, "residual": False,
+             "residual_penalty": 0.01, "z_augment": 0.0}
+    assert _stage2_text(plain) == "" and _stage2_text({}) == ""
+    text = _stage2_text({**plain, "residual": True, "z_augment": 0.5})
+    assert "residual" in text and "0.01" in text and "probability 0.5" in text

@@ -333,6 +333,19 @@ def stage2_options(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _stage2_text(reg: dict[str, Any]) -> str:
+    """The card's words for the stage-2 options of issue 13 that were switched on."""
+    text = ""
+    if reg.get("residual"):
+        text += ("; residual: the output is the CNN's logits (per-class scale and bias) plus "
+                 "the LSTM's correction, which starts at zero and is penalised "
+                 f"({reg.get('residual_penalty', 0):g} x its mean square)")
+    if reg.get("z_augment"):
+        text += (f"; training studies re-sampled along z (probability {reg['z_augment']:g} "
+                 "each: every second slice, a 50-100 % run, reversed order)")
+    return text
+
+
 def check_folder(folder: Path, root: Path, index_cache: Path) -> dict[str, Any]:
     """Score the written weights folder the way users run it: DICOM files of the split,
     read and sorted by `hohoho_core.dicom`, through `Predictor.predict` (float16 tensors as
@@ -502,7 +515,8 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         + _MODE_TEXT[info.get("mode", "stacked")]
         + ", asymmetric loss (gamma_neg 4, gamma_pos 1, clip 0.05).",
         "- Stage 2: bidirectional 2-layer LSTM (hidden 128) over each study's 512-d slice "
-        "embeddings plus the stage-1 logits, BCE.",
+        "embeddings plus the stage-1 logits, BCE"
+        + _stage2_text(info.get("lstm_regularisation", {})) + ".",
         "- Weights: `model.safetensors` (float16) + `config.json` (preprocessing, thresholds, "
         "all training arguments).",
         "",
@@ -693,7 +707,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "data": data, "stats": stats, "metrics": result["metrics"], "shipped_test": shipped,
         "plain_test": plain, "mode": args.mode, "randomise": args.randomise,
         "lstm_regularisation": {"dropout": args.lstm_dropout, "emb_noise": args.lstm_emb_noise,
-                                "weight_decay": args.lstm_weight_decay},
+                                "weight_decay": args.lstm_weight_decay,
+                                "residual": args.lstm_residual,
+                                "residual_penalty": args.lstm_residual_penalty,
+                                "z_augment": args.lstm_z_augment},
         "calibrate": args.calibrate,
         "foreign": foreign,
         "times": times, "machine": common.machine_description(),
