@@ -217,8 +217,10 @@ def test_make_demo_weights_passes_the_stage2_options_through(tmp_path: Path) -> 
     assert not plain.residual and plain.z_stride == 0 and not train_lstm.z_augmenting(plain)
     assert "--residual" not in lstm_cmd()  # the plain recipe's command is unchanged
     chosen = train_lstm.get_args_parser().parse_args(
-        lstm_cmd("--lstm-residual", "--lstm-residual-penalty", "0.05", "--lstm-z-augment", "0.5"))
+        lstm_cmd("--lstm-residual", "--lstm-residual-penalty", "0.05", "--lstm-z-augment", "0.5",
+                 "--lstm-label-smoothing", "0.05"))
     assert chosen.residual and chosen.residual_penalty == 0.05
+    assert chosen.label_smoothing == 0.05 and plain.label_smoothing == 0
     assert chosen.z_stride == chosen.z_crop == chosen.z_flip == 0.5
     assert train_lstm.lstm_kwargs(chosen)["residual"] is True
 

@@ -98,6 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="stage 2 outputs the CNN's logits plus a penalised LSTM correction "
                         "(train_lstm --residual; docs/ablation.md)")
     p.add_argument("--lstm-residual-penalty", type=float, default=0.01)
+    p.add_argument("--lstm-label-smoothing", type=float, default=0.0,
+                   help="stage-2 label smoothing (train_lstm --label-smoothing; 0 = off)")
     p.add_argument("--lstm-z-augment", type=float, default=0.0,
                    help="probability of each z re-sampling of a training study for stage 2 "
                         "(train_lstm --z-stride/--z-crop/--z-flip; 0 = off)")
@@ -327,6 +329,8 @@ def stage2_options(args: argparse.Namespace) -> list[str]:
     out: list[str] = []
     if getattr(args, "lstm_residual", False):
         out += ["--residual", "--residual-penalty", str(args.lstm_residual_penalty)]
+    if getattr(args, "lstm_label_smoothing", 0.0) > 0:
+        out += ["--label-smoothing", str(args.lstm_label_smoothing)]
     z = getattr(args, "lstm_z_augment", 0.0)
     if z > 0:
         out += ["--z-stride", str(z), "--z-crop", str(z), "--z-flip", str(z)]
@@ -340,6 +344,8 @@ def _stage2_text(reg: dict[str, Any]) -> str:
         text += ("; residual: the output is the CNN's logits (per-class scale and bias) plus "
                  "the LSTM's correction, which starts at zero and is penalised "
                  f"({reg.get('residual_penalty', 0):g} x its mean square)")
+    if reg.get("label_smoothing"):
+        text += f"; label smoothing {reg['label_smoothing']:g}"
     if reg.get("z_augment"):
         text += (f"; training studies re-sampled along z (probability {reg['z_augment']:g} "
                  "each: every second slice, a 50-100 % run, reversed order)")
@@ -710,7 +716,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                                 "weight_decay": args.lstm_weight_decay,
                                 "residual": args.lstm_residual,
                                 "residual_penalty": args.lstm_residual_penalty,
-                                "z_augment": args.lstm_z_augment},
+                                "z_augment": args.lstm_z_augment,
+                                "label_smoothing": args.lstm_label_smoothing},
         "calibrate": args.calibrate,
         "foreign": foreign,
         "times": times, "machine": common.machine_description(),
