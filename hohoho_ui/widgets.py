@@ -26,6 +26,7 @@ from hohoho_core.weights import TENSORS_FILE, WeightsError
 from hohoho_ui import loaders, state
 from hohoho_ui.settings import Settings, get_settings
 from hohoho_ui.text import md_literal
+from hohoho_ui.viewer_component import ViewerEvent, ViewerPayload, viewer, viewer_payload
 from hohoho_ui.views import (
     DEMO_WARNING,
     class_name,
@@ -44,6 +45,7 @@ from hohoho_ui.views import (
 
 __all__ = [
     "ModelState",
+    "browser_viewer_ui",
     "dataset_ui",
     "demo_notice_ui",
     "kept",
@@ -54,6 +56,7 @@ __all__ = [
     "page_setup",
     "prob_chart_ui",
     "require_study_ui",
+    "series_thumbnails_ui",
     "slice_nav_ui",
     "study_header_ui",
     "study_source_ui",
@@ -435,6 +438,52 @@ def study_header_ui(item: state.OpenStudy) -> None:
     )
 
 
+#: Series thumbnails are at most this many pixels across.
+THUMB_PX = 112
+
+
+@st.cache_data(max_entries=64, show_spinner="Drawing the series thumbnails…")
+def _thumbnail(kind: str, name: str, series_uid: str, max_bytes: int, _source: Any) -> np.ndarray:
+    """The middle slice of one series in the brain window, at most `THUMB_PX` across."""
+    limits = {"max_upload_bytes": max_bytes, "max_total_upload_bytes": max_bytes,
+              "max_zip_bytes": max_bytes}
+    if kind == "upload":
+        study = loaders.upload_scan(_source, max_bytes).load(series_uid)
+    else:
+        with scan_source(_source, **limits) as scan:
+            study = scan.load(series_uid)
+    hu = study.hu[study.n_slices // 2]
+    step = max(1, int(np.ceil(max(hu.shape) / THUMB_PX)))
+    return windowed_uint8(hu[::step, ::step], *WINDOWS["brain"])
+
+
+def series_thumbnails_ui(settings: Settings) -> None:
+    """When the source holds several series: one thumbnail each; a click opens it."""
+    pending = st.session_state.get("pending_source")
+    item = state.current()
+    if not pending or item is None:
+        return
+    kind, source, name, choices = pending
+    st.caption(f"{len(choices)} series in this source: choose one.")
+    cols = st.columns(min(len(choices), 6), gap="small")
+    for k, (uid, text) in enumerate(choices[:12]):
+        with cols[k % len(cols)]:
+            try:
+                st.image(_thumbnail(kind, name, uid, settings.max_upload_bytes, source))
+            except (StudyLoadError, ValueError, OSError) as err:
+                st.caption(f"No preview: {md_literal(err)}")
+            current = uid == item.study.series_uid
+            st.button(
+                md_literal(text),
+                key=f"series_thumb_{k}",
+                type="primary" if current else "secondary",
+                disabled=current,
+                on_click=st.session_state.__setitem__,
+                args=("series_choice", uid),
+                width="stretch",
+            )
+
+
 def open_study_sidebar_ui() -> None:
     """Sidebar note on the pages: which study is open (it is chosen in the viewer)."""
     item = state.current()
@@ -560,6 +609,40 @@ def slice_image_ui(study: Study, index: int, centre: float, width: float) -> Non
         f"(C {centre:g} / W {width:g})",
         width=max(int(img.shape[1]), DISPLAY_MIN_PX),
     )
+
+
+@st.cache_data(max_entries=8, show_spinner="Preparing the study for the browser…")
+def _payload(
+    key: str, name: str, _study: Study, _pred: StudyPrediction | None, _labels: np.ndarray | None
+) -> ViewerPayload:
+    return viewer_payload(
+        _study,
+        key,
+        name,
+        cnn_prob=None if _pred is None else _pred.cnn_prob,
+        lstm_prob=None if _pred is None else _pred.lstm_prob,
+        thresholds=None if _pred is None else _pred.thresholds,
+        labels=_labels,
+    )
+
+
+def browser_viewer_ui(
+    item: state.OpenStudy, weights_key: str | None, pred: StudyPrediction | None
+) -> ViewerEvent | None:
+    """The study in the browser viewer (scroll, cine, windows, zoom and chart run there).
+
+    Returns a new event from the browser (once: events already handled return None).
+    A "sync" event is applied here (the slice and window follow into the session).
+    """
+    key = f"{item.key}|{weights_key if pred is not None else '-'}|{item.source_id}"
+    payload = _payload(key, item.name, item.study, pred, item.labels)
+    event = viewer(payload, state.viewer_start(item), key="browser_viewer")
+    if event is None or event.seq <= float(st.session_state.get("viewer_seq", 0.0)):
+        return None
+    st.session_state["viewer_seq"] = event.seq
+    if event.kind == "sync" and event.slice is not None:
+        state.note_viewer(item, event.slice, event.window, event.centre, event.width)
+    return event
 
 
 def _style_calls(frame: pd.DataFrame) -> Any:
