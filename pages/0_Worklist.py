@@ -37,8 +37,17 @@ def progress_ui(run: WorklistRun) -> None:
                     text=f"Analysing: {done} of {total} studies · about {_duration(left)} left")
 
 
+_WIDTHS = [0.5, 3, 1.2, 3, 2.2, 1, 1.2]
+
+
+def header_ui() -> None:
+    names = ["#", "Study", "Suspicion", "Subtypes called", "Slices called 'any'", "Time", ""]
+    for col, name in zip(st.columns(_WIDTHS, gap="small"), names, strict=True):
+        col.caption(name)
+
+
 def row_ui(rank: int, result: StudyResult, settings, nav: state.WorklistNav) -> None:  # noqa: ANN001
-    cols = st.columns([0.5, 3, 1.2, 3, 2.2, 1, 1.2], gap="small", vertical_alignment="center")
+    cols = st.columns(_WIDTHS, gap="small", vertical_alignment="center")
     cols[0].markdown(f"**{rank}**")
     cols[1].markdown(md_literal(result.label))
     if result.error is not None:
@@ -97,6 +106,8 @@ def worklist_ui_fragment() -> None:
     nav.entries = {e.key: e for e in run.entries}
     if not results:
         st.caption("The first study is being analysed…")
+    else:
+        header_ui()
     for rank, result in enumerate(results, start=1):
         row_ui(rank, result, settings, nav)
     if polling and run.finished:
