@@ -103,10 +103,10 @@ def set_slice(index: int) -> None:
 # --------------------------------------------------------------------------- browser viewer
 
 
-def _on_screen(item: OpenStudy) -> tuple[Any, ...]:
+def _on_screen(item: OpenStudy) -> list[Any]:
     ss = st.session_state
-    return (item.key, current_slice(), ss["window"], float(ss["win_centre"]),
-            float(ss["win_width"]))
+    return [item.key, current_slice(), ss["window"], float(ss["win_centre"]),
+            float(ss["win_width"])]
 
 
 def viewer_start(item: OpenStudy) -> dict[str, Any]:
@@ -117,7 +117,7 @@ def viewer_start(item: OpenStudy) -> dict[str, Any]:
     ss = st.session_state
     seen = _on_screen(item)
     start = ss.get("viewer_start")
-    if start is None or ss.get("viewer_seen") != seen:
+    if start is None or list(ss.get("viewer_seen") or []) != seen:
         _, index, window, centre, width = seen
         start = {"token": uuid.uuid4().hex, "slice": index, "window": window,
                  "centre": centre, "width": width}
