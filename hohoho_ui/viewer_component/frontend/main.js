@@ -306,6 +306,7 @@ function resetView() { S.zoom = 1; S.panX = 0; S.panY = 0; draw(); }
 
 function studyStep(step) {
   stopCine();
+  clearTimeout(S.syncTimer); // a later sync must not replace this event before it is read
   setValue({ kind: "study", step, seq: nextSeq() });
 }
 
