@@ -30,14 +30,11 @@ from hohoho_ui.viewer_component import ViewerEvent, ViewerPayload, viewer, viewe
 from hohoho_ui.views import (
     DEMO_WARNING,
     class_name,
-    class_table,
     is_demo_weights,
     metadata_table,
     next_positive,
-    probability_figure,
     resolve_under,
     skipped_table,
-    slice_from_selection,
     study_fingerprint,
     summary_table,
     windowed_uint8,
@@ -54,19 +51,14 @@ __all__ = [
     "model_ui",
     "open_study_sidebar_ui",
     "page_setup",
-    "prob_chart_ui",
     "require_study_ui",
     "series_thumbnails_ui",
     "slice_nav_ui",
     "study_header_ui",
     "study_source_ui",
     "summary_ui",
-    "window_ui",
 ]
 
-#: Slices narrower than this are enlarged on screen (never shrunk below their matrix).
-DISPLAY_MIN_PX = 512
-_PRESET_KEYS = {"brain": "1", "subdural": "2", "bone": "3", "stroke": "4"}
 
 
 # --------------------------------------------------------------------------- basics
@@ -558,59 +550,6 @@ def slice_nav_ui(
     return state.current_slice()
 
 
-def _set_window(name: str) -> None:
-    st.session_state["window"] = name
-    centre, width = WINDOWS[name]
-    st.session_state["win_centre"] = float(centre)
-    st.session_state["win_width"] = float(width)
-
-
-def window_ui(prefix: str) -> tuple[float, float]:
-    """Preset buttons (keys 1-4: brain, subdural, bone, stroke) and a custom centre/width."""
-    current = st.session_state.get("window", "brain")
-    cols = st.columns(len(WINDOWS) + 1, gap="small")
-    for col, (name, (c, w)) in zip(cols, WINDOWS.items(), strict=False):
-        col.button(
-            name.capitalize(),
-            key=f"{prefix}_win_{name}",
-            on_click=_set_window,
-            args=(name,),
-            type="primary" if current == name else "secondary",
-            help=f"centre {c:g} / width {w:g} HU",
-            shortcut=_PRESET_KEYS[name],
-            width="stretch",
-        )
-    with cols[-1].popover("Custom", width="stretch"):
-
-        def _custom() -> None:
-            st.session_state["window"] = "custom"
-            st.session_state["win_centre"] = float(st.session_state[f"{prefix}_centre"])
-            st.session_state["win_width"] = float(st.session_state[f"{prefix}_width"])
-
-        st.session_state[f"{prefix}_centre"] = float(st.session_state["win_centre"])
-        st.session_state[f"{prefix}_width"] = float(st.session_state["win_width"])
-        st.number_input(
-            "Centre (HU)", -1024.0, 3071.0, step=10.0, key=f"{prefix}_centre", on_change=_custom
-        )
-        st.number_input(
-            "Width (HU)", 1.0, 4096.0, step=10.0, key=f"{prefix}_width", on_change=_custom
-        )
-    return float(st.session_state["win_centre"]), float(st.session_state["win_width"])
-
-
-def slice_image_ui(study: Study, index: int, centre: float, width: float) -> None:
-    """The slice at full resolution in the chosen window."""
-    img = windowed_uint8(study.hu[index], centre, width)
-    window = st.session_state.get("window", "custom")
-    # Never below the native matrix; small matrices are enlarged so they can be read.
-    st.image(
-        img,
-        caption=f"Slice {index + 1} / {study.n_slices} · {window} window "
-        f"(C {centre:g} / W {width:g})",
-        width=max(int(img.shape[1]), DISPLAY_MIN_PX),
-    )
-
-
 @st.cache_data(max_entries=8, show_spinner="Preparing the study for the browser…")
 def _payload(
     key: str, name: str, _study: Study, _pred: StudyPrediction | None, _labels: np.ndarray | None
@@ -643,53 +582,6 @@ def browser_viewer_ui(
     if event.kind == "sync" and event.slice is not None:
         state.note_viewer(item, event.slice, event.window, event.centre, event.width)
     return event
-
-
-def _style_calls(frame: pd.DataFrame) -> Any:
-    def colour(value: str) -> str:
-        return "color: #ff6b6b; font-weight: 700" if value == "POSITIVE" else ""
-
-    return frame.style.map(colour, subset=["Call"])
-
-
-def slice_table_ui(index: int, pred: StudyPrediction | None, labels: np.ndarray | None) -> None:
-    """Labels and predictions of one slice, one row per class."""
-    frame = class_table(
-        index,
-        None if pred is None else pred.cnn_prob,
-        None if pred is None else pred.lstm_prob,
-        None if pred is None else pred.thresholds,
-        labels,
-    )
-    if pred is None:
-        frame = frame[["Class", "Label"]]
-        st.dataframe(frame, hide_index=True)
-    else:
-        st.dataframe(_style_calls(frame), hide_index=True)
-
-
-def prob_chart_ui(pred: StudyPrediction, labels: np.ndarray | None, current: int) -> None:
-    """Per-slice probabilities; clicking a point moves to that slice."""
-    n = len(pred.image_ids)
-
-    def _clicked() -> None:
-        index = slice_from_selection(st.session_state.get("prob_chart"), n)
-        if index is not None:
-            state.set_slice(index)
-
-    fig = probability_figure(pred.cnn_prob, pred.lstm_prob, pred.thresholds, current, labels)
-    st.plotly_chart(
-        fig,
-        key="prob_chart",
-        on_select=_clicked,
-        selection_mode="points",
-        config={"displayModeBar": False},
-    )
-    note = "solid: LSTM, dotted: CNN" if pred.lstm_prob is not None else "CNN only (no LSTM)"
-    extra = "; shaded: slices labelled 'any'" if labels is not None else ""
-    st.caption(
-        f"{note}; dashed: thresholds; white line: this slice{extra}. Click a point to go there."
-    )
 
 
 def summary_ui(item: state.OpenStudy, pred: StudyPrediction | None) -> None:

@@ -31,9 +31,7 @@ from hohoho_ui.views import (
     is_demo_weights,
     neighbour_indices,
     next_positive,
-    probability_figure,
     resolve_under,
-    slice_from_selection,
     subtype_names,
 )
 
@@ -247,34 +245,6 @@ def test_slice_helpers_by_hand() -> None:
     assert neighbour_indices(4, 5) == [3, 4]
     labels = np.array([[0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 1, 1], [0, 0, 0, 0, 0, 1]])
     assert subtype_names(labels) == ["none", "IPH+SDH", "any only"]
-
-
-def test_slice_from_selection_reads_customdata_then_x() -> None:
-    event = {"selection": {"points": [{"x": 4, "y": 0.3, "customdata": 3}]}}
-    assert slice_from_selection(event, 10) == 3
-    assert slice_from_selection({"selection": {"points": [{"x": 7}]}}, 10) == 6
-    assert slice_from_selection({"points": [{"customdata": [2]}]}, 10) == 2
-    assert slice_from_selection({"selection": {"points": [{"customdata": 12}]}}, 10) is None
-    assert slice_from_selection({"selection": {"points": []}}, 10) is None
-    assert slice_from_selection(None, 10) is None
-
-
-def test_probability_figure_has_one_point_per_slice() -> None:
-    rng = np.random.default_rng(0)
-    cnn, lstm = rng.random((9, 6)), rng.random((9, 6))
-    labels = np.zeros((9, 6), dtype=np.int8)
-    labels[3:6, 5] = 1
-    fig = probability_figure(cnn, lstm, np.full(6, 0.5), current=4, labels=labels)
-    assert len(fig.data) == 12
-    for k, trace in enumerate(fig.data):
-        assert list(trace.x) == list(range(1, 10))
-        assert list(trace.customdata) == list(range(9))
-        expected = (cnn if k < 6 else lstm)[:, k % 6]
-        np.testing.assert_allclose(np.asarray(trace.y), expected)
-    shapes = fig.layout.shapes
-    assert any(s.type == "line" and s.x0 == 5 for s in shapes)  # the current slice, 1-based
-    assert any(s.type == "rect" and s.x0 == 3.5 and s.x1 == 6.5 for s in shapes)  # labelled any
-    assert len(probability_figure(cnn, None, np.full(6, 0.5), 0).data) == 6
 
 
 def test_is_demo_weights(tmp_path: Path) -> None:
