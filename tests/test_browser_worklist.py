@@ -123,6 +123,8 @@ def test_worklist_orders_opens_and_walks_studies(
             assert len(seen) >= 5, seen  # 10 fps for 3 s, even with a slow frame or two
             page.keyboard.press("c")
             expect(body).to_have_attribute("data-playing", "0")
+            # "c" is Streamlit's clear-cache key too: the viewer keeps it to itself.
+            assert page.locator('[role="dialog"]').count() == 0
             stopped = body.get_attribute("data-slice")
             time.sleep(0.8)
             assert body.get_attribute("data-slice") == stopped

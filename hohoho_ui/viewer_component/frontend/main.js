@@ -375,15 +375,18 @@ function onKey(e, fromParent) {
     if (name) { setWindow(name); draw(); scheduleSync(); } else done = false;
   }
   if (done) e.preventDefault();
+  return done;
 }
 
 window.addEventListener("keydown", (e) => onKey(e, false));
 // Keys pressed anywhere on the page reach the viewer (the page, not this frame, usually
-// has the focus). The listener goes when this frame does.
-const parentKey = (e) => onKey(e, true);
+// has the focus). Caught on the page's window before its document sees them, and kept
+// from Streamlit's own keys when used: "c" would open its clear-cache dialog, "r" rerun.
+// The listener goes when this frame does.
+const parentKey = (e) => { if (onKey(e, true)) e.stopImmediatePropagation(); };
 try {
-  window.parent.document.addEventListener("keydown", parentKey);
-  window.addEventListener("pagehide", () => window.parent.document.removeEventListener("keydown", parentKey));
+  window.parent.addEventListener("keydown", parentKey, true);
+  window.addEventListener("pagehide", () => window.parent.removeEventListener("keydown", parentKey, true));
 } catch (err) { /* another origin: keys work when the viewer has the focus */ }
 
 $("slider").addEventListener("input", () => go(parseInt($("slider").value, 10) - 1));
