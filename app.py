@@ -41,11 +41,20 @@ else:
 
 widgets.study_header_ui(item)
 widgets.series_thumbnails_ui(settings)
-event = widgets.browser_viewer_ui(item, model.key, pred)
-if event is not None and event.kind == "study":
-    message = worklist_ui.step_study(event.step, settings)
-    if message:
-        st.session_state["viewer_notice"] = message
-    st.rerun()
+
+
+@st.fragment
+def viewer_ui() -> None:
+    """The browser viewer. A slice report from it reruns only this fragment (its unchanged
+    arguments are not sent again); Page Up / Page Down rerun the page with another study."""
+    event = widgets.browser_viewer_ui(item, model.key, pred)
+    if event is not None and event.kind == "study":
+        message = worklist_ui.step_study(event.step, settings)
+        if message:
+            st.session_state["viewer_notice"] = message
+        st.rerun()
+
+
+viewer_ui()
 
 widgets.summary_ui(item, pred)

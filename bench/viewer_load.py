@@ -41,7 +41,7 @@ __all__ = ["GOAL_STEP_S", "run"]
 
 GOAL_STEP_S = 0.05  # issue 17: 20 steps per second for every user
 USERS = 8
-PASSES = 4  # down, up, down, up through the study
+PASSES = 3  # down, up, down: ends on another slice than it started, so each user reports it
 STUDY_SLICES = 40
 STUDY_PX = 512
 REPORT_WAIT_S = 6.0  # after the scroll: time for each user's one slice report

@@ -5,7 +5,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const SYNC_MS = 900; // report the slice to the server after this long without a step
+const SYNC_MS = 1200; // report the slice to the server after this long without a step
 
 const S = {
   key: null, meta: null, vol: null, n: 0, h: 0, w: 0,
