@@ -550,7 +550,9 @@ def slice_nav_ui(
     return state.current_slice()
 
 
-@st.cache_data(max_entries=8, show_spinner="Preparing the study for the browser…")
+# A resource, not data: the payload is immutable and megabytes large, so reruns share it
+# instead of unpickling a copy each time.
+@st.cache_resource(max_entries=8, show_spinner="Preparing the study for the browser…")
 def _payload(
     key: str, name: str, _study: Study, _pred: StudyPrediction | None, _labels: np.ndarray | None
 ) -> ViewerPayload:
