@@ -13,6 +13,7 @@ import streamlit as st
 
 from hohoho_core.worklist import StudyResult, WorklistRun
 from hohoho_ui import state, widgets, worklist_ui
+from hohoho_ui.settings import Settings
 from hohoho_ui.text import md_literal
 from hohoho_ui.views import format_ranges
 
@@ -46,7 +47,7 @@ def header_ui() -> None:
         col.caption(name)
 
 
-def row_ui(rank: int, result: StudyResult, settings, nav: state.WorklistNav) -> None:  # noqa: ANN001
+def row_ui(rank: int, result: StudyResult, settings: Settings, nav: state.WorklistNav) -> None:
     cols = st.columns(_WIDTHS, gap="small", vertical_alignment="center")
     cols[0].markdown(f"**{rank}**")
     cols[1].markdown(md_literal(result.label))
