@@ -10,7 +10,7 @@ DEMO_STUDIES ?= 8
 DEMO_SEED ?= 2019
 PORT ?= 8501
 
-.PHONY: venv app test lint browser demo weights bench generalization clean
+.PHONY: venv app test lint browser pacs demo weights bench generalization clean
 
 # Reinstall when pyproject.toml changed, or when the environment no longer imports.
 $(STAMP): pyproject.toml
@@ -29,6 +29,14 @@ browser:
 		echo "installing Debian chromium"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
 
+# Orthanc and its DICOMweb plugin for the PACS tests (tests/pacs_fixture.py starts its own
+# on a free loopback port), from Debian's packages like Chromium.
+pacs:
+	@{ command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc; } \
+		&& test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || { \
+		echo "installing Debian orthanc and orthanc-dicomweb"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q orthanc orthanc-dicomweb; }
+
 $(DEMO_DIR)/stage_2_train.csv: | venv
 	$(PY) -m hohoho_core.synthetic --out $(DEMO_DIR) --studies $(DEMO_STUDIES) --seed $(DEMO_SEED)
 
@@ -42,7 +50,7 @@ app: venv demo
 lint: venv
 	$(PY) -m ruff check .
 
-test: venv browser lint
+test: venv browser pacs lint
 	$(PY) -m pytest
 
 # The settings of the shipped model (weights/MODEL_CARD.md): plain phantoms, no calibration;

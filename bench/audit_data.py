@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hohoho_core.audit_boundary import SliceEvidence, blood_map
+from hohoho_core.audit_boundary import SENSITIVE_BLOOD_HU, SliceEvidence, blood_map, brain_area
 from hohoho_core.labels import CLASSES, SUBTYPES
 from hohoho_core.predict import Predictor
 from hohoho_core.preprocess import make_input
 from hohoho_core.synthetic.labelnoise import inject_label_noise
 
 #: Bump when what a cached set holds changes.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 @dataclass
@@ -39,7 +39,9 @@ class StudySet:
 
     ``labels`` are the clean labels ``(N, 6)``; ``prob`` the LSTM's, ``cnn_prob`` the CNN's
     ``(N, 6)``; ``embeddings`` ``(N, 512)``; ``blood`` ``(N,)`` mm^2 and ``blood_map``
-    ``(N, 32, 32)`` where it is; ``study`` ``(N,)``
+    ``(N, 32, 32)`` where it is; ``blood_map_lo`` the same with the wider, less smoothed
+    range (``SENSITIVE_BLOOD_HU``, 1 mm); ``brain`` ``(N,)`` mm^2 inside the skull;
+    ``study`` ``(N,)``
     study number; ``index`` ``(N,)`` slice position in its study.
     """
 
@@ -50,6 +52,8 @@ class StudySet:
     embeddings: np.ndarray
     blood: np.ndarray
     blood_map: np.ndarray
+    blood_map_lo: np.ndarray
+    brain: np.ndarray
     study: np.ndarray
     index: np.ndarray
     seconds: float
@@ -57,7 +61,8 @@ class StudySet:
     @property
     def evidence(self) -> SliceEvidence:
         return SliceEvidence(cnn_prob=self.cnn_prob, embeddings=self.embeddings,
-                             blood=self.blood, blood_map=self.blood_map)
+                             blood=self.blood, blood_map=self.blood_map,
+                             blood_map_lo=self.blood_map_lo, brain=self.brain)
 
     def image_ids(self) -> np.ndarray:
         return np.array([f"ID_{self.name}_{s}_{i}" for s, i in
@@ -87,7 +92,9 @@ class StudySet:
             z = np.log(p / (1 - p)) * rng.uniform(0.5, 1.0) + rng.normal(0, sigma, p.shape)
             out[k] = 1.0 / (1.0 + np.exp(-z))
         return StudySet(name=self.name, labels=self.labels, embeddings=self.embeddings,
-                        blood=self.blood, blood_map=self.blood_map, study=self.study, index=self.index,
+                        blood=self.blood, blood_map=self.blood_map,
+                        blood_map_lo=self.blood_map_lo, brain=self.brain, study=self.study,
+                        index=self.index,
                         seconds=self.seconds, **out)
 
     def noisy(self, rate: float, seed: int, draw: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -102,8 +109,10 @@ class StudySet:
         return table, errors
 
 
-def _own_study(seed: int, i: int, size: int, slices: tuple[int, int]) -> tuple[np.ndarray, ...]:
-    """A study of the project's generator: half with one or two subtypes."""
+def _own_study(seed: int, i: int, size: int, slices: tuple[int, int],
+               randomise: bool = False) -> tuple[np.ndarray, ...]:
+    """A study of the project's generator: half with one or two subtypes; ``randomise``
+    turns on its domain randomisation (``hohoho_core.synthetic.randomise``)."""
     from hohoho_core.synthetic import StudyPlan, make_study
 
     rng = np.random.default_rng([seed, i, 0x0A11])
@@ -112,7 +121,7 @@ def _own_study(seed: int, i: int, size: int, slices: tuple[int, int]) -> tuple[n
         k = 2 if rng.random() < 0.3 else 1
         subtypes = tuple(str(s) for s in rng.choice(SUBTYPES, size=k, replace=False))
     plan = StudyPlan(subtypes=subtypes, n_slices=int(rng.integers(slices[0], slices[1] + 1)),
-                     tilt=bool(rng.random() < 0.2))
+                     tilt=bool(rng.random() < 0.2), randomise=randomise)
     st = make_study(seed, i, size=size, plan=plan)
     return st.hu, st.labels, float(st.pixel_spacing)
 
@@ -135,7 +144,8 @@ def build_set(
     slices: tuple[int, int] = (16, 24),
     cache_dir: Path | None = None,
 ) -> StudySet:
-    """Render ``studies`` studies of ``generator`` ("own" | "foreign") and score them."""
+    """Render ``studies`` studies of ``generator`` ("own" | "own_rand" | "foreign") and
+    score them."""
     spec = {"v": CACHE_VERSION, "generator": generator, "seed": seed, "studies": studies,
             "size": size, "slices": list(slices),
             "weights": hashlib.sha256(json.dumps(predictor.config.thresholds).encode())
@@ -146,15 +156,17 @@ def build_set(
         with np.load(path, allow_pickle=False) as z:
             return StudySet(name=name, seconds=float(z["seconds"]),
                             **{k: z[k] for k in ("labels", "prob", "cnn_prob", "embeddings",
-                                                 "blood", "blood_map", "study", "index")})
+                                                 "blood", "blood_map", "blood_map_lo",
+                                                 "brain", "study", "index")})
     t = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("labels", "prob", "cnn_prob", "embeddings",
-                                           "blood", "blood_map", "study", "index")}
+                                           "blood", "blood_map", "blood_map_lo",
+                                           "brain", "study", "index")}
     cnn_t = torch.from_numpy(predictor.cnn_temperatures)
     for i in range(studies):
-        if generator == "own":
-            hu, labels, spacing = _own_study(seed, i, size, slices)
+        if generator in ("own", "own_rand"):
+            hu, labels, spacing = _own_study(seed, i, size, slices, generator == "own_rand")
         elif generator == "foreign":
             hu, labels, spacing = _foreign_study(seed, i, size)
         else:
@@ -168,6 +180,9 @@ def build_set(
         bmap = blood_map(hu, spacing)
         parts["blood_map"].append(bmap)
         parts["blood"].append(bmap.sum(axis=(1, 2), dtype=np.float64))
+        parts["blood_map_lo"].append(blood_map(hu, spacing, hu_range=SENSITIVE_BLOOD_HU,
+                                               smooth_mm=1.0))
+        parts["brain"].append(brain_area(hu, spacing))
         parts["study"].append(np.full(len(hu), i, dtype=np.int64))
         parts["index"].append(np.arange(len(hu), dtype=np.int64))
     arrays = {k: np.concatenate(v) for k, v in parts.items()}

@@ -26,6 +26,15 @@ _LAZY: dict[str, str] = {
     "build_index": "rsna",
     "read_labels": "rsna",
     "RsnaIndex": "rsna",
+    # a PACS over DICOMweb, and our results as DICOM
+    "DicomwebServer": "pacs",
+    "PacsError": "pacs",
+    "StudyQuery": "pacs",
+    "search_studies": "pacs",
+    "retrieve_study": "pacs",
+    "scan_pacs_study": "pacs",
+    "build_sr": "sr",
+    "read_sr": "sr",
     # preprocessing
     "WINDOWS": "preprocess",
     "PreprocessConfig": "preprocess",

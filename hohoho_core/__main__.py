@@ -7,6 +7,9 @@ predict  PATH... [--weights DIR] [--out preds.csv|preds.json] [--batch-size N] [
          studies are shared out by rank and rank 0 merges the parts. Files the reader could
          not use are listed on stderr; with ``--sample-submission`` every image of the
          sample must be predicted, else the exit code is 2 and the missing IDs are listed.
+predict  --dicomweb [URL] (--study-uid UID... | --patient-id/--patient-name/--date-from/
+         --date-to/--accession) [--store-sr]: studies from a PACS (hohoho_core.pacs_cli).
+pacs     search [--dicomweb URL] [query] [--show-identifiers]: list CT studies on a PACS.
 index    DATA_DIR [--labels CSV] [--workers N] [--cache-dir DIR]: index an RSNA-layout folder.
 audit    --data DIR --probs oof.csv --out flags.csv: rank likely label errors.
 evaluate --data DIR [--weights DIR] [--out report.json] [--beta 2] [--retune NEW_DIR
@@ -81,6 +84,12 @@ def _load_sources(paths: Sequence[str]) -> list[Path]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.dicomweb is not None:  # studies from a PACS: hohoho_core.pacs_cli
+        from hohoho_core.pacs_cli import predict_dicomweb
+
+        return predict_dicomweb(args, CliError, _check_out, default_weights)
+    if not args.paths:
+        raise CliError("give study PATHs, or --dicomweb URL with --study-uid or a query")
     # Check the arguments before the heavy imports, so mistakes are reported at once.
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".json"):
@@ -332,6 +341,18 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_ranker(spec: str) -> Any:
+    """``--ranker``: "shipped" (the weights folder's), "none" (hand-weighted) or a JSON path."""
+    from hohoho_core.audit_ranker import AuditRanker
+
+    if spec in ("shipped", "none"):
+        return None if spec == "none" else "shipped"
+    path = Path(spec)
+    if not path.is_file():
+        raise CliError(f"--ranker {path}: no such file")
+    return AuditRanker.load(path)
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     from hohoho_core.atomic import atomic_open
     from hohoho_core.audit import audit_from_files
@@ -346,7 +367,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         raise CliError(f"--top must be >= 1, got {args.top}")
     _check_out(out)
     try:
-        flags = audit_from_files(data, probs, labels_csv=args.labels, top=args.top)
+        ranker = _audit_ranker(args.ranker)
+        flags = audit_from_files(data, probs, labels_csv=args.labels, top=args.top,
+                                 ranker=ranker, image_evidence=not args.no_images)
     except (FileNotFoundError, ValueError) as err:
         raise CliError(f"audit: {err}") from None
     # Text cells (UIDs, paths) from the files: none may open as a spreadsheet formula.
@@ -481,6 +504,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from hohoho_core.pacs_cli import add_pacs_parser, add_predict_arguments
+
     parser = argparse.ArgumentParser(
         prog="python -m hohoho_core",
         description="HOHOHO: intracranial hemorrhage detection on head CT (research demo, "
@@ -489,7 +514,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="predict studies; write RSNA-format CSV or JSON")
-    p.add_argument("paths", nargs="+", help="study folders, zips, .dcm files or RSNA folders")
+    p.add_argument("paths", nargs="*", help="study folders, zips, .dcm files or RSNA folders")
     p.add_argument(
         "--weights",
         default=None,
@@ -517,7 +542,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-submission", default=None, metavar="CSV",
                    help="Kaggle sample submission: exit 2 listing its images without a "
                    "prediction (unreadable or absent files)")
+    add_predict_arguments(p)
     p.set_defaults(func=_cmd_predict)
+
+    add_pacs_parser(sub, CliError)
 
     p = sub.add_parser("index", help="index an RSNA-layout folder and print counts")
     p.add_argument("data_dir")
@@ -532,6 +560,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="flags CSV to write")
     p.add_argument("--labels", default=None, help="labels CSV (default: the folder's)")
     p.add_argument("--top", type=int, default=None, help="keep the N highest-ranked rows")
+    p.add_argument("--ranker", default="shipped",
+                   help="learned ranker: 'shipped' (weights/audit_ranker.json), 'none' "
+                        "(hand-weighted score) or a ranker JSON")
+    p.add_argument("--no-images", action="store_true",
+                   help="skip reading slices near run edges for the blood evidence")
     p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser(

@@ -13,14 +13,16 @@ Three kinds of evidence, then one combined ranking:
   slice earlier or later, from the CNN and LSTM probabilities, embeddings and the blood
   seen in the image on both sides (optional ``SliceEvidence``).
 
-The combined score is the fixed `AuditWeights` sum, or a learned `audit_ranker.AuditRanker`
-when one is given; either way a subtype cell and its "any" cell rank together
-(`audit_any.carry_any`). Everything here is NumPy/pandas in, pandas out. Arrays of labels and probabilities are
+The ranking is the learned `audit_ranker.AuditRanker` over every signal (by default the
+one shipped in ``weights/audit_ranker.json``, fitted on injected label errors), with the
+fixed `AuditWeights` sum kept as one of its features and as the fallback; either way a
+subtype cell and its "any" cell rank together (`audit_any.carry_any`). Everything here is NumPy/pandas in, pandas out. Arrays of labels and probabilities are
 ``(N, 6)`` with columns ``labels.CLASSES``.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +51,11 @@ __all__ = [
     "rank_flags",
     "read_probs_csv",
     "sequence_flags",
+    "shipped_ranker",
 ]
+
+#: File name of the learned ranker in a weights folder.
+RANKER_FILE = "audit_ranker.json"
 
 #: Sequence rules, in the order reasons are listed.
 RULES: tuple[str, ...] = ("isolated_positive", "gap_in_run", "any_inconsistent")
@@ -515,6 +521,42 @@ def audit_cells(
     )
 
 
+@functools.lru_cache(maxsize=4)
+def _load_ranker(path: str, mtime_ns: int) -> AuditRanker:
+    from hohoho_core.audit_ranker import AuditRanker
+
+    return AuditRanker.load(path)
+
+
+def shipped_ranker(folder: Path | str | None = None) -> AuditRanker:
+    """The learned ranker of a weights folder.
+
+    Without ``folder``: the ``audit_ranker.json`` of `weights.default_weights_dir` when
+    it has one, else the repository's shipped one (`weights.shipped_weights_dir`): the
+    ranker reads the audit's signals, not the network, so a folder of other weights (a
+    fine-tuned model) can share it.
+
+    Raises:
+        ValueError: no ``audit_ranker.json`` there, or it is not a ranker of this version
+            (refit with ``python -m bench.audit_scoring --save-ranker``).
+    """
+    from hohoho_core.weights import default_weights_dir, shipped_weights_dir
+
+    if folder is not None:
+        path = Path(folder) / RANKER_FILE
+    else:
+        path = default_weights_dir() / RANKER_FILE
+        if not path.is_file():
+            path = shipped_weights_dir() / RANKER_FILE
+    if not path.is_file():
+        raise ValueError(f"no learned audit ranker at {path}; pass ranker=None for the "
+                         "hand-weighted score")
+    try:
+        return _load_ranker(str(path), path.stat().st_mtime_ns)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
 def rank_flags(
     table: pd.DataFrame,
     prob: np.ndarray,
@@ -523,7 +565,7 @@ def rank_flags(
     signal_only: Signal | None = None,
     top: int | None = None,
     evidence: SliceEvidence | None = None,
-    ranker: AuditRanker | None = None,
+    ranker: AuditRanker | Literal["shipped"] | None = "shipped",
 ) -> pd.DataFrame:
     """Combine the model and the sequence rules into one ranked list of (image, class).
 
@@ -536,13 +578,17 @@ def rank_flags(
         signal_only: rank by one signal alone, for benchmarks: ``"model"``
             (``|label - prob|``), ``"sequence"`` (rule score), ``"cleanlab"``
             (``cleanlab_score``), ``"cnn"`` (``|label - cnn_prob|``) or ``"boundary"``
-            (``boundary_score``). None ranks by the learned score when a ``ranker`` is
-            given, else by the combined score.
+            (``boundary_score``). None ranks by the learned score, or by the combined
+            score when ``ranker`` is None.
         top: keep only the ``top`` highest-ranked rows.
         evidence: per-slice CNN probabilities, embeddings and blood areas for the
             boundary evidence (`audit_boundary.SliceEvidence`); None: probabilities only.
-        ranker: a fitted `audit_ranker.AuditRanker` (e.g. ``AuditRanker.load(...)``);
-            its score, after `carry_any`, becomes ``learned_score`` and the ranking.
+        ranker: a fitted `audit_ranker.AuditRanker`, ``"shipped"`` (the default:
+            `shipped_ranker`, from the weights folder) or None (the hand-weighted
+            `AuditWeights` score only; ``learned_score`` is NaN). Its score, after
+            `carry_any`, becomes ``learned_score`` and the ranking. It uses the boundary
+            evidence (`audit_boundary`) of every run edge, from the probabilities alone
+            or from ``evidence`` when given, the rules and cleanlab as features.
 
     Returns:
         One row per (image_id, class), ``6 * N`` rows (or ``top``) sorted by ``rank``
@@ -566,6 +612,10 @@ def rank_flags(
         raise ValueError(f"signal_only must be None or one of {SIGNALS}, got {signal_only!r}")
     if top is not None and top < 0:
         raise ValueError(f"top must be >= 0, got {top}")
+    if isinstance(ranker, str):
+        if ranker != "shipped":
+            raise ValueError(f"ranker must be an AuditRanker, 'shipped' or None, got {ranker!r}")
+        ranker = shipped_ranker()
     cells = audit_cells(table, prob, weights, evidence)
     n = len(table)
     learned = np.full(len(cells), np.nan)
@@ -660,6 +710,8 @@ def audit_from_files(
     top: int | None = None,
     cache_dir: Path | str | None = None,
     workers: int | None = None,
+    ranker: AuditRanker | Literal["shipped"] | None = "shipped",
+    image_evidence: bool = True,
 ) -> pd.DataFrame:
     """Audit an RSNA-layout dataset against out-of-fold probabilities.
 
@@ -670,6 +722,9 @@ def audit_from_files(
         labels_csv: labels file, when not the one ``build_index`` finds by default.
         weights, signal_only, top: as in ``rank_flags``.
         cache_dir, workers: passed to ``build_index`` (its defaults when None).
+        ranker: as in ``rank_flags`` (the shipped learned ranker by default).
+        image_evidence: read the slices near run edges for the blood evidence of the
+            boundary candidates (`audit_images.image_evidence`); False: probabilities only.
 
     Returns:
         ``rank_flags`` output for every labelled slice; slices without labels (-1 or NaN
@@ -687,4 +742,19 @@ def audit_from_files(
     if table.empty:
         raise ValueError("no labelled slices to audit")
     prob = read_probs_csv(probs_csv, table["image_id"].to_numpy())
-    return rank_flags(table, prob, weights, signal_only=signal_only, top=top)
+    evidence = None
+    if image_evidence:
+        from hohoho_core.audit_images import table_evidence
+        from hohoho_core.dicom.loader import load_study
+
+        root = Path(data_dir)  # index paths are relative to the dataset folder
+        skipped: list[str] = []
+        evidence = table_evidence(table, lambda paths: load_study([root / p for p in paths]),
+                                  skipped=skipped)
+        if skipped:
+            # A count only: the reasons name series UIDs, which stay out of logs.
+            warnings.warn(f"audit: no image evidence for {len(skipped)} series that could "
+                          "not be read; their run edges rank on the other signals",
+                          stacklevel=2)
+    return rank_flags(table, prob, weights, signal_only=signal_only, top=top,
+                      evidence=evidence, ranker=ranker)

@@ -30,10 +30,14 @@ from hohoho_core.labels import CLASSES
 
 __all__ = [
     "BLOOD_HU",
+    "ALL_TERMS",
     "EVIDENCE_TERMS",
+    "RELATIVE_TERMS",
+    "SENSITIVE_BLOOD_HU",
     "SliceEvidence",
     "blood_area",
     "blood_map",
+    "brain_area",
     "boundary_candidates",
     "cell_candidates",
 ]
@@ -41,12 +45,30 @@ __all__ = [
 #: Dense acute blood (HU). `docs/domain.md` gives 50-100 (clot 60-80); below 60, grey matter
 #: (35-45 HU) plus image noise leaks in even after smoothing, so the count starts at 60.
 BLOOD_HU: tuple[float, float] = (60.0, 100.0)
+#: The whole acute range of `docs/domain.md` (50-100 HU), counted after less smoothing
+#: (1 mm): thin or faint blood (a sulcus of SAH, a thin SDH, blood mixed with CSF) that the
+#: strict range misses. Grey matter and the falx leak in, but equally on both sides of a
+#: run edge, so only relative changes across the edge are used.
+SENSITIVE_BLOOD_HU: tuple[float, float] = (50.0, 100.0)
 #: Oriented evidence terms of a candidate (columns of `boundary_candidates`).
 EVIDENCE_TERMS: tuple[str, ...] = ("d_prob", "d_cnn", "d_emb", "d_blood", "s_blood", "d_focal")
+#: The same comparisons made relative (`boundary_candidates`): each difference divided by
+#: the step between the two reference slices, so a term reads "how far the slice to flip
+#: sits towards the side it would join" (-1 .. 1) whatever the scale of the evidence on a
+#: given scanner or generator (issue 14: the foreign generator's scales differ from ours).
+RELATIVE_TERMS: tuple[str, ...] = ("r_prob", "r_cnn", "r_emb", "r_blood", "r_focal",
+                                   "r_focal_lo", "r_frac")
+ALL_TERMS: tuple[str, ...] = (*EVIDENCE_TERMS, *RELATIVE_TERMS)
 # Scales that map each term to about +-1 in the hand-made boundary score: a logit step of
 # 2 (0.5 -> 0.88), a cosine-similarity difference of 0.05, a factor e in blood area.
 _SCALES = {"d_prob": 2.0, "d_cnn": 2.0, "d_emb": 0.05, "d_blood": 1.0, "s_blood": 1.0,
            "d_focal": 1.0}
+# A relative term needs a step between the references: below these, the two sides look
+# alike and the ratio is noise (NaN: no evidence). Logit 0.5; cosine 0.01; log-area 0.3.
+_MIN_STEP = {"prob": 0.5, "emb": 0.01, "area": 0.3}
+# Blood fractions are per mille of the area inside the skull; the floor keeps a slice at
+# the skull base (little brain) from turning a few voxels into a large fraction.
+_MIN_BRAIN_MM2 = 2000.0
 _BONE_HU = 250.0
 _WATER_HU = 10.0
 _PROB_CLIP = 1e-4
@@ -64,18 +86,27 @@ class SliceEvidence:
             (`blood_area`), or None.
         blood_map: ``(N, G, G)`` where that blood lies (`blood_map`), or None; lets a
             boundary candidate look for blood where the run's bleed is, not anywhere.
+        blood_map_lo: ``(N, G, G)`` `blood_map` with ``SENSITIVE_BLOOD_HU`` and 1 mm
+            smoothing, or None.
+        brain: ``(N,)`` area inside the skull per slice in mm^2 (`brain_area`), or None;
+            blood areas are divided by it, so a head's size or the slice level does not
+            pass for more or less blood.
     """
 
     cnn_prob: np.ndarray | None = None
     embeddings: np.ndarray | None = None
     blood: np.ndarray | None = None
     blood_map: np.ndarray | None = None
+    blood_map_lo: np.ndarray | None = None
+    brain: np.ndarray | None = None
 
     def check(self, n: int) -> None:
         """Raise ValueError unless every array given has ``n`` finite rows."""
         for name, arr, ndim in (("cnn_prob", self.cnn_prob, 2),
                                 ("embeddings", self.embeddings, 2), ("blood", self.blood, 1),
-                                ("blood_map", self.blood_map, 3)):
+                                ("blood_map", self.blood_map, 3),
+                                ("blood_map_lo", self.blood_map_lo, 3),
+                                ("brain", self.brain, 1)):
             if arr is None:
                 continue
             a = np.asarray(arr)
@@ -126,8 +157,7 @@ def blood_map(
     bh, bw = -(-h // grid), -(-w // grid)  # block size, rounded up; the image is padded
     out = np.zeros((s, grid, grid), dtype=np.float32)
     for k, sl in enumerate(vol):
-        bone = ndimage.binary_dilation(sl > _BONE_HU, iterations=margin)
-        inside = ndimage.binary_fill_holes(bone) & ~bone
+        inside = _inside_skull(sl, margin)
         if not inside.any():
             continue
         # Bone and air become water before smoothing, so the blur does not spread the
@@ -138,6 +168,24 @@ def blood_map(
         mask[:h, :w] = inside & (sm >= lo) & (sm <= hi)
         out[k] = mask.reshape(grid, bh, grid, bw).sum(axis=(1, 3)) * pixel_spacing**2
     return out
+
+
+def _inside_skull(sl: np.ndarray, margin: int) -> np.ndarray:
+    """Pixels enclosed by bone (> 250 HU) and more than ``margin`` pixels from it."""
+    bone = ndimage.binary_dilation(sl > _BONE_HU, iterations=margin)
+    return ndimage.binary_fill_holes(bone) & ~bone
+
+
+def brain_area(hu: np.ndarray, pixel_spacing: float = 1.0) -> np.ndarray:
+    """Area inside the skull on each slice (the region `blood_map` counts in): ``(S,)``
+    float64 mm^2; 0 where the bone ring is open (skull base, vertex)."""
+    vol = np.asarray(hu, dtype=np.float32)
+    if vol.ndim != 3:
+        raise ValueError(f"hu must be [S, H, W], got {vol.shape}")
+    if not pixel_spacing > 0:
+        raise ValueError(f"pixel_spacing must be > 0, got {pixel_spacing}")
+    margin = max(1, round(1.5 / pixel_spacing))
+    return np.array([float(_inside_skull(sl, margin).sum()) for sl in vol]) * pixel_spacing**2
 
 
 def blood_area(
@@ -212,6 +260,14 @@ def boundary_candidates(
           side's blood (``evidence.blood_map`` of the run-side slice, grown by one cell):
           a bleed is a 3D blob, so a slice that continues it has blood at the same place;
 
+        the relative terms ``RELATIVE_TERMS``, each ``(|f - cur| - |f - join|) / |cur -
+        join|`` clipped to [-1, 1] (+1: ``f`` equals the side it would join; -1: equals
+        its current side; NaN when the two references differ by less than a minimum
+        step): ``r_prob``, ``r_cnn`` (logits), ``r_emb`` (``d_emb`` over ``1 - cos`` of
+        the two sides), ``r_blood`` (``log1p`` area), ``r_focal`` / ``r_focal_lo``
+        (``log1p`` area inside the run's footprint, on ``blood_map`` / ``blood_map_lo``;
+        the ``_lo`` footprint is where the run side has more sensitive-range blood than
+        the outside side), ``r_frac`` (``log1p`` of blood per mille of the brain area);
         and ``boundary_score`` in (0, 1), a hand-set summary (the mean of
         ``tanh(term / scale)`` over the terms present, mapped to (0, 1); 0.5 = no
         evidence either way), and ``detail`` (a phrase for the reason text).
@@ -228,6 +284,14 @@ def boundary_candidates(
     emb = _unit(np.asarray(ev.embeddings, dtype=np.float64)) if ev.embeddings is not None else None
     blood = np.log1p(np.asarray(ev.blood, dtype=np.float64)) if ev.blood is not None else None
     bmap = np.asarray(ev.blood_map, dtype=np.float32) if ev.blood_map is not None else None
+    bmap_lo = (np.asarray(ev.blood_map_lo, dtype=np.float32) if ev.blood_map_lo is not None
+               else None)
+    frac = None
+    if ev.blood is not None and ev.brain is not None:
+        area = np.maximum(np.asarray(ev.brain, dtype=np.float64), _MIN_BRAIN_MM2)
+        frac = np.log1p(1000.0 * np.asarray(ev.blood, dtype=np.float64) / area)
+    ctx = {"z": z, "zc": zc, "emb": emb, "blood": blood, "bmap": bmap, "bmap_lo": bmap_lo,
+           "frac": frac}
 
     codes, _ = pd.factorize(pd.Series(np.asarray(series), dtype=object))
     order = np.lexsort((np.asarray(slice_index), codes))
@@ -252,24 +316,24 @@ def boundary_candidates(
                         outside = o if 0 <= o < m else other
                         records.append(_candidate(rows, j, "shorter", edge, length, f=e,
                                                   cur=inner, join=outside, run=(first, last),
-                                                  z=z, zc=zc, emb=emb, blood=blood, bmap=bmap))
+                                                  **ctx))
                     if 0 <= o < m and col[o] == 0:
                         o2 = o + step
                         cur = o2 if 0 <= o2 < m and col[o2] == 0 else other
                         records.append(_candidate(rows, j, "longer", edge, length, f=o,
                                                   cur=cur, join=e, run=(first, last),
-                                                  z=z, zc=zc, emb=emb, blood=blood, bmap=bmap))
+                                                  **ctx))
     columns = ["row", "class", "class_index", "kind", "edge", "run_length", "proposed_label",
-               *EVIDENCE_TERMS, "boundary_score", "detail"]
+               *ALL_TERMS, "boundary_score", "detail"]
     if not records:
         frame = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
         for c in ("row", "class_index", "run_length", "proposed_label"):
             frame[c] = frame[c].astype(np.int64)
-        for c in (*EVIDENCE_TERMS, "boundary_score"):
+        for c in (*ALL_TERMS, "boundary_score"):
             frame[c] = frame[c].astype(np.float64)
         return frame
     out = pd.DataFrame.from_records(
-        records, columns=["row", "class_index", "kind", "edge", "run_length", *EVIDENCE_TERMS]
+        records, columns=["row", "class_index", "kind", "edge", "run_length", *ALL_TERMS]
     )
     out["class"] = np.asarray(CLASSES, dtype=object)[out["class_index"].to_numpy()]
     out["proposed_label"] = np.where(out["kind"] == "shorter", 0, 1).astype(np.int64)
@@ -298,7 +362,7 @@ def cell_candidates(
         ``candidate`` (``run_shorter`` | ``run_longer`` | ""), ``edge`` (``start`` |
         ``end`` | ""), ``boundary_score`` (0 off a candidate), ``run_length`` (0 off a
         candidate), ``detail`` (a phrase, "" off a candidate), each ``(N * 6,)``, and
-        ``terms``: ``{name: (N * 6,)}`` of `EVIDENCE_TERMS` (NaN off a candidate).
+        ``terms``: ``{name: (N * 6,)}`` of `ALL_TERMS` (NaN off a candidate).
     """
     n_cells = np.asarray(labels).shape[0] * _N_CLASSES
     cand = boundary_candidates(labels, series, slice_index, prob, evidence)
@@ -313,7 +377,7 @@ def cell_candidates(
         "boundary_score": np.zeros(n_cells),
         "run_length": np.zeros(n_cells, dtype=np.int64),
         "detail": np.full(n_cells, "", dtype=object),
-        "terms": {t: np.full(n_cells, np.nan) for t in EVIDENCE_TERMS},
+        "terms": {t: np.full(n_cells, np.nan) for t in ALL_TERMS},
     }
     out["candidate"][flat] = np.where(cand["kind"] == "shorter", "run_shorter", "run_longer")
     out["edge"][flat] = cand["edge"].to_numpy()
@@ -321,27 +385,43 @@ def cell_candidates(
     out["run_length"][flat] = cand["run_length"].to_numpy()
     out["detail"][flat] = [f"{d} (boundary evidence {b:.2f})" for d, b in
                            zip(cand["detail"], cand["boundary_score"], strict=True)]
-    for t in EVIDENCE_TERMS:
+    for t in ALL_TERMS:
         out["terms"][t][flat] = cand[t].to_numpy()
     return out
 
 
+def _relative(a: float, c: float, w: float, min_step: float) -> float:
+    """``(|a - c| - |a - w|) / |c - w|`` in [-1, 1]: +1 where ``a`` equals ``w`` (the side
+    it would join), -1 where it equals ``c`` (its side now); NaN below ``min_step``."""
+    step = abs(c - w)
+    if not np.isfinite(step) or step < min_step:
+        return float("nan")
+    return float(np.clip((abs(a - c) - abs(a - w)) / step, -1.0, 1.0))
+
+
 def _candidate(rows, j, kind, edge, length, *, f, cur, join, run, z, zc, emb, blood,
-               bmap) -> tuple:
+               bmap, bmap_lo=None, frac=None) -> tuple:
     """One candidate's oriented evidence terms (see `boundary_candidates`)."""
     rf = rows[f]
     rc = rows[cur] if cur is not None else None
     rj = rows[join] if join is not None else None
+    nan = float("nan")
+
+    def values(v: np.ndarray) -> tuple[float, float, float]:
+        return tuple(float(v[r, j] if v.ndim == 2 else v[r]) for r in (rf, rc, rj))
 
     def diff(v: np.ndarray | None) -> float:
         if v is None or rc is None or rj is None:
-            return float("nan")
-        a = v[rf, j] if v.ndim == 2 else v[rf]
-        c = v[rc, j] if v.ndim == 2 else v[rc]
-        w = v[rj, j] if v.ndim == 2 else v[rj]
+            return nan
+        a, c, w = values(v)
         return float(abs(a - c) - abs(a - w))
 
-    d_emb = float("nan")
+    def rel(v: np.ndarray | None, min_step: float) -> float:
+        if v is None or rc is None or rj is None:
+            return nan
+        return _relative(*values(v), min_step)
+
+    d_emb = r_emb = nan
     if emb is not None:
         first, last = run
         run_rows = [rows[i] for i in range(first, last + 1) if i != f]
@@ -352,20 +432,33 @@ def _candidate(rows, j, kind, edge, length, *, f, cur, join, run, z, zc, emb, bl
                 sim_run = float(emb[rf] @ run_side)
                 sim_out = float(emb[rf] @ emb[out_side])
                 d_emb = sim_out - sim_run if kind == "shorter" else sim_run - sim_out
-    s_blood = float("nan")
+                apart = 1.0 - float(run_side @ emb[out_side])
+                if apart >= _MIN_STEP["emb"]:
+                    r_emb = float(np.clip(d_emb / apart, -1.0, 1.0))
+    s_blood = nan
     if blood is not None and rc is not None:
         s_blood = float(blood[rc] - blood[rf]) if kind == "shorter" else float(blood[rf] - blood[rc])
-    d_focal = float("nan")
-    if bmap is not None and rc is not None and rj is not None:
-        # The bleed's footprint: blood cells of the run-side neighbour, grown by one cell
-        # (a bleed shifts a little from slice to slice). Blood elsewhere (sinuses, other
-        # bleeds) does not count.
-        run_ref = rj if kind == "longer" else rc
-        foot = ndimage.binary_dilation(bmap[run_ref] > 0)
-        a, c, w = (float(np.log1p(bmap[r][foot].sum())) for r in (rf, rc, rj))
-        d_focal = abs(a - c) - abs(a - w)
+    d_focal = r_focal = r_focal_lo = nan
+    if rc is not None and rj is not None:
+        # run_ref / out_ref: the neighbours on the run side and on the outside.
+        run_ref, out_ref = (rj, rc) if kind == "longer" else (rc, rj)
+        if bmap is not None:
+            # The bleed's footprint: blood cells of the run-side neighbour, grown by one
+            # cell (a bleed shifts a little from slice to slice). Blood elsewhere (sinuses,
+            # other bleeds) does not count.
+            foot = ndimage.binary_dilation(bmap[run_ref] > 0)
+            a, c, w = (float(np.log1p(bmap[r][foot].sum())) for r in (rf, rc, rj))
+            d_focal = abs(a - c) - abs(a - w)
+            r_focal = _relative(a, c, w, _MIN_STEP["area"])
+        if bmap_lo is not None:
+            # The sensitive map counts some normal tissue everywhere; the footprint is
+            # where the run side holds clearly more of it than the outside (> 1 mm^2).
+            foot = ndimage.binary_dilation(bmap_lo[run_ref] - bmap_lo[out_ref] > 1.0)
+            a, c, w = (float(np.log1p(bmap_lo[r][foot].sum())) for r in (rf, rc, rj))
+            r_focal_lo = _relative(a, c, w, _MIN_STEP["area"])
     return (int(rf), j, kind, edge, int(length), diff(z), diff(zc), d_emb, diff(blood), s_blood,
-            d_focal)
+            d_focal, rel(z, _MIN_STEP["prob"]), rel(zc, _MIN_STEP["prob"]), r_emb,
+            rel(blood, _MIN_STEP["area"]), r_focal, r_focal_lo, rel(frac, _MIN_STEP["area"]))
 
 
 def _detail(kind: str, edge: str, length: int) -> str:

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 
 from hohoho_core.atomic import atomic_write_text
-from hohoho_core.audit_boundary import EVIDENCE_TERMS
+from hohoho_core.audit_boundary import EVIDENCE_TERMS, RELATIVE_TERMS
 from hohoho_core.labels import ANY_INDEX
 
-__all__ = ["FEATURES", "AuditRanker", "cell_features", "fit_ranker"]
+__all__ = ["FEATURES", "AuditRanker", "cell_features", "fit_ranker", "model_agreement"]
 
 #: Feature names, in column order of `cell_features`.
 FEATURES: tuple[str, ...] = (
@@ -43,10 +43,12 @@ FEATURES: tuple[str, ...] = (
     "is_shorter",
     "is_longer",
     *EVIDENCE_TERMS,
+    *RELATIVE_TERMS,
     "boundary_score",
     "log_run_length",
     "label",
     "is_any",
+    "model_agreement",  # how far the model agrees with the labels on the whole table
     # Products, so a linear model can trust a signal more in one context than another.
     "rule_x_z_model",
     "rule_x_z_cnn",
@@ -60,16 +62,51 @@ FEATURES: tuple[str, ...] = (
     "longer_x_d_emb",
     "shorter_x_z_model",
     "longer_x_z_model",
+    "agreement_x_z_model",
+    "agreement_x_z_cnn",
+    "agreement_x_z_cleanlab",
+    "shorter_x_r_focal_lo",
+    "longer_x_r_focal_lo",
+    "shorter_x_r_frac",
+    "longer_x_r_frac",
+    "shorter_x_r_emb",
+    "longer_x_r_emb",
 )
 # Finer than AuditWeights' clip: many cells sit at 0.99 or beyond, and their order matters.
 _CLIP = 1e-4
 FORMAT = "hohoho-audit-ranker"
-VERSION = 1
+VERSION = 2
 
 
 def _logit(x: np.ndarray) -> np.ndarray:
     x = np.clip(np.asarray(x, dtype=np.float64), _CLIP, 1.0 - _CLIP)
     return np.log(x / (1.0 - x))
+
+
+def model_agreement(cells: pd.DataFrame) -> float:
+    """How far the model's probabilities agree with the labels over the audited table.
+
+    ``2 * AUC - 1`` of ``prob`` against ``label`` (per class, averaged over the classes with
+    both labels present), clipped to [0, 1]: 1 when the model separates the labels, 0 when it
+    is blind to them (or no class has both labels). Most labels are right, so a model that
+    disagrees with most of them is lost on these images (issue 14: the shipped model on
+    another generator's studies), and its disagreements are then weak evidence.
+    """
+    lab = cells["label"].to_numpy()
+    prob = cells["prob"].to_numpy(dtype=np.float64)
+    cls = cells["class_index"].to_numpy()
+    values = []
+    for k in np.unique(cls):
+        sel = cls == k
+        y = lab[sel] == 1
+        n1, n0 = int(y.sum()), int((~y).sum())
+        if n1 == 0 or n0 == 0:
+            continue
+        ranks = pd.Series(prob[sel]).rank(method="average").to_numpy()
+        values.append((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+    if not values:
+        return 0.0
+    return float(np.clip(2.0 * np.mean(values) - 1.0, 0.0, 1.0))
 
 
 def cell_features(cells: pd.DataFrame) -> np.ndarray:
@@ -94,21 +131,25 @@ def cell_features(cells: pd.DataFrame) -> np.ndarray:
         "is_shorter": shorter.astype(np.float64),
         "is_longer": longer.astype(np.float64),
         **{t: np.nan_to_num(cells[t].to_numpy(dtype=np.float64), nan=0.0)
-           for t in EVIDENCE_TERMS},
+           for t in (*EVIDENCE_TERMS, *RELATIVE_TERMS)},
         "boundary_score": np.where(is_candidate, cells["boundary_score"].to_numpy() - 0.5, 0.0),
         "log_run_length": np.log1p(cells["run_length"].to_numpy(dtype=np.float64)),
         "label": cells["label"].to_numpy(dtype=np.float64),
         "is_any": (cells["class_index"].to_numpy() == ANY_INDEX).astype(np.float64),
+        "model_agreement": np.full(len(cells), model_agreement(cells)),
     }
     rule = np.maximum.reduce([cols["rule_isolated_positive"], cols["rule_gap_in_run"],
                               cols["rule_any_inconsistent"]])
     cand = cols["is_shorter"] + cols["is_longer"]
     for a, b in (("rule", "z_model"), ("rule", "z_cnn"), ("candidate", "z_model"),
                  ("candidate", "z_cnn"), ("shorter", "d_blood"), ("longer", "d_blood"),
-                 ("shorter", "d_focal"), ("longer", "d_focal"), ("shorter", "d_emb"), ("longer", "d_emb"), ("shorter", "z_model"),
-                 ("longer", "z_model")):
+                 ("shorter", "d_focal"), ("longer", "d_focal"), ("shorter", "d_emb"),
+                 ("longer", "d_emb"), ("shorter", "z_model"), ("longer", "z_model"),
+                 ("agreement", "z_model"), ("agreement", "z_cnn"), ("agreement", "z_cleanlab"),
+                 ("shorter", "r_focal_lo"), ("longer", "r_focal_lo"), ("shorter", "r_frac"),
+                 ("longer", "r_frac"), ("shorter", "r_emb"), ("longer", "r_emb")):
         left = {"rule": rule, "candidate": cand, "shorter": cols["is_shorter"],
-                "longer": cols["is_longer"]}[a]
+                "longer": cols["is_longer"], "agreement": cols["model_agreement"]}[a]
         cols[f"{a}_x_{b}"] = left * cols[b]
     return np.column_stack([np.asarray(cols[f], dtype=np.float64) for f in FEATURES])
 

@@ -21,6 +21,7 @@ __all__ = [
     "cleanup",
     "get_rank",
     "get_world_size",
+    "group_joined",
     "init_distributed",
     "is_main_process",
     "shard",
@@ -82,6 +83,12 @@ def init_distributed(backend: str | None = None) -> DistInfo:
 
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def group_joined() -> bool:
+    """True when this process is already in a process group (a caller joined it): a script
+    called from another one must then leave the group to its caller (no `cleanup`)."""
+    return _active()
 
 
 def get_rank() -> int:

@@ -6,7 +6,8 @@ embedding ``[N, D]`` (512 for ResNet-18), a linear head gives six logits (five s
 model applies ImageNet mean/std itself, so an all-zero input is "all air".
 
 Stage 2 (`SequenceModel`): a stacked bidirectional LSTM over a study's ordered embeddings
-(optionally with the stage-1 logits and the neighbour differences), one output per slice.
+(optionally with the stage-1 logits and the neighbour differences), one output per slice;
+optionally residual: the CNN's logits (per-class scale and bias) plus the LSTM's correction.
 """
 
 from __future__ import annotations
@@ -361,6 +362,12 @@ class LstmConfig:
     dropout: float = 0.1
     use_logits: bool = False
     use_diffs: bool = False
+    residual: bool = False
+    use_embeddings: bool = True
+
+    #: Keys written only when they differ from these defaults, so configs of models that
+    #: do not use them keep the layout they had before the keys existed.
+    _OPTIONAL = {"residual": False, "use_embeddings": True}
 
     def __post_init__(self) -> None:
         for name in ("hidden", "layers"):
@@ -369,10 +376,12 @@ class LstmConfig:
                 raise ValueError(f"lstm {name} must be an integer >= 1, got {value!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"lstm dropout must be in [0, 1), got {self.dropout}")
+        _check_inputs(self.use_logits, self.use_diffs, self.residual, self.use_embeddings)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict, keys in field order."""
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        """JSON-ready dict, keys in field order (optional keys only when not default)."""
+        return {f: getattr(self, f) for f in self.__dataclass_fields__
+                if f not in self._OPTIONAL or getattr(self, f) != self._OPTIONAL[f]}
 
     @classmethod
     def from_dict(cls, d: Any) -> LstmConfig:
@@ -391,13 +400,31 @@ class LstmConfig:
         return SequenceModel(in_dim, num_classes=num_classes, **self.to_dict())
 
 
+def _check_inputs(use_logits: bool, use_diffs: bool, residual: bool,
+                  use_embeddings: bool) -> None:
+    if residual and not use_logits:
+        raise ValueError("a residual sequence model corrects the stage-1 logits: "
+                         "it needs use_logits=True")
+    if use_diffs and not use_embeddings:
+        raise ValueError("use_diffs are embedding differences: it needs use_embeddings=True")
+    if not (use_embeddings or use_logits):
+        raise ValueError("the sequence model needs use_embeddings or use_logits")
+
+
 class SequenceModel(nn.Module):
     """Stacked (bi)LSTM over a study's slice embeddings: one six-logit output per slice.
 
-    Per-slice input features: the embedding ``D``, optionally the stage-1 logits
-    (``num_classes``) and the neighbour differences ``emb - emb_prev`` and
-    ``emb - emb_next`` (``2 D``, zero at a study's first and last slice). Padded studies go
-    through ``pack_padded_sequence``, so padding never influences real slices.
+    Per-slice input features: the embedding ``D`` (unless ``use_embeddings=False``),
+    optionally the stage-1 logits (``num_classes``) and the neighbour differences
+    ``emb - emb_prev`` and ``emb - emb_next`` (``2 D``, zero at a study's first and last
+    slice). Padded studies go through ``pack_padded_sequence``, so padding never influences
+    real slices.
+
+    ``residual=True`` (needs ``use_logits``): the output is ``scale * cnn_logit + bias`` per
+    class plus the LSTM head's correction. The head starts at zero and the scale at one, so
+    an untrained model returns the CNN's logits exactly, and a correction the training
+    penalises (`parts`) stays small where the sequence carries little evidence: on slices
+    unlike the training data the model falls back towards the CNN instead of extrapolating.
     """
 
     def __init__(
@@ -410,17 +437,23 @@ class SequenceModel(nn.Module):
         use_logits: bool = False,
         use_diffs: bool = False,
         num_classes: int = len(CLASSES),
+        residual: bool = False,
+        use_embeddings: bool = True,
     ) -> None:
         super().__init__()
         if in_dim < 1 or hidden < 1 or layers < 1:
             raise ValueError("in_dim, hidden and layers must be >= 1")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_inputs(use_logits, use_diffs, residual, use_embeddings)
         self.in_dim = in_dim
         self.use_logits = use_logits
         self.use_diffs = use_diffs
+        self.residual = residual
+        self.use_embeddings = use_embeddings
         self.num_classes = num_classes
-        feat = in_dim * (3 if use_diffs else 1) + (num_classes if use_logits else 0)
+        feat = ((in_dim * (3 if use_diffs else 1) if use_embeddings else 0)
+                + (num_classes if use_logits else 0))
         self.feature_dim = feat
         # LayerNorm: CNN embeddings have arbitrary scale; the LSTM gates saturate otherwise.
         self.norm = nn.LayerNorm(feat)
@@ -434,6 +467,12 @@ class SequenceModel(nn.Module):
             dropout=dropout if layers > 1 else 0.0,
         )
         self.head = nn.Linear(hidden * (2 if bidirectional else 1), num_classes)
+        if residual:
+            # Zero correction and identity map of the CNN logits at the start.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+            self.logit_scale = nn.Parameter(torch.ones(num_classes))
+            self.logit_bias = nn.Parameter(torch.zeros(num_classes))
 
     @staticmethod
     def lengths_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -454,7 +493,7 @@ class SequenceModel(nn.Module):
     ) -> torch.Tensor:
         """Per-slice LSTM input ``[B, S, feature_dim]`` (zeros at padded slices)."""
         m = mask.to(device=emb.device, dtype=torch.bool)
-        parts = [emb]
+        parts = [emb] if self.use_embeddings else []
         if self.use_diffs:
             zeros = torch.zeros_like(emb[:, :1])
             prev = torch.cat([zeros, emb[:, :-1]], dim=1)
@@ -475,12 +514,15 @@ class SequenceModel(nn.Module):
         x = torch.cat(parts, dim=-1)
         return torch.where(m[..., None], x, 0.0)
 
-    def forward(
+    def parts(
         self, emb: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``emb [B, S, D]``, ``mask [B, S]`` bool, ``logits [B, S, K]`` or None -> ``[B, S, K]``.
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``(base, sequence)``, both ``[B, S, K]`` and 0 at padded slices; their sum (or
+        ``sequence`` alone when ``base`` is None) is `forward`'s output.
 
-        Outputs at padded slices are 0 and must be ignored (see `masked_bce`).
+        ``base`` is the residual model's per-class affine map of the stage-1 logits (None
+        for a plain model); ``sequence`` is the LSTM head's output, for a residual model the
+        correction the training penalises.
         """
         if emb.ndim != 3 or emb.shape[-1] != self.in_dim:
             raise ValueError(f"emb must be [B, S, {self.in_dim}], got {tuple(emb.shape)}")
@@ -491,5 +533,20 @@ class SequenceModel(nn.Module):
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=emb.shape[1])
-        y = self.head(out)
-        return torch.where(mask.to(device=y.device, dtype=torch.bool)[..., None], y, 0.0)
+        m = mask.to(device=out.device, dtype=torch.bool)[..., None]
+        seq = torch.where(m, self.head(out), 0.0)
+        if not self.residual:
+            return None, seq
+        assert logits is not None  # features() refused a missing one
+        base = logits.to(seq.dtype) * self.logit_scale + self.logit_bias
+        return torch.where(m, base, 0.0), seq
+
+    def forward(
+        self, emb: torch.Tensor, mask: torch.Tensor, logits: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``emb [B, S, D]``, ``mask [B, S]`` bool, ``logits [B, S, K]`` or None -> ``[B, S, K]``.
+
+        Outputs at padded slices are 0 and must be ignored (see `masked_bce`).
+        """
+        base, seq = self.parts(emb, mask, logits)
+        return seq if base is None else base + seq

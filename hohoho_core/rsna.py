@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from hohoho_core.dicom import (
     order_slices,
     read_header,
 )
+from hohoho_core.header_journal import HeaderJournal
 from hohoho_core.labels import CLASSES
 from hohoho_core.rsna_csv import UNKNOWN_LABEL, read_rsna_csv
 from hohoho_core.study import LoadReport, SkippedFile, Study
@@ -204,30 +206,49 @@ def _plain_main() -> Iterator[None]:
 
 
 def _scan_headers(
-    paths: Sequence[str], workers: int, progress: bool, chunk: int = _CHUNK
+    paths: Sequence[str], workers: int, progress: bool, chunk: int = _CHUNK,
+    journal: HeaderJournal | None = None,
 ) -> list[HeaderRecord | _SkippedHeader | None]:
-    """Headers of ``paths`` in order, with a process pool when it pays off."""
+    """Headers of ``paths`` in order, with a process pool when it pays off.
+
+    With a ``journal`` every finished chunk is recorded as it completes and chunks already
+    on record are read back instead of scanned: an interrupted scan resumes.
+    """
     from tqdm.auto import tqdm
 
     results: list[HeaderRecord | _SkippedHeader | None] = [None] * len(paths)
-    bar = tqdm(total=len(paths), desc="DICOM headers", unit="file", disable=not progress)
+    todo: list[tuple[int, Sequence[str]]] = []
+    for start, part in _chunks(paths, chunk):
+        done = journal.get(start, list(part)) if journal is not None else None
+        if done is None:
+            todo.append((start, part))
+        else:
+            results[start : start + len(part)] = done
+    resumed = len(paths) - sum(len(p) for _, p in todo)
+    if resumed:
+        logger.info("header scan: %d of %d files read back from the journal", resumed,
+                    len(paths))
+    bar = tqdm(total=len(paths), initial=resumed, desc="DICOM headers", unit="file",
+               disable=not progress)
+
+    def finish(start: int, part: Sequence[str], got: list[Any]) -> None:
+        results[start : start + len(part)] = got
+        if journal is not None:
+            journal.put(start, list(part), got)
+        bar.update(len(part))
+
     try:
-        if workers <= 1 or len(paths) <= chunk:
-            for start, part in _chunks(paths, chunk):
-                results[start : start + len(part)] = _read_chunk(part)
-                bar.update(len(part))
+        if workers <= 1 or len(todo) <= 1:
+            for start, part in todo:
+                finish(start, part, _read_chunk(part))
             return results
         # spawn: the parent may hold threads (torch, tqdm); fork would copy their locks.
         ctx = multiprocessing.get_context("spawn")
         with _plain_main(), ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_read_chunk, part): (start, len(part))
-                for start, part in _chunks(paths, chunk)
-            }
+            futures = {pool.submit(_read_chunk, part): (start, part) for start, part in todo}
             for fut in as_completed(futures):
-                start, n = futures[fut]
-                results[start : start + n] = fut.result()
-                bar.update(n)
+                start, part = futures[fut]
+                finish(start, part, fut.result())
         return results
     finally:
         bar.close()
@@ -522,7 +543,10 @@ def build_index(
 
     paths = [str(folder / n) for n in names]
     n_workers = workers if workers is not None else available_cores()
-    headers = _scan_headers(paths, n_workers, progress)
+    # keyed by the listing alone: relabelling does not change what the headers say
+    journal = (HeaderJournal(cache / f"rsna_headers_{_cache_key(root, folder, names, None)}",
+                             _SkippedHeader) if use_cache else None)
+    headers = _scan_headers(paths, n_workers, progress, chunk=_CHUNK, journal=journal)
     rel_folder = folder.relative_to(root) if folder != root else Path()
     records: list[HeaderRecord] = []
     rel_paths: dict[int, str] = {}
@@ -569,6 +593,8 @@ def build_index(
         logger.warning("%d files could not be read", len(unreadable))
     if use_cache:
         _save_cache(index, cache, key)
+        if journal is not None:
+            journal.clear()
     return index
 
 

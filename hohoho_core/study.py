@@ -29,6 +29,7 @@ class SkipReason(enum.StrEnum):
     NOT_AXIAL = "not axial"
     NOT_REGULAR_FILE = "not a regular file"  # named pipe, device, socket: never opened
     OUTSIDE_FOLDER = "outside the folder"  # a symbolic link that leads out of the folder
+    NOT_IMAGE = "not an image"  # a structured report, presentation state, ...: no slice
 
 
 @dataclass(frozen=True)

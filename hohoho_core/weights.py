@@ -252,7 +252,7 @@ def _validate_lstm(lstm: LstmConfig) -> None:
         raise WeightsError(f"lstm layers must be an integer in 1..{_MAX_LSTM_LAYERS}")
     if not _is_number(lstm.dropout) or not 0.0 <= lstm.dropout < 1.0:
         raise WeightsError("lstm dropout must be a number in [0, 1)")
-    for name in ("bidirectional", "use_logits", "use_diffs"):
+    for name in ("bidirectional", "use_logits", "use_diffs", "residual", "use_embeddings"):
         if not isinstance(getattr(lstm, name), bool):
             raise WeightsError(f"lstm {name} must be true or false")
 

@@ -79,7 +79,9 @@ def kept(widget: Callable[..., Any], label: str, key: str, default: Any, **kwarg
     """Draw ``widget`` whose value lives in the plain session key ``key``.
 
     Streamlit forgets a widget's value when a page without it runs; the plain key does
-    not, so the choice survives page switches. ``options`` (if given) must hold it.
+    not, so the choice survives page switches. ``options`` (if given) must hold it, and a
+    kept number is clamped to ``min_value``/``max_value`` (a shorter list than last time
+    must not make the widget refuse its own value).
     """
     wkey = f"_w_{key}"
     options = kwargs.get("options")
@@ -87,6 +89,13 @@ def kept(widget: Callable[..., Any], label: str, key: str, default: Any, **kwarg
         options is not None and st.session_state[key] not in list(options)
     ):
         st.session_state[key] = default
+    value = st.session_state[key]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        lo, hi = kwargs.get("min_value"), kwargs.get("max_value")
+        if hi is not None and value > hi:
+            st.session_state[key] = hi
+        elif lo is not None and value < lo:
+            st.session_state[key] = lo
     st.session_state[wkey] = st.session_state[key]
 
     def _store() -> None:
@@ -306,7 +315,7 @@ def _series_picker_ui(settings: Settings) -> None:
 
 
 def study_source_ui(settings: Settings) -> None:
-    """Sidebar: open a demo study, uploaded files or a server folder."""
+    """Sidebar: open a demo study, uploaded files, a server folder or a PACS study."""
     with st.sidebar:
         st.subheader("Study")
         kind = kept(
@@ -314,13 +323,17 @@ def study_source_ui(settings: Settings) -> None:
             "Open from",
             "source_kind",
             "Demo studies",
-            options=["Demo studies", "Upload", "Server folder"],
+            options=["Demo studies", "Upload", "Server folder", "PACS (DICOMweb)"],
             horizontal=True,
         )
         if kind == "Demo studies":
             _demo_picker_ui(settings)
         elif kind == "Upload":
             _upload_ui(settings)
+        elif kind == "PACS (DICOMweb)":
+            from hohoho_ui.pacs import pacs_ui  # search and retrieve; opens as an upload
+
+            pacs_ui(settings, _open_source)
         else:
             _folder_ui(settings)
         _series_picker_ui(settings)

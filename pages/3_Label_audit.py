@@ -10,6 +10,7 @@ cells where readers disagree (`hohoho_core.review`).
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,9 @@ import streamlit as st
 
 from hohoho_core import review
 from hohoho_core import review_session as session
-from hohoho_core.audit import rank_flags, read_probs_csv
+from hohoho_core.audit import rank_flags, read_probs_csv, shipped_ranker
+from hohoho_core.audit_flags import csv_kind, read_flags_csv
+from hohoho_core.audit_images import table_evidence
 from hohoho_core.labels import CLASSES
 from hohoho_core.rsna import default_labels_csv, image_series
 from hohoho_core.store import DecisionStore, StoreError
@@ -29,13 +32,31 @@ from hohoho_ui.text import md_literal
 from hohoho_ui.views import resolve_under
 
 IN_SAMPLE = "Loaded model (in-sample)"
-CSV_PATH = "Probabilities CSV on the server"
-CSV_UPLOAD = "Upload a probabilities CSV"
+CSV_PATH = "CSV on the server"
+CSV_UPLOAD = "Upload a CSV"
 
 
-@st.cache_data(max_entries=8, show_spinner="Ranking the labels…")
-def _flags(key: str, _table: pd.DataFrame, _prob: np.ndarray) -> pd.DataFrame:
-    return rank_flags(_table, _prob)
+@st.cache_data(max_entries=8, show_spinner="Reading the slices near run edges and ranking…")
+def _flags(
+    key: str,
+    _table: pd.DataFrame,
+    _prob: np.ndarray,
+    max_upload_bytes: int,
+    _cnn_prob: np.ndarray | None = None,
+    _embeddings: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, int]:
+    """(flags, series without image evidence): the learned ranking (`rank_flags` with the
+    shipped ranker) over the boundary evidence of every run edge: the model's outputs and
+    the blood seen on the slices near it."""
+    skipped: list[str] = []
+    evidence = table_evidence(
+        _table,
+        lambda paths: loaders.load_indexed_study(tuple(paths), max_upload_bytes),
+        cnn_prob=_cnn_prob,
+        embeddings=_embeddings,
+        skipped=skipped,
+    )
+    return rank_flags(_table, _prob, evidence=evidence, ranker=shipped_ranker()), len(skipped)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -60,31 +81,65 @@ def _label_source(root: Path, labelled: pd.DataFrame) -> review.LabelSource:
     return review.load_labels(labelled.drop_duplicates("image_id")[["image_id", *CLASSES]])
 
 
-def _probs_from_csv(
+@st.cache_data(max_entries=4, show_spinner="Reading the flags file…")
+def _flags_file(key: str, _src: str | bytes, _table: pd.DataFrame) -> pd.DataFrame:
+    return read_flags_csv(_src, _table)
+
+
+def _flagged_probs(flags: pd.DataFrame, table: pd.DataFrame) -> np.ndarray:
+    """``(N, 6)`` probabilities for ``table``'s rows from a flags file: the flagged cells'
+    ``prob`` where the file has it, NaN (shown as unknown) elsewhere."""
+    out = np.full((len(table), len(CLASSES)), np.nan)
+    if "prob" not in flags.columns:
+        return out
+    row = pd.Series(np.arange(len(table)), index=table["image_id"].to_numpy())
+    rows = row.reindex(flags["image_id"].to_numpy()).to_numpy()
+    cols = flags["class"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    ok = ~pd.isna(rows)
+    out[rows[ok].astype(int), cols[ok].astype(int)] = pd.to_numeric(
+        flags["prob"], errors="coerce").to_numpy()[ok]
+    return out
+
+
+def _csv_input(
     source: str, table: pd.DataFrame, settings: Settings, table_key: str
-) -> tuple[np.ndarray, str] | None:
-    """Out-of-fold probabilities aligned with ``table`` (named by ``table_key``) from a
+) -> tuple[np.ndarray | pd.DataFrame, str] | None:
+    """What a CSV gives, told by its header: out-of-fold probabilities aligned with
+    ``table`` (an ``ID,Label`` file; the page ranks them) or the `audit` command's flags
+    (ranked already, checked against ``table``), and a key naming the content; from a
     server path or an upload (parsed once per content, not on every rerun)."""
     ids = table["image_id"].to_numpy()
     if source == CSV_PATH:
         rel = widgets.kept(
             st.text_input,
-            f"CSV inside {md_literal(settings.data_root)} (RSNA submission format)",
+            f"CSV inside {md_literal(settings.data_root)}: out-of-fold probabilities "
+            "(RSNA submission format) or the audit command's flags file",
             "audit_csv_rel",
             "",
         )
         if not str(rel).strip():
-            st.info("Enter the path of an ID,Label CSV of out-of-fold probabilities.")
+            st.info("Enter the path of an ID,Label CSV of out-of-fold probabilities, or of "
+                    "the flags CSV that `python -m hohoho_core audit` wrote.")
             return None
         path = resolve_under(settings.data_root, rel)
-        return read_probs_csv(path, ids), f"csv {path}:{path.stat().st_mtime_ns}"
+        key = f"csv {path}:{path.stat().st_mtime_ns}"
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            header = fh.readline()
+        if csv_kind(header) == "flags":
+            return _flags_file(f"{key}|{table_key}", str(path), table), key
+        return read_probs_csv(path, ids), key
     upload = st.file_uploader(
-        "Out-of-fold probabilities (ID,Label CSV)", type=["csv"], key="audit_csv"
+        "Out-of-fold probabilities (ID,Label CSV) or the audit command's flags CSV",
+        type=["csv"], key="audit_csv",
     )
     if upload is None:
-        st.info("Upload an ID,Label CSV of out-of-fold probabilities.")
+        st.info("Upload an ID,Label CSV of out-of-fold probabilities, or the flags CSV that "
+                "`python -m hohoho_core audit` wrote.")
         return None
     data = upload.getvalue()
+    if csv_kind(data[:4096].decode("utf-8", errors="replace").split("\n", 1)[0]) == "flags":
+        digest = hashlib.sha256(data).hexdigest()
+        return _flags_file(f"upload {digest}|{table_key}", data, table), f"upload {digest}"
     name = Path(upload.name).name or "probs.csv"
     prob, digest = loaders.probs_upload(data, name, table_key, ids)
     return prob, f"upload {digest}"
@@ -145,19 +200,44 @@ try:
         keep = data.table["image_id"].isin(labelled["image_id"]).to_numpy()
         table = data.table[keep].reset_index(drop=True)
         prob = data.prob[keep]
+        cnn_prob, embeddings = data.cnn_prob[keep], data.embeddings[keep]
         key = f"model {model.key}|{root}|{loaders.listing_key(root)}"
     else:
-        got = _probs_from_csv(source, labelled, settings, f"{root}|{loaders.listing_key(root)}")
+        got = _csv_input(source, labelled, settings, f"{root}|{loaders.listing_key(root)}")
         if got is None:
             st.stop()
         table = labelled.reset_index(drop=True)
+        cnn_prob = embeddings = None
         prob, key = got
         key = f"{key}|{root}|{loaders.listing_key(root)}"
-    flags = _flags(key, table, prob)
+    if isinstance(prob, pd.DataFrame):  # the audit command's flags: ranked already
+        flags, unread, from_file = prob, 0, True
+        prob = _flagged_probs(flags, table)
+    else:
+        flags, unread = _flags(key, table, prob, settings.max_upload_bytes, cnn_prob,
+                               embeddings)
+        from_file = False
 except (ValueError, RuntimeError, OSError) as err:
     st.error(md_literal(err))
     st.stop()
 
+if from_file:
+    st.caption(f"Ranked by the `audit` command (its flags file, {len(flags)} cells); the "
+               "labels it saw match the labels on file.")
+else:
+    edges = int(flags["kind"].isin(["run_shorter", "run_longer"]).sum())
+    st.caption(
+        "Ranked by the learned ranker (`weights/audit_ranker.json`) over the model, "
+        f"cleanlab, the sequence rules and the evidence at {edges} run-edge cells (the "
+        "blood seen on the slices near each run edge)."
+        if flags["learned_score"].notna().all()
+        else "Ranked by the hand-weighted score."
+    )
+if unread:
+    st.caption(
+        f"No image evidence for {unread} series that could not be read: their run edges "
+        "rank on the other signals."
+    )
 size = widgets.kept(
     st.slider,
     "Queue length (most suspicious flags first)",

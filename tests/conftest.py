@@ -133,3 +133,34 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: Any)
         terminalreporter.section("reader fuzz")
         for line in SUMMARY_LINES:
             terminalreporter.write_line(line)
+
+
+# --------------------------------------------------------------------------- PACS
+# A real Orthanc (tests/pacs_fixture.py), one per test session, loaded with three small
+# phantom studies over STOW-RS; a second one with basic authentication on.
+
+
+@pytest.fixture(scope="session")
+def pacs_studies(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+    from tests.pacs_fixture import synthetic_studies
+
+    return synthetic_studies(tmp_path_factory.mktemp("pacs_data"))
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory, pacs_studies: list[Any]) -> Any:
+    from tests.pacs_fixture import load_studies, running_orthanc
+
+    with running_orthanc(tmp_path_factory.mktemp("orthanc")) as server:
+        load_studies(server, pacs_studies)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def orthanc_auth(tmp_path_factory: pytest.TempPathFactory, pacs_studies: list[Any]) -> Any:
+    from tests.pacs_fixture import load_studies, running_orthanc
+
+    root = tmp_path_factory.mktemp("orthanc_auth")
+    with running_orthanc(root, user="radiologist", password="pw-Z7q!secret") as server:
+        load_studies(server, pacs_studies[:1])
+        yield server

@@ -252,7 +252,7 @@ def _constructed() -> tuple[pd.DataFrame, np.ndarray]:
 
 def test_rank_flags_combined_beats_each_signal_on_a_constructed_example() -> None:
     table, prob = _constructed()
-    ranked = rank_flags(table, prob)
+    ranked = rank_flags(table, prob, ranker=None)  # the hand-weighted score
     assert len(ranked) == len(table) * 6
     assert list(ranked["rank"]) == list(range(1, len(ranked) + 1))
     assert ranked["score"].is_monotonic_decreasing
@@ -311,7 +311,7 @@ def test_rank_flags_noisy_or_of_rules_and_top() -> None:
     # "subtype vs any" (0.5) both fire: 1 - 0.5 * 0.5 = 0.75.
     table = _table({"subdural": [1, 0, 0, 0]})
     prob = np.full((4, 6), 0.5)
-    out = rank_flags(table, prob, top=3)
+    out = rank_flags(table, prob, top=3, ranker=None)
     assert len(out) == 3
     cell = out[(out["image_id"] == "ID_s100") & (out["class"] == "subdural")].iloc[0]
     assert cell["sequence_score"] == pytest.approx(0.75)

@@ -178,14 +178,81 @@ def test_carry_any_pairs_a_subtype_with_its_any_cell() -> None:
 
 def test_rank_flags_keeps_old_columns_and_adds_new_ones() -> None:
     lab, prob, ev = _study(range(4, 9), range(4, 8))
-    out = rank_flags(_table(lab), prob, evidence=ev)
+    out = rank_flags(_table(lab), prob, evidence=ev, ranker=None)
     old = ["image_id", "study_uid", "slice_index", "class", "label", "prob", "model_score",
            "sequence_score", "cleanlab_score", "cleanlab_issue", "combined_score", "rules"]
     assert list(out.columns[: len(old)]) == old
     for col in ("cnn_score", "boundary_score", "learned_score", "kind", "edge", "group",
                 "reason", "score", "rank"):
         assert col in out.columns
-    assert out["learned_score"].isna().all()  # no ranker given
+    assert out["learned_score"].isna().all()  # ranker=None: the hand-weighted score only
     assert set(out["kind"]) <= {"cell", "run_shorter", "run_longer", "isolated_positive",
                                 "gap_in_run", "any_inconsistent"}
     assert set(out["edge"]) <= {"", "start", "end"}
+
+
+def test_relative_terms_do_not_change_with_the_scale_of_the_evidence() -> None:
+    # The same study seen by a sharper and a softer model (logits times 0.4), and with
+    # every blood area ten times larger: the relative terms read the same.
+    from hohoho_core.audit_boundary import RELATIVE_TERMS
+
+    lab, prob, ev = _study(range(4, 9), range(4, 8))
+    z = np.log(prob / (1 - prob))
+    soft = 1 / (1 + np.exp(-0.4 * z))
+    a = boundary_candidates(lab, np.zeros(len(lab)), np.arange(len(lab)), prob, ev)
+    b = boundary_candidates(lab, np.zeros(len(lab)), np.arange(len(lab)), soft, ev)
+    np.testing.assert_allclose(a["r_prob"], b["r_prob"], equal_nan=True)
+    assert not np.allclose(a["d_prob"], b["d_prob"])  # the raw difference shrinks
+    row = a[(a["class_index"] == SDH) & (a["row"] == 8) & (a["kind"] == "shorter")].iloc[0]
+    # Slice 8 (labelled, truly negative) equals the outside slice: +1 on every term.
+    for t in ("r_prob", "r_cnn", "r_blood", "r_focal"):
+        assert row[t] == pytest.approx(1.0), t
+    assert row["r_emb"] > 0.5
+    # The true start edge (slice 4, truly positive) equals its inner side: -1.
+    start = a[(a["class_index"] == SDH) & (a["row"] == 4) & (a["kind"] == "shorter")].iloc[0]
+    assert start["r_prob"] == pytest.approx(-1.0) and start["r_blood"] == pytest.approx(-1.0)
+    assert set(RELATIVE_TERMS) <= set(a.columns)
+
+
+def test_relative_terms_are_missing_when_the_two_sides_look_alike() -> None:
+    lab, prob, ev = _study(range(4, 9), range(4, 8))
+    flat = np.full_like(prob, 0.3)
+    cand = boundary_candidates(lab, np.zeros(len(lab)), np.arange(len(lab)), flat,
+                               SliceEvidence(blood=np.full(len(lab), 50.0)))
+    assert cand["r_prob"].isna().all() and cand["r_blood"].isna().all()
+    assert (cand["d_prob"] == 0).all()  # the raw term says "no difference", not "no data"
+
+
+def test_sensitive_blood_and_brain_area_make_a_fraction_that_finds_faint_blood() -> None:
+    from hohoho_core.audit_boundary import SENSITIVE_BLOOD_HU, brain_area
+
+    size, ps = 96, 0.5
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 2)
+    sl = np.full((size, size), -1000.0, dtype=np.float32)
+    sl[r < 44] = 1000.0
+    sl[r < 40] = 30.0
+    vol = np.stack([sl, sl])
+    blob = np.hypot(yy - 48, xx - 42) < 10
+    vol[1][blob] = 56.0  # faint blood (blood mixed with CSF): below the strict range
+    brain = brain_area(vol, ps)
+    # Enclosed by bone and more than 1.5 mm from it: a disc of radius about 40 - 3 px.
+    assert brain[0] == pytest.approx(np.pi * (37 * ps) ** 2, rel=0.1)
+    assert blood_area(vol, ps)[1] == 0.0
+    lo = blood_map(vol, ps, grid=4, hu_range=SENSITIVE_BLOOD_HU, smooth_mm=1.0)
+    area = blob.sum() * ps * ps  # the smoothing erodes the faint clot's rim, not its core
+    assert lo[0].sum() == 0.0 and 0.5 * area < lo[1].sum() <= 1.05 * area
+    with pytest.raises(ValueError, match="pixel_spacing"):
+        brain_area(vol, 0.0)
+    # The map and the fraction reach the candidates: a faint last slice of a run.
+    lab = np.zeros((6, 6), dtype=int)
+    lab[1:4, SDH] = 1  # slice 4 has the faint blood too but is labelled 0
+    lab[:, ANY_INDEX] = lab[:, :ANY_INDEX].max(axis=1)
+    maps = np.zeros((6, 4, 4), dtype=np.float32)
+    maps[1:5, 1, 1] = 40.0
+    ev = SliceEvidence(blood=maps.sum(axis=(1, 2)).astype(float), blood_map_lo=maps,
+                       brain=np.full(6, 5000.0))
+    cand = boundary_candidates(lab, np.zeros(6), np.arange(6), np.full((6, 6), 0.5), ev)
+    longer = cand[(cand["class_index"] == SDH) & (cand["row"] == 4)].iloc[0]
+    assert longer["kind"] == "longer"
+    assert longer["r_focal_lo"] == pytest.approx(1.0) and longer["r_frac"] == pytest.approx(1.0)

@@ -140,7 +140,8 @@ def test_bench_scoring_agrees_with_rank_flags(fitted) -> None:
     sset = StudySet(name="sim", labels=sim["labels"], prob=sim["prob"], cnn_prob=ev.cnn_prob,
                     embeddings=ev.embeddings, blood=ev.blood,
                     blood_map=np.zeros((len(sim["labels"]), 4, 4), dtype=np.float32),
-                    study=sim["study"], index=sim["index"], seconds=0.0)
+                    blood_map_lo=np.zeros((len(sim["labels"]), 4, 4), dtype=np.float32),
+                    brain=np.full(len(sim["labels"]), 1e4), study=sim["study"], index=sim["index"], seconds=0.0)
     res = score_set(sset, ranker, 0.5, seed=3, draws=1)
     table, errors = sset.noisy(0.5, 3, 0)
     ranked = rank_flags(table, sset.prob, evidence=sset.evidence, ranker=ranker)
@@ -159,4 +160,29 @@ def test_shipped_ranker_matches_this_code() -> None:
     path = Path(__file__).resolve().parents[1] / "weights" / "audit_ranker.json"
     ranker = AuditRanker.load(path)
     assert ranker.features == FEATURES
-    assert ranker.meta["fitted_on"] == "own_train"  # never the foreign studies
+    # Fitted on the own generator's studies, plain and randomised; never the foreign ones.
+    assert ranker.meta["fitted_on"] == ["own_train", "own_rand_train"]
+
+
+def test_model_agreement_tells_a_lost_model_from_a_good_one() -> None:
+    from hohoho_core.audit_ranker import model_agreement
+
+    rng = np.random.default_rng(0)
+    lab = (rng.random((400, 6)) < 0.2).astype(int)
+    table = pd.DataFrame(lab, columns=list(CLASSES))
+    table.insert(0, "image_id", [f"ID_{i}" for i in range(len(lab))])
+    table.insert(1, "study_uid", "s")
+    table.insert(2, "slice_index", range(len(lab)))
+    good = np.clip(0.1 + 0.8 * lab + rng.normal(0, 0.1, lab.shape), 0, 1)
+    blind = rng.random(lab.shape)
+    inverted = 1.0 - good
+    assert model_agreement(audit_cells(table, good)) > 0.9
+    assert model_agreement(audit_cells(table, blind)) < 0.2
+    assert model_agreement(audit_cells(table, inverted)) == 0.0
+    # Every cell of a table carries the same value, in the feature matrix too.
+    x = cell_features(audit_cells(table, good))
+    col = x[:, FEATURES.index("model_agreement")]
+    assert np.ptp(col) == 0.0 and col[0] > 0.9
+    # One class present only (no positives): no evidence the model can be trusted.
+    none = table.assign(**{c: 0 for c in CLASSES})
+    assert model_agreement(audit_cells(none, good)) == 0.0

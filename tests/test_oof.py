@@ -220,3 +220,81 @@ def test_stale_cached_labels_are_detected(oof_run: dict, tmp_path: Path) -> None
     edited = tmp_path / "relabelled.csv"
     frame.to_csv(edited, index=False)
     assert oof_predict.stale_label_studies(cache, keys, edited) == 1
+
+
+# --- one fold per call, the training cache, torchrun ----------------------------------
+
+
+def _oof_cmd(data: Path, run: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--folds", "2", "--seed", "1", "--size", "32", "--epochs", "1",
+            "--batch-size", "8", "--threads", "1", "--device", "cpu", "--out", str(out),
+            "--run-dir", str(run), "--cache-dir", str(cache), "--no-progress", *extra]
+
+
+def _cache_files(cache: Path) -> dict[str, int]:
+    return {str(p.relative_to(cache)): p.stat().st_mtime_ns
+            for p in (cache / "studies").rglob("*") if p.is_file()}
+
+
+def test_one_fold_per_call_reusing_the_training_cache(oof_run: dict, tmp_path: Path) -> None:
+    """--fold K calls (any order) on the cache another run built: nothing is cached again,
+    --out appears only when the last fold is done, and equals the all-folds run's."""
+    cache = oof_run["run"] / "cache"  # built by the fixture's run, as train_cnn would
+    before = _cache_files(cache)
+    run, out = tmp_path / "run", tmp_path / "oof.csv"
+    parse = oof_predict.get_args_parser().parse_args
+    prepared = oof_predict.main(parse(_oof_cmd(oof_run["data"], run, out, cache,
+                                               "--prepare-only")))
+    assert prepared == {"prepared": 4} and (run / "folds.json").is_file()
+    first = oof_predict.main(parse(_oof_cmd(oof_run["data"], run, out, cache, "--fold", "1")))
+    assert first == {"done_folds": [1], "missing_folds": [0]}
+    assert not out.exists() and oof_predict.part_path(run, 1).is_file()
+    last = oof_predict.main(parse(_oof_cmd(oof_run["data"], run, out, cache, "--fold", "0")))
+    assert last["images"] == len(oof_run["truth"]) and out.is_file()
+    assert _cache_files(cache) == before  # the existing cache was reused, not rewritten
+
+    # Same folds, seeds and settings as the fixture's all-folds run: same probabilities.
+    images = sorted(oof_run["truth"]["image_id"])
+    np.testing.assert_allclose(read_probs_csv(out, images),
+                               read_probs_csv(oof_predict.cnn_path(oof_run["out"]), images),
+                               atol=2e-6)
+    folds = pd.read_csv(oof_predict.folds_path(out), dtype={"image_id": str})
+    ref = pd.read_csv(oof_predict.folds_path(oof_run["out"]), dtype={"image_id": str})
+    assert folds["fold"].tolist() == ref["fold"].tolist()
+
+
+def test_a_call_with_other_settings_is_refused(oof_run: dict, tmp_path: Path) -> None:
+    run, out, cache = tmp_path / "run", tmp_path / "oof.csv", oof_run["run"] / "cache"
+    parse = oof_predict.get_args_parser().parse_args
+    oof_predict.main(parse(_oof_cmd(oof_run["data"], run, out, cache, "--prepare-only")))
+    with pytest.raises(SystemExit, match="--epochs"):
+        oof_predict.main(parse(_oof_cmd(oof_run["data"], run, out, cache, "--fold", "0",
+                                        "--epochs", "2")))
+    with pytest.raises(SystemExit, match="--fold 2 is not in 0..1"):
+        oof_predict.main(parse(_oof_cmd(oof_run["data"], run, out, cache, "--fold", "2")))
+    assert not oof_predict.part_path(run, 0).exists()
+
+
+@pytest.mark.slow
+def test_folds_under_torchrun_with_two_processes(oof_run: dict, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    run, out = tmp_path / "run", tmp_path / "oof.csv"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "train.oof_predict",
+           *_oof_cmd(oof_run["data"], run, out, oof_run["run"] / "cache", "--fold", "0",
+                     "--fold", "1")]
+    res = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    result = json.loads((run / "oof_result.json").read_text())
+    assert [f["processes"] for f in result["per_fold"]] == [2, 2]
+    assert "cpu x2" in res.stdout + res.stderr  # each fold trained by both ranks
+    folds = pd.read_csv(oof_predict.folds_path(out), dtype={"image_id": str})
+    assert sorted(folds["image_id"]) == sorted(oof_run["truth"]["image_id"])  # once each
+    images = sorted(oof_run["truth"]["image_id"])
+    prob = read_probs_csv(out, images)
+    assert np.isfinite(prob).all() and prob.shape == (len(images), 6)

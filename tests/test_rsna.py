@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pydicom
@@ -254,3 +256,53 @@ def test_index_with_nothing_to_index_names_where_it_looked(tmp_path):
     assert str(tmp_path / "stage_2_train") in message
     assert str(tmp_path / "stage_1_train_images") in message
     assert "2 hold .dcm files (a, b)" in message
+
+
+def test_an_interrupted_header_scan_resumes_where_it_stopped(rsna_root, tmp_path, monkeypatch):
+    """Ctrl-C part-way through indexing: the rerun reads only the files not yet read, and
+    gives the index an uninterrupted scan gives."""
+    root, *_ = rsna_root
+    reference = build_index(root, workers=1, progress=False, use_cache=False)
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(rsna, "_CHUNK", 3)  # 11 files: four chunks
+    calls: list[str] = []
+    original = rsna._read_index_header
+
+    def interrupted(path):
+        if len(calls) == 7:  # inside the third chunk
+            raise KeyboardInterrupt
+        calls.append(path)
+        return original(path)
+
+    monkeypatch.setattr(rsna, "_read_index_header", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(root, cache_dir=cache, workers=1, progress=False)
+    journal = next(cache.glob("rsna_headers_*"))
+    assert len(list(journal.glob("chunk_*.json"))) == 2  # the two finished chunks
+    assert not list(cache.glob("rsna_index_*"))  # no index from a partial scan
+
+    finished = set(calls[:6])  # the files of the two recorded chunks
+    calls.clear()
+    monkeypatch.setattr(rsna, "_read_index_header", lambda p: (calls.append(p), original(p))[1])
+    resumed = build_index(root, cache_dir=cache, workers=1, progress=False)
+    assert len(calls) == 11 - 6  # only the chunks that had not finished
+    assert not finished & set(calls)
+    pd.testing.assert_frame_equal(resumed.table, reference.table)
+    pd.testing.assert_frame_equal(resumed.skipped, reference.skipped)
+    assert resumed.unreadable == reference.unreadable
+    assert not journal.exists()  # the finished index replaces the journal
+
+
+def test_header_journal_round_trips_records_without_identifiers(rsna_root, tmp_path):
+    from hohoho_core.dicom.headers import read_header
+    from hohoho_core.header_journal import record_from_json, record_to_json
+
+    root, *_ = rsna_root
+    path = sorted((root / "stage_2_train").glob("ID_*.dcm"))[0]
+    rec = read_header(path)
+    back = record_from_json(json.loads(json.dumps(record_to_json(rec))))
+    assert back.identifiers == {} and back.metadata == {}
+    for name in ("study_uid", "series_uid", "sop_uid", "position", "orientation",
+                 "pixel_spacing", "instance_number", "rows", "columns", "rescale_slope"):
+        assert getattr(back, name) == getattr(rec, name), name
+    assert "PatientName" not in json.dumps(record_to_json(rec))

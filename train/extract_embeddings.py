@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from hohoho_core.augment import PRESETS, HUAugment
 from hohoho_core.cache import StudyCache
 from hohoho_core.datasets import EmbeddingTable, SliceDataset, save_embeddings
-from hohoho_core.distributed import DistInfo, cleanup
+from hohoho_core.distributed import DistInfo, cleanup, group_joined
 from hohoho_core.models import create_model
 from hohoho_core.preprocess import PreprocessConfig
 from train import common
@@ -126,6 +126,7 @@ def concat_tables(tables: list[EmbeddingTable]) -> EmbeddingTable:
 
 
 def main(args: argparse.Namespace) -> dict[str, str]:
+    own_group = not group_joined()  # a caller's process group (oof_predict) stays up
     dist = common.setup_runtime(args)
     cnn_args, cfg, splits = read_cnn_run(args.cnn_run)
     cache_dir = args.cache_dir or cnn_args.get("cache_dir")
@@ -149,7 +150,8 @@ def main(args: argparse.Namespace) -> dict[str, str]:
                      len(set(table.study.tolist())), path.name)
     if dist.rank == 0:
         common.write_json(out_dir / "args.json", common.args_to_dict(args))
-    cleanup()
+    if own_group:
+        cleanup()
     return written
 
 

@@ -94,6 +94,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lstm-emb-noise", type=float, default=0.1,
                    help="Gaussian noise on training embeddings (relative to their std)")
     p.add_argument("--lstm-weight-decay", type=float, default=1e-4)
+    p.add_argument("--lstm-residual", action=argparse.BooleanOptionalAction, default=False,
+                   help="stage 2 outputs the CNN's logits plus a penalised LSTM correction "
+                        "(train_lstm --residual; docs/ablation.md)")
+    p.add_argument("--lstm-residual-penalty", type=float, default=0.01)
+    p.add_argument("--lstm-label-smoothing", type=float, default=0.0,
+                   help="stage-2 label smoothing (train_lstm --label-smoothing; 0 = off)")
+    p.add_argument("--lstm-z-augment", type=float, default=0.0,
+                   help="probability of each z re-sampling of a training study for stage 2 "
+                        "(train_lstm --z-stride/--z-crop/--z-flip; 0 = off)")
     p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="temperature-scale the CNN and LSTM outputs on validation")
     p.add_argument("--train-copies", type=int, default=1,
@@ -310,8 +319,37 @@ def stage_args(args: argparse.Namespace, work: Path, cache_dir: Path, splits_fil
             "--dropout", str(args.lstm_dropout), "--emb-noise", str(args.lstm_emb_noise),
             "--weight-decay", str(args.lstm_weight_decay),
             "--calibrate" if args.calibrate else "--no-calibrate", "--seed", str(args.seed),
-            "--device", "cpu", *prog, *threads]
+            "--device", "cpu", *prog, *threads, *stage2_options(args)]
     return {"train_cnn": cnn, "extract_embeddings": emb, "train_lstm": lstm}
+
+
+def stage2_options(args: argparse.Namespace) -> list[str]:
+    """The issue-13 stage-2 options for train_lstm, only those switched on (so the command
+    of the plain recipe is unchanged)."""
+    out: list[str] = []
+    if getattr(args, "lstm_residual", False):
+        out += ["--residual", "--residual-penalty", str(args.lstm_residual_penalty)]
+    if getattr(args, "lstm_label_smoothing", 0.0) > 0:
+        out += ["--label-smoothing", str(args.lstm_label_smoothing)]
+    z = getattr(args, "lstm_z_augment", 0.0)
+    if z > 0:
+        out += ["--z-stride", str(z), "--z-crop", str(z), "--z-flip", str(z)]
+    return out
+
+
+def _stage2_text(reg: dict[str, Any]) -> str:
+    """The card's words for the stage-2 options of issue 13 that were switched on."""
+    text = ""
+    if reg.get("residual"):
+        text += ("; residual: the output is the CNN's logits (per-class scale and bias) plus "
+                 "the LSTM's correction, which starts at zero and is penalised "
+                 f"({reg.get('residual_penalty', 0):g} x its mean square)")
+    if reg.get("label_smoothing"):
+        text += f"; label smoothing {reg['label_smoothing']:g}"
+    if reg.get("z_augment"):
+        text += (f"; training studies re-sampled along z (probability {reg['z_augment']:g} "
+                 "each: every second slice, a 50-100 % run, reversed order)")
+    return text
 
 
 def check_folder(folder: Path, root: Path, index_cache: Path) -> dict[str, Any]:
@@ -483,7 +521,8 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         + _MODE_TEXT[info.get("mode", "stacked")]
         + ", asymmetric loss (gamma_neg 4, gamma_pos 1, clip 0.05).",
         "- Stage 2: bidirectional 2-layer LSTM (hidden 128) over each study's 512-d slice "
-        "embeddings plus the stage-1 logits, BCE.",
+        "embeddings plus the stage-1 logits, BCE"
+        + _stage2_text(info.get("lstm_regularisation", {})) + ".",
         "- Weights: `model.safetensors` (float16) + `config.json` (preprocessing, thresholds, "
         "all training arguments).",
         "",
@@ -674,7 +713,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "data": data, "stats": stats, "metrics": result["metrics"], "shipped_test": shipped,
         "plain_test": plain, "mode": args.mode, "randomise": args.randomise,
         "lstm_regularisation": {"dropout": args.lstm_dropout, "emb_noise": args.lstm_emb_noise,
-                                "weight_decay": args.lstm_weight_decay},
+                                "weight_decay": args.lstm_weight_decay,
+                                "residual": args.lstm_residual,
+                                "residual_penalty": args.lstm_residual_penalty,
+                                "z_augment": args.lstm_z_augment,
+                                "label_smoothing": args.lstm_label_smoothing},
         "calibrate": args.calibrate,
         "foreign": foreign,
         "times": times, "machine": common.machine_description(),

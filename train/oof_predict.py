@@ -5,6 +5,14 @@ model that trained on it.
         --out oof.csv --run-dir runs/oof
     python -m hohoho_core audit --data data/rsna --probs oof.csv --out flags.csv
 
+At RSNA scale, point ``--cache-dir`` at the training cache (same ``--size``: nothing is
+decoded again), prepare once, then run one fold per call (``--fold K``; each call may itself
+run under ``torchrun``, one fold on N GPUs), in any order or in parallel; the call that
+finishes the last missing fold merges them all into ``--out``::
+
+    python -m train.oof_predict ... --prepare-only
+    torchrun --standalone --nproc_per_node 4 -m train.oof_predict ... --fold 0
+
 The studies are split into ``--folds`` groups by patient (by study where the index has no
 patient column; the synthetic generator writes one study per patient), stratified by whether a
 study has a bleed. For each fold a stage-1 CNN is trained by ``train_cnn.py`` (same loop, loss,
@@ -20,8 +28,11 @@ Writes:
   ``ID,Label`` with IDs ``ID_<hex>_<class>`` (read by ``hohoho_core.audit.read_probs_csv``);
 - ``<out stem>.folds.csv``: ``image_id, study_key, fold`` (the fold whose model predicted it);
 - ``--run-dir/fold_<f>/``: ``train_cnn.py``'s run folder (``splits.json`` lists the studies
-  the fold's model trained on) and ``--run-dir/oof_result.json`` (settings, folds, metrics of
-  the out-of-fold probabilities against the given labels).
+  the fold's model trained on), ``heldout.csv`` (the fold's held-out probabilities) and
+  ``fold_result.json``; ``--run-dir/folds.json`` (the fold of every study and the settings
+  every call must share: a call with other settings is refused) and
+  ``--run-dir/oof_result.json`` (settings, folds, metrics of the out-of-fold probabilities
+  against the given labels).
 
 By default the probabilities are the stage-1 CNN's (``"stage": "cnn"`` in the result JSON).
 With ``--stage2`` each fold also gets the stage-2 LSTM over its slice embeddings (trained on
@@ -42,13 +53,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from hohoho_core.augment import PRESETS
 from hohoho_core.cache import StudyCache
 from hohoho_core.csvsafe import safe_frame
 from hohoho_core.datasets import SliceDataset, split_by_study
-from hohoho_core.distributed import DistInfo
+from hohoho_core.distributed import DistInfo, barrier, cleanup, group_joined
 from hohoho_core.evaluate import score
 from hohoho_core.labels import CLASSES
 from hohoho_core.losses import LOSS_NAMES
@@ -73,8 +84,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("oof.csv"), help="probabilities CSV")
     p.add_argument("--run-dir", type=Path, default=Path("runs/oof"), help="per-fold runs")
     p.add_argument("--cache-dir", type=Path, default=None,
-                   help="preprocessed study cache (default <run-dir>/cache); one built "
+                   help="preprocessed study cache (default <run-dir>/cache); give the "
+                        "training run's cache (same --size) to reuse it; one built "
                         "with other labels is refused (it would keep the old ones)")
+    p.add_argument("--fold", type=int, action="append", default=None,
+                   help="run only this fold (repeatable; default: every fold); the call "
+                        "that completes the last missing fold writes --out")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="index, cache and assign folds, then stop: run once before "
+                        "--fold calls that run in parallel")
     g = p.add_argument_group("stage-1 training (passed to train_cnn.py)")
     g.add_argument("--size", type=int, default=128, help="model input size (px)")
     g.add_argument("--mode", choices=MODES, default="stacked")
@@ -175,14 +193,22 @@ def base_train_args(args: argparse.Namespace, cache_dir: Path) -> list[str]:
     return cmd + shlex.split(args.train_args)
 
 
-def prepare(args: argparse.Namespace, cache_dir: Path
-            ) -> tuple[StudyCache, pd.DataFrame, PreprocessConfig]:
-    """Index ``--data`` and fill the cache; returns (cache, study table, preprocessing)."""
-    cnn_args = train_cnn.get_args_parser().parse_args(
+def _cnn_args(args: argparse.Namespace, cache_dir: Path) -> argparse.Namespace:
+    """``train_cnn.py``'s arguments for indexing and caching ``--data``."""
+    return train_cnn.get_args_parser().parse_args(
         [*base_train_args(args, cache_dir), "--data-root", str(args.data),
          "--output-dir", str(args.run_dir)]
         + (["--labels", str(args.labels)] if args.labels is not None else [])
     )
+
+
+def prepare(args: argparse.Namespace, cache_dir: Path
+            ) -> tuple[StudyCache, pd.DataFrame, PreprocessConfig]:
+    """Index ``--data`` and fill the cache; returns (cache, study table, preprocessing).
+
+    A cache that already holds the studies (the training run's, same ``--size``) is reused
+    as it is: the index and the cache are idempotent."""
+    cnn_args = _cnn_args(args, cache_dir)
     cache, studies = common.build_data(cnn_args, progress=args.progress)
     cached = set(cache.keys())
     missing = int((~studies["key"].isin(cached)).sum())
@@ -195,6 +221,91 @@ def prepare(args: argparse.Namespace, cache_dir: Path
         raise SystemExit(f"{stale} cached studies hold labels that differ from {labels_csv.name}: "
                          f"the cache keeps the labels it was built with; use a fresh --cache-dir")
     return cache, studies, common.preprocess_config(cnn_args)
+
+
+# --- the run folder: one fold assignment, one set of settings, one part per fold -----
+
+FOLDS_FILE = "folds.json"
+#: Arguments every call on one run folder must share (the rest are runtime choices).
+SHARED_SETTINGS: tuple[str, ...] = (
+    "data", "labels", "folds", "seed", "cache_dir", "size", "mode", "arch", "epochs",
+    "batch_size", "lr", "loss", "positive_fraction", "augment", "train_args", "stage2",
+    "lstm_epochs", "lstm_args",
+)
+
+
+def shared_settings(args: argparse.Namespace, cache_dir: Path) -> dict[str, Any]:
+    """The settings of ``args`` that decide the folds' results (paths absolute)."""
+    d = common.args_to_dict(args)
+    out = {k: d.get(k) for k in SHARED_SETTINGS}
+    out["cache_dir"] = str(Path(cache_dir).resolve())
+    return out
+
+
+def write_assignment(run_dir: Path, assigned: pd.DataFrame, settings: dict[str, Any]) -> None:
+    cols = ["key", "study_uid", "patient", "positive", "group", "fold"]
+    rows = assigned[cols].astype({"positive": int, "fold": int}).to_dict(orient="records")
+    common.write_json(run_dir / FOLDS_FILE, {"settings": settings, "studies": rows})
+
+
+def read_assignment(run_dir: Path) -> tuple[dict[str, Any], pd.DataFrame] | None:
+    """(settings, fold table) of a run folder, or None before its first call."""
+    import json
+
+    path = run_dir / FOLDS_FILE
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text(encoding="utf-8"))
+    table = pd.DataFrame(d["studies"], columns=["key", "study_uid", "patient", "positive",
+                                                "group", "fold"])
+    return d["settings"], table.astype({"key": str, "patient": str, "group": str})
+
+
+def check_same_run(run_dir: Path, settings: dict[str, Any], assigned: pd.DataFrame) -> None:
+    """Refuse a call whose settings or fold assignment differ from the run folder's: its
+    folds would be mixed with folds of another experiment (or of other data)."""
+    stored = read_assignment(run_dir)
+    if stored is None:
+        return
+    old, table = stored
+    differ = sorted(k for k in SHARED_SETTINGS if old.get(k) != settings.get(k))
+    if differ:
+        raise SystemExit(f"{run_dir} holds folds made with other settings "
+                         f"({', '.join('--' + k.replace('_', '-') for k in differ)}): "
+                         f"use the same settings or a new --run-dir")
+    same = (table[["key", "fold"]].reset_index(drop=True)
+            .equals(assigned[["key", "fold"]].astype({"fold": int}).reset_index(drop=True)))
+    if not same:
+        raise SystemExit(f"the studies of --data no longer match the fold assignment in "
+                         f"{run_dir / FOLDS_FILE}: use a new --run-dir")
+
+
+def part_path(run_dir: Path, fold: int) -> Path:
+    """One fold's held-out probabilities (written when the fold finishes)."""
+    return Path(run_dir) / f"fold_{fold}" / "heldout.csv"
+
+
+def write_part(path: Path, image_ids: Sequence[str], keys: Sequence[str], cnn: np.ndarray,
+               lstm: np.ndarray | None) -> None:
+    """``image_id, study_key, cnn_<class>..., [lstm_<class>...]``, written atomically."""
+    from hohoho_core.atomic import atomic_path
+
+    frame = pd.DataFrame({"image_id": list(image_ids), "study_key": list(keys)})
+    for j, c in enumerate(CLASSES):
+        frame[f"cnn_{c}"] = cnn[:, j]
+    if lstm is not None:
+        for j, c in enumerate(CLASSES):
+            frame[f"lstm_{c}"] = lstm[:, j]
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.9g")
+
+
+def read_part(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray | None]:
+    frame = pd.read_csv(path, dtype={"image_id": str, "study_key": str})
+    cnn = frame[[f"cnn_{c}" for c in CLASSES]].to_numpy(np.float64)
+    lcols = [f"lstm_{c}" for c in CLASSES]
+    lstm = frame[lcols].to_numpy(np.float64) if set(lcols) <= set(frame.columns) else None
+    return frame["image_id"].tolist(), frame["study_key"].tolist(), cnn, lstm
 
 
 def stale_label_studies(cache: StudyCache, keys: Sequence[str], labels_csv: Path) -> int:
@@ -218,12 +329,15 @@ def stale_label_studies(cache: StudyCache, keys: Sequence[str], labels_csv: Path
 
 
 def train_fold(args: argparse.Namespace, fold: int, splits: dict[str, list[str]],
-               cache_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Train one fold's CNN with ``train_cnn.main``; returns (run folder, its result)."""
+               cache_dir: Path, dist: DistInfo) -> tuple[Path, dict[str, Any]]:
+    """Train one fold's CNN with ``train_cnn.main`` (on every rank under torchrun); returns
+    (run folder, its result)."""
     fold_dir = Path(args.run_dir) / f"fold_{fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
     split_file = fold_dir / "fold_splits.json"
-    common.write_json(split_file, splits)
+    if dist.rank == 0:
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        common.write_json(split_file, splits)
+    barrier()
     cnn_args = train_cnn.get_args_parser().parse_args(
         [*base_train_args(args, cache_dir), "--splits", str(split_file),
          "--seed", str(args.seed + fold), "--output-dir", str(fold_dir), "--overwrite"]
@@ -236,7 +350,8 @@ def predict_fold(
     fold_dir: Path, arch: str, cache: StudyCache, keys: Sequence[str], cfg: PreprocessConfig,
     args: argparse.Namespace, dist: DistInfo,
 ) -> tuple[list[str], list[str], np.ndarray]:
-    """The fold's last-epoch CNN on its held-out studies, every slice (labelled or not).
+    """The fold's last-epoch CNN on its held-out studies, every slice (labelled or not),
+    sharded across ranks under torchrun and gathered.
 
     Returns (image_ids, study keys, probabilities ``(N, 6)``), rows in dataset order.
     """
@@ -245,7 +360,10 @@ def predict_fold(
     mformat = common.memory_format(args, dist.device)
     model = model.to(dist.device).to(memory_format=mformat)
     ds = SliceDataset(cache, keys, cfg, output="input", labeled_only=False)
-    loader = DataLoader(ds, args.batch_size * 2, shuffle=False, num_workers=args.workers)
+    sampler = (DistributedSampler(ds, dist.world_size, dist.rank, shuffle=False)
+               if dist.distributed else None)
+    loader = DataLoader(ds, args.batch_size * 2, shuffle=False, sampler=sampler,
+                        num_workers=args.workers)
     out = common.infer_slices(model, loader, dist.device, common.use_amp(args, dist.device),
                               mformat, dist, progress=args.progress, desc="held-out")
     idx = out["index"]
@@ -257,11 +375,12 @@ def predict_fold(
 
 
 def lstm_fold(fold_dir: Path, args: argparse.Namespace, dist: DistInfo
-              ) -> tuple[list[str], np.ndarray]:
+              ) -> tuple[list[str], np.ndarray] | None:
     """Stage 2 for one fold: embeddings of its train and held-out studies from the fold's
-    last-epoch CNN (``extract_embeddings.py``), an LSTM trained on the train studies for
-    ``--lstm-epochs`` (``train_lstm.py``'s epoch; no selection on the held-out fold), then
-    its probabilities on the held-out studies. Returns (image_ids, ``(N, 6)``)."""
+    last-epoch CNN (``extract_embeddings.py``, sharded under torchrun), an LSTM trained on
+    the train studies for ``--lstm-epochs`` (``train_lstm.py``'s epoch; no selection on the
+    held-out fold; small, so rank 0 alone), then its probabilities on the held-out studies.
+    Returns (image_ids, ``(N, 6)``) on rank 0, None on the other ranks."""
     emb_dir = fold_dir / "emb"
     common_rt = ["--device", args.device, "--seed", str(args.seed)]
     if args.threads is not None:
@@ -272,6 +391,9 @@ def lstm_fold(fold_dir: Path, args: argparse.Namespace, dist: DistInfo
          "--splits", "train", "val", "--output-dir", str(emb_dir),
          "--batch-size", str(args.batch_size * 2), "--amp" if args.amp else "--no-amp",
          *common_rt, *prog]))
+    barrier()  # rank 0 wrote the embeddings
+    if dist.rank != 0:
+        return None
     largs = train_lstm.get_args_parser().parse_args(
         ["--cnn-run", str(fold_dir), "--embeddings", str(emb_dir),
          "--output-dir", str(fold_dir / "lstm"), "--epochs", str(args.lstm_epochs),
@@ -326,56 +448,56 @@ def cnn_path(out: Path) -> Path:
 def run_fold(
     args: argparse.Namespace, fold: int, assigned: pd.DataFrame, cache: StudyCache,
     cfg: PreprocessConfig, cache_dir: Path, dist: DistInfo,
-) -> tuple[list[str], list[str], np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-    """Train on the other folds, predict this one. Returns (image_ids, study keys, CNN
-    probabilities ``(N, 6)``, LSTM probabilities by image id (empty without --stage2),
-    a summary for the result JSON)."""
+) -> dict[str, Any]:
+    """Train on the other folds, predict this one; rank 0 writes the fold's part
+    (`part_path`) and ``fold_result.json``. Returns the fold's summary."""
     t0 = time.perf_counter()
     splits = fold_splits(assigned, fold)
     log.info("fold %d/%d: train on %d studies, predict %d", fold + 1, args.folds,
              len(splits["train"]), len(splits["val"]))
-    fold_dir, result = train_fold(args, fold, splits, cache_dir)
-    common.setup_logging(True)  # train_cnn.main resets handlers; keep ours
+    fold_dir, result = train_fold(args, fold, splits, cache_dir, dist)
+    common.setup_logging(dist.rank == 0)  # train_cnn.main resets handlers; keep ours
     ids, keys, prob = predict_fold(fold_dir, args.arch, cache, splits["val"], cfg, args, dist)
-    lstm: dict[str, np.ndarray] = {}
+    lstm = None
     if args.stage2:
-        lstm_ids, lstm_prob = lstm_fold(fold_dir, args, dist)
-        common.setup_logging(True)
-        if set(lstm_ids) != set(ids):
-            raise RuntimeError("stage 2 did not predict the same held-out slices")
-        lstm = dict(zip(lstm_ids, lstm_prob, strict=True))
+        got = lstm_fold(fold_dir, args, dist)
+        common.setup_logging(dist.rank == 0)
+        if got is not None:
+            lstm_ids, lstm_prob = got
+            if set(lstm_ids) != set(ids):
+                raise RuntimeError("stage 2 did not predict the same held-out slices")
+            by_id = dict(zip(lstm_ids, lstm_prob, strict=True))
+            lstm = np.stack([by_id[i] for i in ids]) if ids else np.zeros((0, len(CLASSES)))
     info = {"fold": fold, "train_studies": len(splits["train"]),
             "heldout_studies": len(splits["val"]), "heldout_slices": len(ids),
             "last_epoch_weights": str(fold_dir / "checkpoint.safetensors"),
             "logged_val_f2_best_epoch": result.get("best", {}).get("val_f2"),
-            "seconds": time.perf_counter() - t0}
-    return ids, keys, prob, lstm, info
+            "processes": dist.world_size, "seconds": time.perf_counter() - t0}
+    if dist.rank == 0:
+        write_part(part_path(args.run_dir, fold), ids, keys, prob, lstm)
+        common.write_json(fold_dir / "fold_result.json", info)
+    barrier()
+    return info
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    dist = common.setup_runtime(args)
-    if dist.distributed:
-        raise SystemExit("oof_predict.py runs in one process (folds run one after another)")
-    t_start = time.perf_counter()
-    run_dir = Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(args.cache_dir) if args.cache_dir is not None else run_dir / "cache"
-    common.write_json(run_dir / "oof_args.json", common.args_to_dict(args))
-    cache, studies, cfg = prepare(args, cache_dir)
-    try:
-        assigned = assign_folds(studies, args.folds, args.seed)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from exc
-    ids_all, keys_all, folds_all, probs, fold_info = [], [], [], [], []
-    lstm_probs: dict[str, np.ndarray] = {}
+def merge_folds(args: argparse.Namespace, assigned: pd.DataFrame, cache: StudyCache,
+                t_start: float) -> dict[str, Any]:
+    """Every fold's part -> ``--out`` (+ sidecars) and ``oof_result.json``."""
+    import json
+
+    ids_all, keys_all, folds_all, probs, lstms, fold_info = [], [], [], [], [], []
     for fold in range(args.folds):
-        ids, keys, prob, lstm, info = run_fold(args, fold, assigned, cache, cfg, cache_dir, dist)
+        ids, keys, prob, lstm = read_part(part_path(args.run_dir, fold))
+        if args.stage2 and lstm is None:
+            raise SystemExit(f"fold {fold} has no stage-2 probabilities: run it again "
+                             f"with --stage2 (--fold {fold})")
         ids_all += ids
         keys_all += keys
         folds_all += [fold] * len(ids)
         probs.append(prob)
-        lstm_probs.update(lstm)
-        fold_info.append(info)
+        lstms.append(lstm)
+        info_path = part_path(args.run_dir, fold).with_name("fold_result.json")
+        fold_info.append(json.loads(info_path.read_text(encoding="utf-8")))
     prob = np.concatenate(probs) if probs else np.zeros((0, len(CLASSES)))
     if len(set(ids_all)) != len(ids_all):
         raise RuntimeError("an image was predicted by more than one fold")
@@ -383,7 +505,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.stage2:
         stage = "cnn+lstm"
         write_probs_csv(cnn_path(args.out), ids_all, prob)
-        prob = np.stack([lstm_probs[i] for i in ids_all])
+        prob = np.concatenate(lstms)
     write_probs_csv(args.out, ids_all, prob)
     # study keys are UIDs from the files: safe_frame keeps them from opening as formulas
     safe_frame(pd.DataFrame({"image_id": ids_all, "study_key": keys_all, "fold": folds_all})
@@ -397,11 +519,60 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         else "study", "studies": len(assigned), "images": len(ids_all),
         "per_fold": fold_info, "metrics_vs_given_labels": _oof_metrics(cache, assigned,
                                                                        ids_all, prob),
-        "seconds": time.perf_counter() - t_start, "machine": common.machine_description(),
+        "seconds_this_call": time.perf_counter() - t_start,
+        "fold_seconds": float(sum(f["seconds"] for f in fold_info)),
+        "machine": common.machine_description(),
     }
-    common.write_json(run_dir / "oof_result.json", result)
-    log.info("out-of-fold probabilities for %d images of %d studies -> %s (%.1f min)",
-             len(ids_all), len(assigned), args.out, result["seconds"] / 60)
+    common.write_json(Path(args.run_dir) / "oof_result.json", result)
+    log.info("out-of-fold probabilities for %d images of %d studies -> %s", len(ids_all),
+             len(assigned), args.out)
+    return result
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    own_group = not group_joined()
+    dist = common.setup_runtime(args)
+    t_start = time.perf_counter()
+    run_dir = Path(args.run_dir)
+    cache_dir = Path(args.cache_dir) if args.cache_dir is not None else run_dir / "cache"
+    folds = sorted(set(args.fold)) if args.fold else list(range(args.folds))
+    bad = [f for f in folds if not 0 <= f < args.folds]
+    if bad:
+        raise SystemExit(f"--fold {bad[0]} is not in 0..{args.folds - 1}")
+    settings = shared_settings(args, cache_dir)
+    if dist.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cache, studies, cfg = prepare(args, cache_dir)
+        try:
+            assigned = assign_folds(studies, args.folds, args.seed)
+        except ValueError as exc:
+            raise SystemExit(str(exc)) from exc
+        check_same_run(run_dir, settings, assigned)
+        write_assignment(run_dir, assigned, settings)
+        common.write_json(run_dir / "oof_args.json", common.args_to_dict(args))
+    barrier()
+    if dist.rank != 0:  # rank 0 indexed and cached; the others read what it wrote
+        cache = StudyCache(cache_dir / "studies")
+        cfg = common.preprocess_config(_cnn_args(args, cache_dir))
+        assigned = read_assignment(run_dir)[1]
+    result: dict[str, Any] = {"prepared": len(assigned)}
+    if not args.prepare_only:
+        for fold in folds:
+            run_fold(args, fold, assigned, cache, cfg, cache_dir, dist)
+        if dist.rank == 0:
+            left = [f for f in range(args.folds) if not part_path(run_dir, f).is_file()]
+            if left:
+                log.info("folds %s done; still to run: %s (then --out is written)",
+                         folds, " ".join(f"--fold {f}" for f in left))
+                result = {"done_folds": folds, "missing_folds": left}
+            else:
+                result = merge_folds(args, assigned, cache, t_start)
+    else:
+        log.info("prepared %d studies in %d folds: run each with --fold K", len(assigned),
+                 args.folds)
+    barrier()
+    if own_group:
+        cleanup()
     return result
 
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from hohoho_core.augment import PRESETS, AugmentConfig, HUAugment, to_model_input
 from hohoho_core.datasets import SliceDataset, WeightedSliceSampler, slice_weights
-from hohoho_core.distributed import DistInfo, barrier, cleanup
+from hohoho_core.distributed import DistInfo, barrier, cleanup, group_joined
 from hohoho_core.evaluate import score
 from hohoho_core.losses import LOSS_NAMES, any_weights, build_loss
 from hohoho_core.metrics import search_thresholds
@@ -220,6 +220,8 @@ def _resume_stem(path: Path) -> Path:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    # called by another script (oof_predict under torchrun): its process group stays up
+    own_group = not group_joined()
     restored = [] if args.resume is None else common.restore_resume_args(
         args, get_args_parser(), common.read_checkpoint_state(_resume_stem(args.resume))["args"])
     dist = common.setup_runtime(args)
@@ -238,7 +240,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if main_proc:
             log.info("prepared: %s", ", ".join(f"{k} {len(v)} studies"
                                                for k, v in data.splits.items()))
-        cleanup()
+        if own_group:
+            cleanup()
         return {"splits": {k: len(v) for k, v in data.splits.items()}}
     train_loader, val_loader, train_ds = build_loaders(args, data, dist)
 
@@ -293,7 +296,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if main_proc:
         common.write_json(run_dir / "result.json", result)
         csv_log.close()
-    cleanup()
+    if own_group:
+        cleanup()
     return result
 
 

@@ -8,6 +8,14 @@ Reads ``emb_{train,val,test}.npz`` from ``extract_embeddings.py``. Studies are p
 longest in a batch and masked, so padding never counts in the BCE. Per-class thresholds for
 the LSTM and for the CNN alone are chosen on the validation split, never on test; test
 metrics are measured once at the end. The LSTM is tiny, so this script runs in one process.
+
+For data from another source (issue 13) the sequence model has three guards, each a flag:
+``--residual`` (the output is the CNN's logits, scaled per class, plus an LSTM correction
+that starts at zero and is penalised by ``--residual-penalty``), sequence augmentation of
+the training studies along z (``--z-stride``, ``--z-crop``, ``--z-flip``, ``--slice-drop``:
+other slice spacing, coverage and order), and ``--label-smoothing`` / ``--patience``
+(early stopping on validation F2). docs/ablation.md, "Stage-2 sequence model that
+transfers", measures them.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from hohoho_core.calibration import apply_temperature, fit_temperature, logit
 from hohoho_core.datasets import (
@@ -61,6 +69,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="feed the stage-1 logits too")
     g.add_argument("--use-diffs", action=argparse.BooleanOptionalAction, default=False,
                    help="feed emb - previous and emb - next too")
+    g.add_argument("--use-embeddings", action=argparse.BooleanOptionalAction, default=True,
+                   help="feed the slice embeddings (--no-use-embeddings: the stage-1 logits "
+                        "only, a sequence model of the CNN's scores)")
+    g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=False,
+                   help="output = CNN logits (per-class scale and bias) + an LSTM correction "
+                        "that starts at zero (needs --use-logits)")
+    g.add_argument("--residual-penalty", type=float, default=0.01,
+                   help="weight of the mean squared residual correction in the loss")
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=30)
     g.add_argument("--batch-size", type=int, default=8, help="studies per batch")
@@ -69,6 +85,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--any-weight", type=float, default=1.0)
     g.add_argument("--emb-noise", type=float, default=0.0,
                    help="Gaussian noise on train embeddings, relative to their std")
+    g.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="targets y (1 - e) + e / 2: caps the confidence the BCE asks for")
+    g.add_argument("--patience", type=int, default=0,
+                   help="stop after this many epochs without a better validation F2 (0: off)")
+    g = p.add_argument_group("sequence augmentation (training studies, drawn per study)")
+    g.add_argument("--z-stride", type=float, default=0.0,
+                   help="probability of keeping every second slice (random phase): twice "
+                        "the slice spacing")
+    g.add_argument("--z-crop", type=float, default=0.0,
+                   help="probability of keeping a random run of 50-100 %% of the slices")
+    g.add_argument("--z-flip", type=float, default=0.0,
+                   help="probability of reversing the slice order")
+    g.add_argument("--slice-drop", type=float, default=0.0,
+                   help="probability of dropping each slice (at least 2 kept)")
     g.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
                    help="fit one temperature per class (CNN and LSTM outputs) on validation "
                         "and tune the thresholds on the calibrated probabilities")
@@ -89,7 +119,9 @@ def build_loaders(args: argparse.Namespace) -> tuple[dict[str, EmbeddingTable], 
                 continue  # a run without a test split still trains
             raise SystemExit(f"missing {path}: run extract_embeddings.py first")
         tables[name] = load_embeddings(path)
-        ds = EmbeddingSequenceDataset(tables[name])
+        ds: Any = EmbeddingSequenceDataset(tables[name])
+        if name == "train" and z_augmenting(args):
+            ds = ZAugmented(ds, args, np.random.default_rng(args.seed))
         g = torch.Generator().manual_seed(args.seed)
         loaders[name] = DataLoader(ds, args.batch_size if name == "train" else 32,
                                    shuffle=name == "train", generator=g,
@@ -97,9 +129,61 @@ def build_loaders(args: argparse.Namespace) -> tuple[dict[str, EmbeddingTable], 
     return tables, loaders
 
 
+def z_augmenting(args: argparse.Namespace) -> bool:
+    return any(getattr(args, k, 0.0) > 0 for k in ("z_stride", "z_crop", "z_flip", "slice_drop"))
+
+
+def z_augment_rows(n: int, rng: np.random.Generator, stride: float = 0.0, crop: float = 0.0,
+                   flip: float = 0.0, drop: float = 0.0) -> np.ndarray:
+    """Positions (into a study of ``n`` slices) of one augmented view of it, in the order the
+    sequence model reads them: a random run (``crop``), every second slice (``stride``),
+    independent slice drop-out (``drop``), reversed (``flip``); each an independent draw.
+    At least two slices (or all, when fewer) are kept."""
+    idx = np.arange(n)
+    if n >= 4 and rng.random() < crop:
+        keep = int(rng.integers((n + 1) // 2, n + 1))
+        start = int(rng.integers(0, n - keep + 1))
+        idx = idx[start:start + keep]
+    if len(idx) >= 4 and rng.random() < stride:
+        idx = idx[int(rng.integers(0, 2))::2]
+    if drop > 0 and len(idx) > 2:
+        kept = idx[rng.random(len(idx)) >= drop]
+        idx = kept if len(kept) >= 2 else idx[np.sort(rng.choice(len(idx), 2, replace=False))]
+    if rng.random() < flip:
+        idx = idx[::-1]
+    return idx
+
+
+class ZAugmented(Dataset):
+    """An `EmbeddingSequenceDataset` whose studies are re-sampled along z on every read
+    (`z_augment_rows`); the slices' labels travel with them."""
+
+    def __init__(self, base: EmbeddingSequenceDataset, args: argparse.Namespace,
+                 rng: np.random.Generator) -> None:
+        self.base, self.rng = base, rng
+        self.p = {"stride": args.z_stride, "crop": args.z_crop, "flip": args.z_flip,
+                  "drop": args.slice_drop}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.base[i]
+        idx = torch.from_numpy(np.ascontiguousarray(
+            z_augment_rows(int(item["emb"].shape[0]), self.rng, **self.p)))
+        return {**{k: item[k][idx] for k in ("emb", "logits", "labels", "rows")},
+                "key": item["key"]}
+
+
 def lstm_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"hidden": args.hidden, "layers": args.layers, "bidirectional": args.bidirectional,
-            "dropout": args.dropout, "use_logits": args.use_logits, "use_diffs": args.use_diffs}
+    kw = {"hidden": args.hidden, "layers": args.layers, "bidirectional": args.bidirectional,
+          "dropout": args.dropout, "use_logits": args.use_logits, "use_diffs": args.use_diffs}
+    # Only when set, so configs of the plain recipe keep their old layout.
+    if getattr(args, "residual", False):
+        kw["residual"] = True
+    if not getattr(args, "use_embeddings", True):
+        kw["use_embeddings"] = False
+    return kw
 
 
 def train_one_epoch(model: SequenceModel, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -112,11 +196,18 @@ def train_one_epoch(model: SequenceModel, loader: DataLoader, optimizer: torch.o
         labels = b["labels"].to(device)
         if args.emb_noise > 0:
             emb = emb + torch.randn(emb.shape, generator=g).to(device) * args.emb_noise * emb_std
-        out = model(emb, mask, b["logits"].to(device) if args.use_logits else None)
+        base, seq = model.parts(emb, mask, b["logits"].to(device) if args.use_logits else None)
+        out = seq if base is None else base + seq
         known = mask & (labels >= 0).all(-1)
         if not bool(known.any()):
             continue
-        loss = masked_bce(out, labels.clamp(min=0), known, any_weight=args.any_weight)
+        target = labels.clamp(min=0)
+        if args.label_smoothing > 0:
+            target = target * (1 - args.label_smoothing) + args.label_smoothing / 2
+        loss = masked_bce(out, target, known, any_weight=args.any_weight)
+        if base is not None and args.residual_penalty > 0:
+            # Small corrections unless the sequence evidence pays for them.
+            loss = loss + args.residual_penalty * seq[known].pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -216,6 +307,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     csv_log = common.CsvLog(out_dir / "log.csv")
     best: tuple[float, float] = (-1.0, float("inf"))
     best_state = copy.deepcopy(model.state_dict())
+    since_best = 0
     for epoch in range(args.epochs):
         loss = train_one_epoch(model, loaders["train"], optimizer, args, device, emb_std, g)
         sched.step()
@@ -229,6 +321,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if key > (best[0], -best[1]):
             best = (key[0], row["val_log_loss"])
             best_state = copy.deepcopy(model.state_dict())
+            since_best = 0
+        else:
+            since_best += 1
+            if args.patience > 0 and since_best >= args.patience:
+                log.info("no better validation F2 for %d epochs: stopping", since_best)
+                break
     csv_log.close()
     model.load_state_dict(best_state)
     lstm_prob = {k: predict(model, loaders[k], len(t.study), args.use_logits, device)

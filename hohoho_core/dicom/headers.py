@@ -54,6 +54,10 @@ _CT_SOP_CLASSES = frozenset(
 #: Secondary capture SOP classes: screenshots and exports, never raw CT grey levels.
 _SC_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _GREY = frozenset({"MONOCHROME1", "MONOCHROME2"})
+#: Structured report SOP classes (Basic/Enhanced/Comprehensive/3D SR, key objects, CAD SR).
+_SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+#: Modalities of objects that are never images: reports, key objects, presentation states.
+_NON_IMAGE_MODALITIES = frozenset({"SR", "KO", "PR", "DOC"})
 _IDENTIFIER_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate")
 _METADATA_KEYWORDS = (
     "Manufacturer",
@@ -617,6 +621,12 @@ def classify(rec: HeaderRecord, bounds: ReadBounds = DEFAULT_BOUNDS) -> SkippedF
     if rec.truncated:
         return SkippedFile(rec.source, SkipReason.UNREADABLE, "truncated: the file ends early")
     is_ct_class = rec.sop_class_uid in _CT_SOP_CLASSES
+    if rec.modality in _NON_IMAGE_MODALITIES or rec.sop_class_uid.startswith(_SR_PREFIX):
+        # Our own structured reports (hohoho_core.sr) come back with a PACS study: never
+        # a slice, whatever else they hold.
+        return SkippedFile(
+            rec.source, SkipReason.NOT_IMAGE, f"{rec.modality or 'SR'} object, not an image"
+        )
     if not rec.has_pixels:
         if is_ct_class or not (rec.study_uid or rec.series_uid):
             return SkippedFile(

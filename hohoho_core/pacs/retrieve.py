@@ -1,0 +1,131 @@
+"""WADO-RS: a study's instances, bounded, as `Upload` objects for the ordinary reader.
+
+Retrieved instances become in-memory uploads, so they go through the same header
+checks, bounds, slice order and load report as files a user uploads
+(`hohoho_core.dicom.scan_source`). Two bounds are checked while retrieving, before the
+reader sees anything: the number of instances (first from the study's QIDO-RS count,
+then while they arrive, since a server may miscount) and their total bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+
+import pydicom
+
+from hohoho_core.dicom import ReadBounds, SourceScan, Upload, scan_source
+from hohoho_core.dicom.bounds import DEFAULT_MAX_SLICES
+from hohoho_core.dicom.sources import DEFAULT_MAX_TOTAL_UPLOAD_BYTES
+from hohoho_core.pacs._http import calling, make_client
+from hohoho_core.pacs.search import StudyQuery, search_studies
+from hohoho_core.pacs.server import DicomwebServer, PacsError
+
+__all__ = [
+    "DEFAULT_MAX_INSTANCES",
+    "DEFAULT_MAX_STUDY_BYTES",
+    "RetrieveLimits",
+    "retrieve_study",
+    "scan_pacs_study",
+]
+
+#: Instances one study may have: the reader's slice bound (SR, SC and other objects count).
+DEFAULT_MAX_INSTANCES = DEFAULT_MAX_SLICES
+#: Bytes one retrieved study may take, the bound on all uploads together.
+DEFAULT_MAX_STUDY_BYTES = DEFAULT_MAX_TOTAL_UPLOAD_BYTES
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+@dataclass(frozen=True)
+class RetrieveLimits:
+    """What one retrieval may bring: instances and total bytes."""
+
+    max_instances: int = DEFAULT_MAX_INSTANCES
+    max_bytes: int = DEFAULT_MAX_STUDY_BYTES
+
+    def __post_init__(self) -> None:
+        if self.max_instances < 1 or self.max_bytes < 1:
+            raise ValueError("retrieve limits must be positive")
+
+
+def _part10(ds: pydicom.Dataset) -> bytes:
+    """The instance as a Part-10 file, as an upload would hold it."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _upload_name(ds: pydicom.Dataset, k: int) -> str:
+    # The SOP Instance UID names the file in the load report (it identifies no patient);
+    # it is also the slice's image id, so the structured report can reference it.
+    sop = str(ds.get("SOPInstanceUID", "") or "")
+    return f"{sop}.dcm" if _UID.fullmatch(sop) and len(sop) <= 64 else f"instance_{k:05d}.dcm"
+
+
+def retrieve_study(
+    server: DicomwebServer, study_uid: str, limits: RetrieveLimits | None = None
+) -> list[Upload]:
+    """Every instance of one study, as uploads in the order the server sent them.
+
+    Raises:
+        PacsError: no such study, more instances or bytes than ``limits``, or the server
+            failed (down, refused, timed out, sent something that is not DICOM).
+    """
+    limits = limits or RetrieveLimits()
+    if not _UID.fullmatch(study_uid) or len(study_uid) > 64:
+        raise PacsError("the study UID must be digits and dots, at most 64 characters")
+    found = search_studies(
+        server, StudyQuery(study_uid=study_uid, modality=None, limit=2)
+    )
+    where = f"DICOMweb server {server.display_url}"
+    if not found:
+        raise PacsError(f"{where} has no study {study_uid}")
+    declared = found[0].n_instances
+    if declared is not None and declared > limits.max_instances:
+        raise PacsError(
+            f"study {study_uid} on {where} has {declared} instances; the limit is "
+            f"{limits.max_instances} per study"
+        )
+    client = make_client(server)
+    uploads: list[Upload] = []
+    total = 0
+    with calling(server, "the study retrieval"):
+        for k, ds in enumerate(client.iter_study(study_uid)):
+            if len(uploads) >= limits.max_instances:
+                raise PacsError(
+                    f"{where} sent more than {limits.max_instances} instances for study "
+                    f"{study_uid}; the limit is {limits.max_instances} per study"
+                )
+            data = _part10(ds)
+            total += len(data)
+            if total > limits.max_bytes:
+                raise PacsError(
+                    f"study {study_uid} on {where} exceeds {limits.max_bytes} bytes; "
+                    "the limit is the upload bound (HOHOHO_MAX_UPLOAD_MB in the app)"
+                )
+            uploads.append(Upload(_upload_name(ds, k), data))
+    if not uploads:
+        raise PacsError(f"{where} sent no instance for study {study_uid}")
+    return uploads
+
+
+def scan_pacs_study(
+    server: DicomwebServer,
+    study_uid: str,
+    limits: RetrieveLimits | None = None,
+    bounds: ReadBounds | None = None,
+) -> SourceScan:
+    """Retrieve one study and scan it like an upload (`hohoho_core.dicom.scan_source`).
+
+    The caller closes the scan (``with scan_pacs_study(...) as scan:``).
+    """
+    limits = limits or RetrieveLimits()
+    uploads = retrieve_study(server, study_uid, limits)
+    kwargs = {"bounds": bounds} if bounds is not None else {}
+    return scan_source(
+        uploads,
+        max_upload_bytes=limits.max_bytes,
+        max_total_upload_bytes=limits.max_bytes,
+        **kwargs,
+    )

@@ -1,0 +1,161 @@
+"""The CLI's PACS paths: ``pacs search`` and ``predict --dicomweb [--store-sr]`` against a
+real Orthanc; a closed port and a junk server end in one line and exit code 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from hohoho_core.__main__ import main
+from hohoho_core.dicom import scan_source
+from hohoho_core.pacs import DicomwebServer, retrieve_study
+from hohoho_core.sr import read_sr
+from hohoho_core.study import SkipReason
+from tests.pacs_fixture import free_port, load_studies, running_orthanc
+from tests.pacs_junk import junk_server
+
+SECRET = "pw-Z7q!secret"
+
+
+@pytest.fixture(scope="module")
+def orthanc_rw(tmp_path_factory, pacs_studies):
+    """An Orthanc of this module's own: reports are stored into it."""
+    with running_orthanc(tmp_path_factory.mktemp("orthanc_rw")) as server:
+        load_studies(server, pacs_studies)
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_pacs_env(monkeypatch):
+    for name in ("URL", "USER", "PASSWORD", "TOKEN"):
+        monkeypatch.delenv(f"HOHOHO_DICOMWEB_{name}", raising=False)
+
+
+def test_search_hides_identifiers_unless_asked(orthanc, pacs_studies, capsys):
+    assert main(["pacs", "search", "--dicomweb", orthanc.dicomweb_url]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{len(pacs_studies)} studies on {orthanc.dicomweb_url}")
+    for s in pacs_studies:
+        assert s.study_uid in out
+        assert s.patient_id not in out and "DOE" not in out and s.accession not in out
+    assert main(["pacs", "search", "--dicomweb", orthanc.dicomweb_url, "--patient-id",
+                 "PAT001", "--show-identifiers"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 studies") and "PAT001" in out and "DOE^PATIENT1" in out
+    assert pacs_studies[1].study_uid in out
+
+
+def test_search_with_credentials_from_the_environment(orthanc_auth, monkeypatch, capsys):
+    monkeypatch.setenv("HOHOHO_DICOMWEB_URL", orthanc_auth.dicomweb_url)
+    monkeypatch.setenv("HOHOHO_DICOMWEB_USER", orthanc_auth.user)
+    monkeypatch.setenv("HOHOHO_DICOMWEB_PASSWORD", SECRET)
+    assert main(["pacs", "search"]) == 0
+    assert capsys.readouterr().out.startswith("1 studies")
+    monkeypatch.setenv("HOHOHO_DICOMWEB_PASSWORD", "wrong")
+    assert main(["pacs", "search"]) == 2
+    captured = capsys.readouterr()
+    assert "HTTP 401" in captured.err and captured.err.count("\n") == 1
+    assert SECRET not in captured.err + captured.out
+
+
+def test_predict_a_study_and_store_its_report(orthanc_rw, pacs_studies, tmp_path, capsys):
+    target = pacs_studies[0]
+    out = tmp_path / "preds.json"
+    rc = main(["predict", "--dicomweb", orthanc_rw.dicomweb_url, "--study-uid",
+               target.study_uid, "--out", str(out), "--store-sr", "--store-saliency"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    record = json.loads(out.read_text())["studies"][0]
+    n_captures = sum(record["summary"]["positive"].values())
+    assert f"{1 + n_captures} DICOM objects (structured reports, saliency images) stored" in (
+        captured.out)
+    assert record["study_uid"] == target.study_uid
+    assert len(record["image_ids"]) == len(target.datasets)
+    # The study now holds our report: the reader skips it, read_sr reads it.
+    server = DicomwebServer(orthanc_rw.dicomweb_url)
+    uploads = retrieve_study(server, target.study_uid)
+    assert len(uploads) == len(target.datasets) + 1 + n_captures
+    with scan_source(uploads) as scan:
+        study = scan.load()
+        skipped = sorted(scan.report.skipped, key=lambda s: s.reason != SkipReason.NOT_IMAGE)
+    assert study.n_slices == len(target.datasets)
+    assert [s.reason for s in skipped] == (
+        [SkipReason.NOT_IMAGE] + [SkipReason.RGB_OR_SECONDARY] * n_captures)
+    report = next(u for u in uploads if u.name == skipped[0].source)
+    found = read_sr(pydicom.dcmread(io.BytesIO(report.data)))
+    assert "not for clinical use" in found.disclaimer
+    for cls, prob in record["summary"]["max_prob"].items():
+        assert found.findings[cls].probability == pytest.approx(prob, abs=1e-6)
+        assert found.findings[cls].positive == record["summary"]["positive"][cls]
+        runs = [(r.first - 1, r.last - 1) for r in found.findings[cls].runs]
+        assert runs == [tuple(r) for r in record["summary"]["ranges"][cls]]
+        for r in found.findings[cls].runs:
+            assert list(r.sop_uids) == record["image_ids"][r.first - 1 : r.last]
+
+
+def test_predict_every_study_a_query_finds(orthanc, pacs_studies, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    rc = main(["predict", "--dicomweb", orthanc.dicomweb_url, "--date-from", "2019-01-11",
+               "--date-to", "2019-01-12", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    studies = (tmp_path / "preds_studies.csv").read_text()
+    assert pacs_studies[0].study_uid not in studies
+    assert pacs_studies[1].study_uid in studies and pacs_studies[2].study_uid in studies
+
+
+def test_a_failed_study_keeps_the_others(orthanc, pacs_studies, tmp_path, capsys):
+    out = tmp_path / "preds.json"
+    rc = main(["predict", "--dicomweb", orthanc.dicomweb_url, "--study-uid",
+               pacs_studies[2].study_uid, "--study-uid", "1.2.3.4.5", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1] == (f"hohoho: error: DICOMweb server {orthanc.dicomweb_url} has no study "
+                       "1.2.3.4.5 (1 studies predicted were written)")
+    written = json.loads(out.read_text())["studies"]
+    assert [r["study_uid"] for r in written] == [pacs_studies[2].study_uid]
+
+
+def _run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hohoho_core", *argv], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_server_down_one_line_nothing_written(tmp_path):
+    out = tmp_path / "preds.json"
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    proc = _run_cli("predict", "--dicomweb", url, "--study-uid", "1.2.3", "--out", str(out))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"hohoho: error: cannot reach DICOMweb server {url}")
+    assert not out.exists()
+
+
+def test_server_answering_garbage_one_line(tmp_path):
+    with junk_server("garbage") as url:
+        proc = _run_cli("pacs", "search", "--dicomweb", url)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert "not valid DICOMweb" in proc.stderr and url in proc.stderr
+        out = tmp_path / "p.json"
+        rc_proc = _run_cli("predict", "--dicomweb", url, "--patient-id", "X", "--out", str(out))
+        assert rc_proc.returncode == 2 and rc_proc.stderr.count("\n") == 1
+        assert "not valid DICOMweb" in rc_proc.stderr and not out.exists()
+
+
+def test_predict_needs_a_study_or_query(orthanc, tmp_path, capsys):
+    assert main(["predict", "--dicomweb", orthanc.dicomweb_url]) == 2
+    assert "--study-uid" in capsys.readouterr().err
+    assert main(["predict", "--dicomweb", "--study-uid", "1.2"]) == 2
+    assert "HOHOHO_DICOMWEB_URL" in capsys.readouterr().err
+    assert main(["predict", "--dicomweb", orthanc.dicomweb_url, "--study-uid", "1.2",
+                 "--resume"]) == 2
+    assert "--resume works with study PATHs" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--dicomweb", orthanc.dicomweb_url,
+                 "--study-uid", "1.2"]) == 2
+    assert "not both" in capsys.readouterr().err
