@@ -1,6 +1,8 @@
 """HOHOHO study viewer: scroll a head-CT study with its per-slice hemorrhage predictions.
 
-Run with ``make app`` (or ``streamlit run app.py``). The pages in ``pages/`` add saliency
+Run with ``make app`` (or ``streamlit run app.py``). The study is sent to the browser once
+and scrolled there (`hohoho_ui.viewer_component`); the server runs again only when the
+study, the model or a decision changes. The pages in ``pages/`` add the worklist, saliency
 maps, the t-SNE of slice embeddings and the label audit. Settings come from environment
 variables (see ``hohoho_ui/settings.py``).
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from hohoho_ui import loaders, state, widgets
+from hohoho_ui import loaders, state, widgets, worklist_ui
 from hohoho_ui.text import md_literal
 
 settings = widgets.page_setup("Study viewer", "🧠")
@@ -18,6 +20,9 @@ widgets.study_source_ui(settings)
 
 st.title("Study viewer")
 widgets.load_error_ui()
+notice = st.session_state.pop("viewer_notice", None)
+if notice:
+    st.info(md_literal(notice))
 item = state.current()
 if item is None:
     st.info("Open a study from the sidebar: a demo study, uploaded DICOM files or a server folder.")
@@ -35,22 +40,21 @@ else:
     st.info(widgets.model_message(model, "No model loaded: predictions are off."))
 
 widgets.study_header_ui(item)
-positive = None if pred is None else pred.labels.any(axis=1)
-index = widgets.slice_nav_ui(study.n_slices, positive, prefix="viewer")
-centre, width = widgets.window_ui(prefix="viewer")
+widgets.series_thumbnails_ui(settings)
 
-left, right = st.columns([3, 2], gap="medium")
-with left:
-    widgets.slice_image_ui(study, index, centre, width)
-with right:
-    st.markdown(f"### Slice {index + 1} / {study.n_slices}")
-    image_id = md_literal(study.slices[index].image_id)
-    st.caption(f"Image {image_id} · z = {study.slices[index].z:.1f} mm")
-    widgets.slice_table_ui(index, pred, item.labels)
-    st.caption(
-        "Keys: ↑/↓ previous/next · Home/End first/last · N next positive · 1-4 window presets."
-    )
 
-if pred is not None:
-    widgets.prob_chart_ui(pred, item.labels, index)
+@st.fragment
+def viewer_ui() -> None:
+    """The browser viewer. A slice report from it reruns only this fragment (its unchanged
+    arguments are not sent again); Page Up / Page Down rerun the page with another study."""
+    event = widgets.browser_viewer_ui(item, model.key, pred)
+    if event is not None and event.kind == "study":
+        message = worklist_ui.step_study(event.step, settings)
+        if message:
+            st.session_state["viewer_notice"] = message
+        st.rerun()
+
+
+viewer_ui()
+
 widgets.summary_ui(item, pred)

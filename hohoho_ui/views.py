@@ -26,16 +26,13 @@ __all__ = [
     "DEMO_WARNING",
     "class_name",
     "category_colour",
-    "class_table",
     "format_ranges",
     "is_demo_weights",
     "metadata_table",
     "neighbour_indices",
     "next_positive",
-    "probability_figure",
     "resolve_under",
     "skipped_table",
-    "slice_from_selection",
     "study_fingerprint",
     "subtype_names",
     "summary_table",
@@ -166,39 +163,6 @@ def _fmt_prob(p: float | None) -> str:
     return "—" if p is None or not np.isfinite(p) else f"{p:.2f}"
 
 
-def class_table(
-    index: int,
-    cnn_prob: np.ndarray | None,
-    lstm_prob: np.ndarray | None,
-    thresholds: np.ndarray | None,
-    labels: np.ndarray | None,
-) -> pd.DataFrame:
-    """One row per class for slice ``index``: label, CNN and LSTM probabilities, call.
-
-    ``cnn_prob``/``lstm_prob`` are ``(S, 6)`` (either may be None), ``thresholds (6,)``,
-    ``labels (S, 6)`` with -1 where unknown. The call uses the final output (LSTM when
-    present) against its threshold.
-    """
-    rows = []
-    final = lstm_prob if lstm_prob is not None else cnn_prob
-    for k, cls in enumerate(CLASSES):
-        lab = None if labels is None else int(labels[index, k])
-        p = None if final is None else float(final[index, k])
-        thr = None if thresholds is None else float(thresholds[k])
-        call = "—" if p is None or thr is None else ("POSITIVE" if p >= thr else "negative")
-        rows.append(
-            {
-                "Class": SHORT_NAMES[cls],
-                "Label": "—" if lab is None or lab < 0 else str(lab),
-                "CNN": _fmt_prob(None if cnn_prob is None else float(cnn_prob[index, k])),
-                "LSTM": _fmt_prob(None if lstm_prob is None else float(lstm_prob[index, k])),
-                "Thr": _fmt_prob(thr),
-                "Call": call,
-            }
-        )
-    return pd.DataFrame(rows)
-
-
 def summary_table(
     cnn_prob: np.ndarray | None,
     lstm_prob: np.ndarray | None,
@@ -250,112 +214,6 @@ def metadata_table(study: Study, show_identifiers: bool = False) -> pd.DataFrame
 
 
 # --------------------------------------------------------------------------- charts
-
-
-def _rgba(hex_colour: str, alpha: float) -> str:
-    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
-def probability_figure(
-    cnn_prob: np.ndarray,
-    lstm_prob: np.ndarray | None,
-    thresholds: np.ndarray,
-    current: int,
-    labels: np.ndarray | None = None,
-) -> go.Figure:
-    """The six per-slice probabilities across a study, CNN and LSTM.
-
-    One trace per class and stage (``S`` points each, x = 1-based slice number,
-    ``customdata`` = 0-based slice index, so a click maps back to a slice): the LSTM
-    solid, the CNN dotted. Thresholds are dashed horizontal lines (one if all equal),
-    the current slice a vertical line, and slices labelled "any" (when labels are known)
-    a shaded band.
-    """
-    cnn = np.asarray(cnn_prob, dtype=np.float64)
-    s = cnn.shape[0]
-    x = np.arange(1, s + 1)
-    idx = np.arange(s)
-    fig = go.Figure()
-    stages = [("CNN", cnn, "dot", 1.4)]
-    if lstm_prob is not None:
-        stages.append(("LSTM", np.asarray(lstm_prob, dtype=np.float64), "solid", 2.4))
-    for stage, prob, dash, width in stages:
-        for k, cls in enumerate(CLASSES):
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=prob[:, k],
-                    customdata=idx,
-                    mode="lines+markers",
-                    name=f"{SHORT_NAMES[cls]} {stage}",
-                    legendgroup=cls,
-                    line={"color": CLASS_COLOURS[cls], "dash": dash, "width": width},
-                    marker={"size": 5 if stage == "LSTM" or lstm_prob is None else 3},
-                    hovertemplate=f"{SHORT_NAMES[cls]} {stage}: %{{y:.2f}}<extra></extra>",
-                )
-            )
-    thr = np.asarray(thresholds, dtype=np.float64)
-    if np.allclose(thr, thr[0]):
-        fig.add_hline(
-            y=float(thr[0]),
-            line={"dash": "dash", "color": "#9aa0a6", "width": 1},
-            annotation_text=f"threshold {thr[0]:.2f}",
-            annotation_position="top left",
-        )
-    else:
-        for k, cls in enumerate(CLASSES):
-            fig.add_hline(
-                y=float(thr[k]),
-                line={"dash": "dash", "color": _rgba(CLASS_COLOURS[cls], 0.7), "width": 1},
-            )
-    if labels is not None:
-        lab = np.asarray(labels)
-        for a, b in positive_runs(lab[:, ANY_INDEX] == 1):
-            fig.add_vrect(
-                x0=a + 0.5,
-                x1=b + 1.5,
-                fillcolor=_rgba(CLASS_COLOURS["any"], 0.12),
-                line_width=0,
-                layer="below",
-            )
-    fig.add_vline(x=current + 1, line={"color": "#ffffff", "width": 2})
-    fig.update_layout(
-        height=330,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        hovermode="x unified",
-        clickmode="event+select",
-        legend={"orientation": "h", "y": 1.12, "x": 0, "font": {"size": 11}},
-        xaxis={"title": "slice", "range": [0.5, s + 0.5], "dtick": max(1, s // 20)},
-        yaxis={"title": "probability", "range": [-0.02, 1.02]},
-    )
-    return fig
-
-
-def slice_from_selection(selection: Mapping[str, Any] | None, n_slices: int) -> int | None:
-    """The 0-based slice of the first clicked point of a plotly selection, or None.
-
-    Accepts Streamlit's ``PlotlyState`` (``{"selection": {"points": [...]}}``) or the
-    inner selection. Uses the point's ``customdata`` (the 0-based index) when present,
-    else its x (1-based slice number).
-    """
-    if not selection:
-        return None
-    inner = selection.get("selection", selection)
-    points = (inner or {}).get("points") or []
-    for point in points:
-        custom = point.get("customdata")
-        if isinstance(custom, list | tuple):
-            custom = custom[0] if custom else None
-        if custom is not None:
-            value = int(custom)
-        elif point.get("x") is not None:
-            value = int(round(float(point["x"]))) - 1
-        else:
-            continue
-        if 0 <= value < n_slices:
-            return value
-    return None
 
 
 _NEUTRAL = "#8a8f98"

@@ -26,17 +26,15 @@ from hohoho_core.weights import TENSORS_FILE, WeightsError
 from hohoho_ui import loaders, state
 from hohoho_ui.settings import Settings, get_settings
 from hohoho_ui.text import md_literal
+from hohoho_ui.viewer_component import ViewerEvent, ViewerPayload, viewer, viewer_payload
 from hohoho_ui.views import (
     DEMO_WARNING,
     class_name,
-    class_table,
     is_demo_weights,
     metadata_table,
     next_positive,
-    probability_figure,
     resolve_under,
     skipped_table,
-    slice_from_selection,
     study_fingerprint,
     summary_table,
     windowed_uint8,
@@ -44,6 +42,7 @@ from hohoho_ui.views import (
 
 __all__ = [
     "ModelState",
+    "browser_viewer_ui",
     "dataset_ui",
     "demo_notice_ui",
     "kept",
@@ -52,18 +51,14 @@ __all__ = [
     "model_ui",
     "open_study_sidebar_ui",
     "page_setup",
-    "prob_chart_ui",
     "require_study_ui",
+    "series_thumbnails_ui",
     "slice_nav_ui",
     "study_header_ui",
     "study_source_ui",
     "summary_ui",
-    "window_ui",
 ]
 
-#: Slices narrower than this are enlarged on screen (never shrunk below their matrix).
-DISPLAY_MIN_PX = 512
-_PRESET_KEYS = {"brain": "1", "subdural": "2", "bone": "3", "stroke": "4"}
 
 
 # --------------------------------------------------------------------------- basics
@@ -448,6 +443,52 @@ def study_header_ui(item: state.OpenStudy) -> None:
     )
 
 
+#: Series thumbnails are at most this many pixels across.
+THUMB_PX = 112
+
+
+@st.cache_data(max_entries=64, show_spinner="Drawing the series thumbnails…")
+def _thumbnail(kind: str, name: str, series_uid: str, max_bytes: int, _source: Any) -> np.ndarray:
+    """The middle slice of one series in the brain window, at most `THUMB_PX` across."""
+    limits = {"max_upload_bytes": max_bytes, "max_total_upload_bytes": max_bytes,
+              "max_zip_bytes": max_bytes}
+    if kind == "upload":
+        study = loaders.upload_scan(_source, max_bytes).load(series_uid)
+    else:
+        with scan_source(_source, **limits) as scan:
+            study = scan.load(series_uid)
+    hu = study.hu[study.n_slices // 2]
+    step = max(1, int(np.ceil(max(hu.shape) / THUMB_PX)))
+    return windowed_uint8(hu[::step, ::step], *WINDOWS["brain"])
+
+
+def series_thumbnails_ui(settings: Settings) -> None:
+    """When the source holds several series: one thumbnail each; a click opens it."""
+    pending = st.session_state.get("pending_source")
+    item = state.current()
+    if not pending or item is None:
+        return
+    kind, source, name, choices = pending
+    st.caption(f"{len(choices)} series in this source: choose one.")
+    cols = st.columns(min(len(choices), 6), gap="small")
+    for k, (uid, text) in enumerate(choices[:12]):
+        with cols[k % len(cols)]:
+            try:
+                st.image(_thumbnail(kind, name, uid, settings.max_upload_bytes, source))
+            except (StudyLoadError, ValueError, OSError) as err:
+                st.caption(f"No preview: {md_literal(err)}")
+            current = uid == item.study.series_uid
+            st.button(
+                md_literal(text),
+                key=f"series_thumb_{k}",
+                type="primary" if current else "secondary",
+                disabled=current,
+                on_click=st.session_state.__setitem__,
+                args=("series_choice", uid),
+                width="stretch",
+            )
+
+
 def open_study_sidebar_ui() -> None:
     """Sidebar note on the pages: which study is open (it is chosen in the viewer)."""
     item = state.current()
@@ -522,104 +563,40 @@ def slice_nav_ui(
     return state.current_slice()
 
 
-def _set_window(name: str) -> None:
-    st.session_state["window"] = name
-    centre, width = WINDOWS[name]
-    st.session_state["win_centre"] = float(centre)
-    st.session_state["win_width"] = float(width)
-
-
-def window_ui(prefix: str) -> tuple[float, float]:
-    """Preset buttons (keys 1-4: brain, subdural, bone, stroke) and a custom centre/width."""
-    current = st.session_state.get("window", "brain")
-    cols = st.columns(len(WINDOWS) + 1, gap="small")
-    for col, (name, (c, w)) in zip(cols, WINDOWS.items(), strict=False):
-        col.button(
-            name.capitalize(),
-            key=f"{prefix}_win_{name}",
-            on_click=_set_window,
-            args=(name,),
-            type="primary" if current == name else "secondary",
-            help=f"centre {c:g} / width {w:g} HU",
-            shortcut=_PRESET_KEYS[name],
-            width="stretch",
-        )
-    with cols[-1].popover("Custom", width="stretch"):
-
-        def _custom() -> None:
-            st.session_state["window"] = "custom"
-            st.session_state["win_centre"] = float(st.session_state[f"{prefix}_centre"])
-            st.session_state["win_width"] = float(st.session_state[f"{prefix}_width"])
-
-        st.session_state[f"{prefix}_centre"] = float(st.session_state["win_centre"])
-        st.session_state[f"{prefix}_width"] = float(st.session_state["win_width"])
-        st.number_input(
-            "Centre (HU)", -1024.0, 3071.0, step=10.0, key=f"{prefix}_centre", on_change=_custom
-        )
-        st.number_input(
-            "Width (HU)", 1.0, 4096.0, step=10.0, key=f"{prefix}_width", on_change=_custom
-        )
-    return float(st.session_state["win_centre"]), float(st.session_state["win_width"])
-
-
-def slice_image_ui(study: Study, index: int, centre: float, width: float) -> None:
-    """The slice at full resolution in the chosen window."""
-    img = windowed_uint8(study.hu[index], centre, width)
-    window = st.session_state.get("window", "custom")
-    # Never below the native matrix; small matrices are enlarged so they can be read.
-    st.image(
-        img,
-        caption=f"Slice {index + 1} / {study.n_slices} · {window} window "
-        f"(C {centre:g} / W {width:g})",
-        width=max(int(img.shape[1]), DISPLAY_MIN_PX),
+# A resource, not data: the payload is immutable and megabytes large, so reruns share it
+# instead of unpickling a copy each time.
+@st.cache_resource(max_entries=8, show_spinner="Preparing the study for the browser…")
+def _payload(
+    key: str, name: str, _study: Study, _pred: StudyPrediction | None, _labels: np.ndarray | None
+) -> ViewerPayload:
+    return viewer_payload(
+        _study,
+        key,
+        name,
+        cnn_prob=None if _pred is None else _pred.cnn_prob,
+        lstm_prob=None if _pred is None else _pred.lstm_prob,
+        thresholds=None if _pred is None else _pred.thresholds,
+        labels=_labels,
     )
 
 
-def _style_calls(frame: pd.DataFrame) -> Any:
-    def colour(value: str) -> str:
-        return "color: #ff6b6b; font-weight: 700" if value == "POSITIVE" else ""
+def browser_viewer_ui(
+    item: state.OpenStudy, weights_key: str | None, pred: StudyPrediction | None
+) -> ViewerEvent | None:
+    """The study in the browser viewer (scroll, cine, windows, zoom and chart run there).
 
-    return frame.style.map(colour, subset=["Call"])
-
-
-def slice_table_ui(index: int, pred: StudyPrediction | None, labels: np.ndarray | None) -> None:
-    """Labels and predictions of one slice, one row per class."""
-    frame = class_table(
-        index,
-        None if pred is None else pred.cnn_prob,
-        None if pred is None else pred.lstm_prob,
-        None if pred is None else pred.thresholds,
-        labels,
-    )
-    if pred is None:
-        frame = frame[["Class", "Label"]]
-        st.dataframe(frame, hide_index=True)
-    else:
-        st.dataframe(_style_calls(frame), hide_index=True)
-
-
-def prob_chart_ui(pred: StudyPrediction, labels: np.ndarray | None, current: int) -> None:
-    """Per-slice probabilities; clicking a point moves to that slice."""
-    n = len(pred.image_ids)
-
-    def _clicked() -> None:
-        index = slice_from_selection(st.session_state.get("prob_chart"), n)
-        if index is not None:
-            state.set_slice(index)
-
-    fig = probability_figure(pred.cnn_prob, pred.lstm_prob, pred.thresholds, current, labels)
-    st.plotly_chart(
-        fig,
-        key="prob_chart",
-        on_select=_clicked,
-        selection_mode="points",
-        config={"displayModeBar": False},
-    )
-    note = "solid: LSTM, dotted: CNN" if pred.lstm_prob is not None else "CNN only (no LSTM)"
-    extra = "; shaded: slices labelled 'any'" if labels is not None else ""
-    st.caption(
-        f"{note}; dashed: thresholds; white line: this slice{extra}. Click a point to go there."
-    )
+    Returns a new event from the browser (once: events already handled return None).
+    A "sync" event is applied here (the slice and window follow into the session).
+    """
+    key = f"{item.key}|{weights_key if pred is not None else '-'}|{item.source_id}"
+    payload = _payload(key, item.name, item.study, pred, item.labels)
+    event = viewer(payload, state.viewer_start(item), key="browser_viewer")
+    if event is None or event.seq <= float(st.session_state.get("viewer_seq", 0.0)):
+        return None
+    st.session_state["viewer_seq"] = event.seq
+    if event.kind == "sync" and event.slice is not None:
+        state.note_viewer(item, event.slice, event.window, event.centre, event.width)
+    return event
 
 
 def summary_ui(item: state.OpenStudy, pred: StudyPrediction | None) -> None:

@@ -31,9 +31,7 @@ from hohoho_ui.views import (
     is_demo_weights,
     neighbour_indices,
     next_positive,
-    probability_figure,
     resolve_under,
-    slice_from_selection,
     subtype_names,
 )
 
@@ -167,10 +165,38 @@ def chart_spec(at: AppTest) -> dict:
     return json.loads(charts[0].proto.spec)
 
 
+def viewer_element(at: AppTest):  # type: ignore[no-untyped-def]
+    found = [e for e in at.get("component_instance")
+             if e.proto.component_name.endswith("hohoho_viewer")]
+    assert len(found) == 1, [e.proto.component_name for e in at.get("component_instance")]
+    return found[0]
+
+
+def viewer_args(at: AppTest) -> dict:
+    """The browser viewer's JSON arguments: ``meta`` (the study) and ``start``."""
+    return json.loads(viewer_element(at).proto.json_args)
+
+
+def viewer_volume(at: AppTest) -> bytes:
+    """The deflated int16 volume the browser viewer receives."""
+    arg = next(a for a in viewer_element(at).proto.special_args if a.key == "volume")
+    return bytes(arg.bytes)
+
+
 def slice_heading(at: AppTest) -> str:
-    heads = [m for m in texts(at.markdown) if m.startswith("### Slice ")]
-    assert len(heads) == 1, texts(at.markdown)
-    return heads[0]
+    """The heading the browser viewer draws first: "Slice k / n"."""
+    args = viewer_args(at)
+    return f"Slice {args['start']['slice'] + 1} / {args['meta']['shape'][0]}"
+
+
+_SEQ = [1000.0]
+
+
+def browser_event(at: AppTest, seq: float | None = None, **value: object) -> AppTest:
+    """What the browser viewer sends back (its component value), then a rerun."""
+    _SEQ[0] += 1
+    at.session_state["browser_viewer"] = {**value, "seq": _SEQ[0] if seq is None else seq}
+    return at.run()
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -221,34 +247,6 @@ def test_slice_helpers_by_hand() -> None:
     assert subtype_names(labels) == ["none", "IPH+SDH", "any only"]
 
 
-def test_slice_from_selection_reads_customdata_then_x() -> None:
-    event = {"selection": {"points": [{"x": 4, "y": 0.3, "customdata": 3}]}}
-    assert slice_from_selection(event, 10) == 3
-    assert slice_from_selection({"selection": {"points": [{"x": 7}]}}, 10) == 6
-    assert slice_from_selection({"points": [{"customdata": [2]}]}, 10) == 2
-    assert slice_from_selection({"selection": {"points": [{"customdata": 12}]}}, 10) is None
-    assert slice_from_selection({"selection": {"points": []}}, 10) is None
-    assert slice_from_selection(None, 10) is None
-
-
-def test_probability_figure_has_one_point_per_slice() -> None:
-    rng = np.random.default_rng(0)
-    cnn, lstm = rng.random((9, 6)), rng.random((9, 6))
-    labels = np.zeros((9, 6), dtype=np.int8)
-    labels[3:6, 5] = 1
-    fig = probability_figure(cnn, lstm, np.full(6, 0.5), current=4, labels=labels)
-    assert len(fig.data) == 12
-    for k, trace in enumerate(fig.data):
-        assert list(trace.x) == list(range(1, 10))
-        assert list(trace.customdata) == list(range(9))
-        expected = (cnn if k < 6 else lstm)[:, k % 6]
-        np.testing.assert_allclose(np.asarray(trace.y), expected)
-    shapes = fig.layout.shapes
-    assert any(s.type == "line" and s.x0 == 5 for s in shapes)  # the current slice, 1-based
-    assert any(s.type == "rect" and s.x0 == 3.5 and s.x1 == 6.5 for s in shapes)  # labelled any
-    assert len(probability_figure(cnn, None, np.full(6, 0.5), 0).data) == 6
-
-
 def test_is_demo_weights(tmp_path: Path) -> None:
     assert is_demo_weights(SHIPPED_WEIGHTS, SHIPPED_WEIGHTS, {})
     assert is_demo_weights(tmp_path, SHIPPED_WEIGHTS, {"description": "Synthetic phantom set"})
@@ -259,62 +257,56 @@ def test_is_demo_weights(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the viewer
 
 
-def test_viewer_scrolls_with_the_buttons(app_env: AppData) -> None:
+def test_viewer_sends_the_study_once_and_follows_the_browser(app_env: AppData) -> None:
+    """Scrolling happens in the browser; what it reports (the slice and window once it
+    pauses) moves the session, and the study is not sent again for it."""
     at = run_app()
     n = len(first_study_paths(app_env))
-    assert slice_heading(at) == f"### Slice 1 / {n}"
-    at.button(key="viewer_next").click().run()
-    at.button(key="viewer_next").click().run()
+    assert slice_heading(at) == f"Slice 1 / {n}"
+    first = viewer_args(at)
+    assert first["meta"]["shape"][0] == n
+    browser_event(at, kind="sync", slice=2, window="brain", centre=40, width=80)
     assert at.session_state["slice"] == 2
-    assert slice_heading(at) == f"### Slice 3 / {n}"
-    assert at.slider(key="viewer_slider").value == 3
-    at.button(key="viewer_last").click().run()
-    assert slice_heading(at) == f"### Slice {n} / {n}"
-    at.button(key="viewer_next").click().run()  # clamped at the last slice
-    assert at.session_state["slice"] == n - 1
-    at.button(key="viewer_prev").click().run()
-    assert slice_heading(at) == f"### Slice {n - 1} / {n}"
-    at.slider(key="viewer_slider").set_value(2).run()
-    assert at.session_state["slice"] == 1
-    at.button(key="viewer_first").click().run()
-    assert slice_heading(at) == f"### Slice 1 / {n}"
+    assert viewer_args(at)["start"] == first["start"]  # same arguments: nothing re-sent
+    browser_event(at, kind="sync", slice=n + 5, window="brain", centre=40, width=80)
+    assert at.session_state["slice"] == n - 1  # clamped at the last slice
+    browser_event(at, kind="sync", slice=1, window="brain", centre=40, width=80, seq=1.0)
+    assert at.session_state["slice"] == n - 1  # an old event is not applied again
+    assert viewer_args(at)["start"] == first["start"]
+    at.session_state["slice"] = 3  # another page moved the slice: the browser jumps there
+    at.run()
+    moved = viewer_args(at)["start"]
+    assert moved["token"] != first["start"]["token"] and moved["slice"] == 3
     assert not at.exception and not at.error
 
 
-def test_viewer_next_positive_goes_to_the_next_predicted_slice(app_env: AppData) -> None:
+def test_viewer_payload_marks_the_predicted_slices(app_env: AppData) -> None:
     at = run_app()
     study = load_study(first_study_paths(app_env))
     pred = Predictor.from_folder(app_env.weights).predict(study)
+    meta = viewer_args(at)["meta"]
+    assert meta["positive"] == pred.labels.any(axis=1).tolist()
+    # N in the browser goes where next_positive says (the same rule, in main.js)
     expected = next_positive(pred.labels.any(axis=1), 0)
-    button = at.button(key="viewer_pos")
-    if expected is None:
-        assert button.disabled
-        return
-    button.click().run()
-    assert at.session_state["slice"] == expected
+    flags = np.asarray(meta["positive"])
+    assert next_positive(flags, 0) == expected
 
 
-def test_viewer_chart_holds_the_study_probabilities(app_env: AppData) -> None:
+def test_viewer_payload_holds_the_study_and_its_probabilities(app_env: AppData) -> None:
+    from hohoho_ui.viewer_component.payload import decode_volume
+
     at = run_app()
     paths = first_study_paths(app_env)
-    pred = Predictor.from_folder(app_env.weights).predict(load_study(paths))
-    spec = chart_spec(at)
-    traces = spec["data"]
-    assert len(traces) == 12  # six classes x (CNN, LSTM)
-    for k, trace in enumerate(traces):
-        assert len(decode(trace["x"])) == len(paths)
-        assert list(decode(trace["customdata"])) == list(range(len(paths)))
-        expected = (pred.cnn_prob if k < 6 else pred.lstm_prob)[:, k % 6]
-        np.testing.assert_allclose(decode(trace["y"]), expected, atol=1e-6)
-    current = [s for s in spec["layout"]["shapes"] if s.get("xref") == "x" and s["type"] == "line"]
-    assert [s["x0"] for s in current] == [1]
-    at.button(key="viewer_next").click().run()
-    current = [
-        s
-        for s in chart_spec(at)["layout"]["shapes"]
-        if s.get("xref") == "x" and s["type"] == "line"
-    ]
-    assert [s["x0"] for s in current] == [2]
+    study = load_study(paths)
+    pred = Predictor.from_folder(app_env.weights).predict(study)
+    args = viewer_args(at)
+    meta = args["meta"]
+    np.testing.assert_allclose(meta["cnn"], pred.cnn_prob, atol=5e-4)
+    np.testing.assert_allclose(meta["lstm"], pred.lstm_prob, atol=5e-4)
+    np.testing.assert_allclose(meta["thresholds"], pred.thresholds, atol=5e-4)
+    assert meta["image_ids"] == study.image_ids
+    volume = decode_volume(viewer_volume(at), tuple(meta["shape"]))
+    np.testing.assert_array_equal(volume, np.clip(np.rint(study.hu), -1024, 3071))
 
 
 def test_scrolling_never_reruns_the_model(
@@ -332,22 +324,32 @@ def test_scrolling_never_reruns_the_model(
 
     monkeypatch.setattr(Predictor, "predict", counting)
     at = run_app()
-    for key in ("viewer_next", "viewer_next", "viewer_last", "viewer_first"):
-        at.button(key=key).click().run()
-    at.button(key="viewer_win_bone").click().run()
+    for index in (1, 2, 7, 0):
+        browser_event(at, kind="sync", slice=index, window="bone", centre=600, width=2800)
     assert len(calls) == 1
 
 
 def test_window_presets_and_custom_window(app_env: AppData) -> None:
     at = run_app()
     assert (at.session_state["win_centre"], at.session_state["win_width"]) == (40.0, 80.0)
-    at.button(key="viewer_win_bone").click().run()
+    assert viewer_args(at)["meta"]["windows"]["bone"] == [600.0, 2800.0]
+    browser_event(at, kind="sync", slice=0, window="bone", centre=600, width=2800)
+    assert at.session_state["window"] == "bone"
     assert (at.session_state["win_centre"], at.session_state["win_width"]) == (600.0, 2800.0)
-    assert any("bone window (C 600 / W 2800)" in c for c in image_captions(at))
-    at.number_input(key="viewer_width").set_value(350.0).run()
+    browser_event(at, kind="sync", slice=0, window="custom", centre=600, width=350)
     assert at.session_state["window"] == "custom"
     assert at.session_state["win_width"] == 350.0
-    assert any("custom window (C 600 / W 350)" in c for c in image_captions(at))
+    browser_event(at, kind="sync", slice=0, window="custom", centre=600, width=0)
+    assert at.session_state["win_width"] == 350.0  # a zero width is not taken
+
+
+def test_page_down_without_a_worklist_says_what_to_do(app_env: AppData) -> None:
+    at = run_app()
+    before = at.session_state["open_study"].key
+    browser_event(at, kind="study", step=1)
+    assert not at.exception
+    assert any("Open the Worklist page first" in i for i in texts(at.info))
+    assert at.session_state["open_study"].key == before
 
 
 def test_summary_lists_labels_and_hides_identifiers(app_env: AppData) -> None:
@@ -371,8 +373,9 @@ def test_labels_of_the_demo_study_are_shown(app_env: AppData) -> None:
     paths = first_study_paths(app_env)
     labels = read_labels(app_env.demo / "stage_2_train.csv")
     first = labels.loc[Path(paths[0]).stem]
-    table = next(d.value for d in at.dataframe if "Call" in d.value.columns)
-    assert list(table["Label"]) == [str(int(first[c])) for c in CLASSES]
+    meta = viewer_args(at)["meta"]
+    assert meta["image_ids"][0] == Path(paths[0]).stem
+    assert meta["labels"][0] == [int(first[c]) for c in CLASSES]
 
 
 def test_upload_of_dicom_files_and_zip_opens_a_study(app_env: AppData) -> None:
@@ -384,7 +387,7 @@ def test_upload_of_dicom_files_and_zip_opens_a_study(app_env: AppData) -> None:
     ).run()
     at.button(key="open_uploads").click().run()
     assert not at.exception and not at.error
-    assert slice_heading(at) == f"### Slice 1 / {len(paths)}"
+    assert slice_heading(at) == f"Slice 1 / {len(paths)}"
     assert at.session_state["open_study"].source_id[0] == "upload"
 
     buf = io.BytesIO()
@@ -396,7 +399,7 @@ def test_upload_of_dicom_files_and_zip_opens_a_study(app_env: AppData) -> None:
     ).run()
     at.button(key="open_uploads").click().run()
     assert not at.exception and not at.error
-    assert slice_heading(at) == "### Slice 1 / 5"
+    assert slice_heading(at) == "Slice 1 / 5"
 
 
 def test_bad_upload_shows_the_readers_message(app_env: AppData) -> None:
@@ -445,8 +448,8 @@ def test_no_model_still_shows_the_study(
     empty.mkdir()
     monkeypatch.setenv("HOHOHO_WEIGHTS", str(empty))
     at = run_app()
-    assert slice_heading(at).startswith("### Slice 1 / ")
-    assert not at.get("plotly_chart")
+    assert slice_heading(at).startswith("Slice 1 / ")
+    assert viewer_args(at)["meta"]["cnn"] is None  # no chart, no calls
     assert any("No model" in i for i in texts(at.info))
     assert not any(DEMO_WARNING in w for w in texts(at.warning))
 
@@ -460,7 +463,7 @@ def test_pickled_weights_are_refused_with_a_message(
     at = run_app()
     assert not at.exception
     assert any("pickle" in e for e in texts(at.error))
-    assert slice_heading(at).startswith("### Slice 1 / ")  # the study is still shown
+    assert slice_heading(at).startswith("Slice 1 / ")  # the study is still shown
 
 
 def test_demo_weights_warning(
@@ -483,7 +486,7 @@ def test_weights_folder_outside_the_allowed_places_is_refused(
     at.text_input(key="_w_weights_choice").input(str(tmp_path)).run()
     assert not at.exception
     assert any("data root" in e for e in texts(at.error))
-    assert not at.get("plotly_chart")
+    assert viewer_args(at)["meta"]["cnn"] is None
 
 
 def test_study_table_in_the_summary_matches_positive_runs(app_env: AppData) -> None:

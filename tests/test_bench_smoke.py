@@ -257,7 +257,8 @@ def test_run_all_quick_writes_consistent_results(
     assert {r["what"] for r in results["sections"]["saliency"]["rows"]} == {
         "gradcam", "integrated_gradients", "saliency", "occlusion"}
     assert _row(results["sections"]["tsne"], "40 points") > 0
-    assert _row(results["sections"]["app"], "scroll one slice (next button)") > 0
+    report_row = "server run per slice report (scrolling is in the browser)"
+    assert _row(results["sections"]["app"], report_row) > 0
     md = (out / "results.md").read_text()
     for sec in results["sections"].values():
         assert f"## {sec['title']}" in md

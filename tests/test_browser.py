@@ -44,6 +44,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = APP.parent / "docs" / "screenshots"
+#: The browser viewer's iframe (hohoho_ui.viewer_component).
+VIEWER_FRAME = 'iframe[title*="hohoho_viewer"]'
 STEP_MS = 90_000  # the first page runs the model on a cold server
 
 
@@ -130,6 +132,24 @@ def settle(page) -> None:  # type: ignore[no-untyped-def]
     )
 
 
+def count_script_runs(page) -> str:  # type: ignore[no-untyped-def]
+    """Start counting the page's script runs; returns the counter's name."""
+    page.evaluate(
+        """() => {
+            window.__runs = 0;
+            const app = document.querySelector('[data-testid="stApp"]');
+            new MutationObserver(() => {
+                if (app.getAttribute('data-test-script-state') === 'running') window.__runs++;
+            }).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+        }"""
+    )
+    return "__runs"
+
+
+def script_runs(page, name: str) -> int:  # type: ignore[no-untyped-def]
+    return int(page.evaluate(f"() => window.{name}"))
+
+
 def click_point(page, box: dict) -> None:  # type: ignore[no-untyped-def]
     """Click a plotly point: hover first, since plotly picks the point from its hover data."""
     x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -164,9 +184,10 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
             page = browser.new_page(viewport={"width": 1500, "height": 1700})
             page.set_default_timeout(STEP_MS)
             expect.set_options(timeout=STEP_MS)
-            heading = page.locator('[data-testid="stMain"] h3', has_text="Slice ")
+            viewer = page.frame_locator(VIEWER_FRAME)
+            heading = viewer.locator("#heading")
 
-            # --- the viewer: open a demo study and move through it
+            # --- the viewer: open a demo study and move through it (in the browser)
             page.goto(url)
             expect(heading).to_have_text(re.compile(r"Slice 1 / \d+"))
             sidebar = page.locator('[data-testid="stSidebar"]')
@@ -179,31 +200,53 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
             match = re.fullmatch(r"Slice 1 / (\d+)", heading.inner_text().strip())
             assert match, heading.inner_text()
             n2 = int(match.group(1))
+            runs = count_script_runs(page)
+            page.evaluate("() => document.activeElement && document.activeElement.blur()")
             for k in (2, 3, 4):
-                page.locator(".st-key-viewer_next button").click()
+                page.keyboard.press("ArrowDown")  # keys pressed on the page reach the viewer
                 expect(heading).to_have_text(f"Slice {k} / {n2}")
-            page.locator(".st-key-viewer_last button").click()
+            page.keyboard.press("End")
             expect(heading).to_have_text(f"Slice {n2} / {n2}")
-            page.keyboard.press("Home")  # a button shortcut
+            page.keyboard.press("Home")
             expect(heading).to_have_text(f"Slice 1 / {n2}")
             page.keyboard.press("ArrowDown")
             expect(heading).to_have_text(f"Slice 2 / {n2}")
+            viewer.locator("#slice").hover()
+            page.mouse.wheel(0, 120)  # the wheel over the image scrolls too
+            expect(heading).to_have_text(f"Slice 3 / {n2}")
 
-            # A click on the chart moves to that slice (the any/LSTM trace is drawn last).
-            settle(page)
-            chart = page.locator(".st-key-prob_chart")
-            chart.locator(".main-svg").first.wait_for()
+            # Window presets, invert and zoom are drawn in the browser as well.
+            body = viewer.locator("body")
+            page.keyboard.press("3")
+            expect(body).to_have_attribute("data-window", "bone")
+            page.keyboard.press("i")
+            expect(body).to_have_attribute("data-invert", "1")
+            page.keyboard.press("i")
+            page.keyboard.press("1")
+            expect(body).to_have_attribute("data-window", "brain")
+            page.keyboard.press("+")
+            expect(body).to_have_attribute("data-zoom", "1.250")
+            page.keyboard.press("r")  # also Streamlit's "rerun" key: the viewer keeps it
+            expect(body).to_have_attribute("data-zoom", "1.000")
+            # Nothing above ran the page again: scrolling stays in the browser.
+            assert script_runs(page, runs) == 0
+
+            # A click on the chart moves to that slice.
+            chart = viewer.locator("#chart")
             chart.scroll_into_view_if_needed()
-            point = chart.locator("g.scatterlayer g.trace").last.locator("path.point").nth(4)
-            point.wait_for(state="visible")
-            box = point.bounding_box()
+            box = chart.bounding_box()
             assert box is not None
-            click_point(page, box)
+            # main.js's chart geometry: 44 px left margin, 10 px right margin
+            x = box["x"] + 44 + (box["width"] - 54) * 4 / (n2 - 1)
+            page.mouse.click(x, box["y"] + box["height"] / 2)
             expect(heading).to_have_text(f"Slice 5 / {n2}")
+            # Once scrolling pauses the slice is reported to the server (one page run).
+            page.wait_for_function(f"() => window.{runs} > 0", timeout=STEP_MS)
             settle(page)
             no_exception(page)
             if weights_for(data) == SHIPPED_WEIGHTS:
                 expect(page.get_by_text(DEMO_WARNING)).to_be_visible()
+            page.evaluate("() => window.scrollTo(0, 0)")
             shoot(page, shots / "viewer.png")
 
             # --- saliency for the current slice (the page switch keeps the session)
@@ -432,12 +475,13 @@ def test_strings_from_files_and_reviewers_stay_text_in_chromium(
     def check_page(page) -> None:  # type: ignore[no-untyped-def]
         settle(page)
         no_exception(page)
-        for tag, attr in (("a", "href"), ("img", "src")):
-            found = page.locator(f'{tag}[{attr}*="{target}"]')
-            assert found.count() == 0, [
-                found.nth(i).evaluate("e => e.parentElement.outerHTML")
-                for i in range(found.count())
-            ]
+        for frame in page.frames:  # the page and the viewer's iframe
+            for tag, attr in (("a", "href"), ("img", "src")):
+                found = frame.locator(f'{tag}[{attr}*="{target}"]')
+                assert found.count() == 0, [
+                    found.nth(i).evaluate("e => e.parentElement.outerHTML")
+                    for i in range(found.count())
+                ]
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -458,7 +502,9 @@ def test_strings_from_files_and_reviewers_stay_text_in_chromium(
             folder.press("Enter")
             settle(page)
             page.locator(".st-key-open_folder button").click()
-            expect_shown(page, f"Image {hostile} 0 · z = ")
+            where = page.frame_locator(VIEWER_FRAME).locator("#where")
+            expect(where).to_have_text(re.compile(r"^Image .* 0 · z = "))
+            assert where.inner_text().startswith(f"Image {hostile} 0 · z = ")
             check_page(page)
 
             # --- the audit page: another reviewer's name and comment

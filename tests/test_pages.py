@@ -22,6 +22,7 @@ from tests.test_app import (
     APP,
     TIMEOUT,
     AppData,
+    browser_event,
     build_app_data,
     chart_spec,
     decode,
@@ -90,8 +91,8 @@ def test_saliency_follows_the_viewer_slice_and_is_cached(
     import hohoho_ui.loaders as loaders
 
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
-    at.button(key="viewer_next").click().run()
-    at.button(key="viewer_next").click().run()
+    # The browser viewer reports slice 3 once scrolling pauses.
+    browser_event(at, kind="sync", slice=2, window="brain", centre=40, width=80)
     calls = []
     original = loaders.saliency_map
     monkeypatch.setattr(
