@@ -97,7 +97,9 @@ def test_a_slice_comes_back_as_one_item(env) -> None:
         _decide(at)
     assert _item_caption(at).startswith("Item 2 of ")
     decided = DecisionStore(env[1]).current()
-    assert len(decided) == len(cells) and len(set(decided["subtype"])) == len(cells)
+    # one decision per cell of the item (a run-edge item holds a class on two slices)
+    pairs = {f"{i} · {c}" for i, c in zip(decided["image_id"], decided["subtype"], strict=True)}
+    assert len(decided) == len(cells) and pairs == set(cells)
 
 
 def test_a_reload_resumes_at_the_first_undecided_item(env) -> None:
@@ -201,8 +203,11 @@ def test_a_second_reader_does_not_replace_the_first(env) -> None:
 
     # One-reader view: both decisions and the conflict are shown.
     lead = _named("cat")
-    assert _item(lead)[:2] == (image_id, "any")  # the item's open cell comes first
-    lead.radio(key="audit_cell").set_value(f"{image_id}|{cls}").run()
+    if not _item_caption(lead).startswith("Item 1 of "):  # item 1 had one cell, decided
+        lead.button(key="audit_prev").click().run()
+    assert _item_caption(lead).startswith("Item 1 of ")
+    if (image_id, cls) != _item(lead)[:2]:  # the item's open cell comes first
+        lead.radio(key="audit_cell").set_value(f"{image_id}|{cls}").run()
     assert _item(lead)[:2] == (image_id, cls)
     assert sum("Decision on record" in s for s in texts(lead.success)) == 2
     assert any("Readers disagree" in w for w in texts(lead.warning))
