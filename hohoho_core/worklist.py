@@ -25,6 +25,7 @@ from hohoho_core.study import Study
 __all__ = [
     "FolderSource",
     "IndexedSource",
+    "PacsSource",
     "StudyResult",
     "StudySource",
     "WorklistEntry",
@@ -104,6 +105,26 @@ class FolderSource:
                 label=f"Study {n} · {desc} · {s.n_slices} slices",
                 load=lambda uid=s.series_uid: self.scan.load(uid),
             )
+
+
+@dataclass(frozen=True)
+class PacsSource:
+    """The studies a PACS search found (`hohoho_core.pacs.search_studies` matches), each
+    retrieved over WADO-RS when its turn comes (``load_study_uid(uid)``: retrieve, read like
+    an upload, pick the series); labelled by date and description, never by patient."""
+
+    key: str
+    name: str
+    matches: tuple[Any, ...]  # hohoho_core.pacs.StudyMatch
+    load_study_uid: Callable[[str], Study]
+
+    def entries(self) -> Iterator[WorklistEntry]:
+        for n, m in enumerate(self.matches, start=1):
+            parts = [f"Study {n}", m.study_date or "no date", m.description or "CT"]
+            if m.n_instances:
+                parts.append(f"{m.n_instances} instances")
+            yield WorklistEntry(key=m.study_uid, label=" · ".join(parts),
+                                load=lambda uid=m.study_uid: self.load_study_uid(uid))
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,16 @@ from hohoho_core.pacs import (
     RetrieveLimits,
     StudyMatch,
     StudyQuery,
+    load_pacs_study,
     retrieve_study,
     search_studies,
     server_from_env,
 )
+from hohoho_core.worklist import PacsSource
 from hohoho_ui.settings import Settings
 from hohoho_ui.text import md_literal
 
-__all__ = ["match_label", "pacs_ui", "results_table"]
+__all__ = ["match_label", "pacs_ui", "pacs_worklist_ui", "results_table"]
 
 #: The viewer's opener: ``open_source(kind, source, name, settings)``.
 OpenSource = Callable[..., None]
@@ -46,14 +48,14 @@ def match_label(m: StudyMatch) -> str:
     return f"{m.study_date or 'no date'} · {m.description or 'study'} · {count} · …{m.study_uid[-10:]}"
 
 
-def _search_form() -> StudyQuery | None:
-    with st.form("pacs_search", border=False):
-        patient_id = st.text_input("Patient ID", key="pacs_patient_id")
-        accession = st.text_input("Accession number", key="pacs_accession")
+def _search_form(prefix: str = "pacs") -> StudyQuery | None:
+    with st.form(f"{prefix}_search", border=False):
+        patient_id = st.text_input("Patient ID", key=f"{prefix}_patient_id")
+        accession = st.text_input("Accession number", key=f"{prefix}_accession")
         left, right = st.columns(2)
-        start = left.date_input("From", value=None, key="pacs_date_from",
+        start = left.date_input("From", value=None, key=f"{prefix}_date_from",
                                 min_value=dt.date(1900, 1, 1))
-        end = right.date_input("To", value=None, key="pacs_date_to",
+        end = right.date_input("To", value=None, key=f"{prefix}_date_to",
                                min_value=dt.date(1900, 1, 1))
         if not st.form_submit_button("Search", type="primary"):
             return None
@@ -63,14 +65,8 @@ def _search_form() -> StudyQuery | None:
 
 def pacs_ui(settings: Settings, open_source: OpenSource) -> None:
     """Search the configured DICOMweb server and open a study through ``open_source``."""
-    try:
-        server = server_from_env()
-    except PacsError as err:
-        st.error(md_literal(err))
-        return
+    server = _server_or_message()
     if server is None:
-        st.info("No PACS configured: set HOHOHO_DICOMWEB_URL (e.g. "
-                "http://localhost:8042/dicom-web) and restart the app.")
         return
     st.caption(f"Server: {md_literal(server.display_url)}")
     query = _search_form()
@@ -110,3 +106,50 @@ def _open(server: Any, uid: str, label: str, settings: Settings,
         return
     # The upload path: same reader, bounds, series choice and load report as files.
     open_source("upload", uploads, f"PACS {label}", settings)
+
+
+def _server_or_message() -> Any:
+    try:
+        server = server_from_env()
+    except PacsError as err:
+        st.error(md_literal(err))
+        return None
+    if server is None:
+        st.info("No PACS configured: set HOHOHO_DICOMWEB_URL (e.g. "
+                "http://localhost:8042/dicom-web) and restart the app.")
+    return server
+
+
+def pacs_worklist_ui(settings: Settings) -> PacsSource | None:
+    """The worklist's PACS source: search once, then every CT study found is retrieved
+    (bounded like an upload) and analysed in turn; its thickest axial series is scored."""
+    server = _server_or_message()
+    if server is None:
+        return None
+    st.caption(f"Server: {md_literal(server.display_url)}")
+    query = _search_form("wl_pacs")
+    if query is not None:
+        try:
+            with st.spinner("Searching the PACS…"):
+                st.session_state["wl_pacs_results"] = (server.display_url,
+                                                       search_studies(server, query))
+        except PacsError as err:
+            st.session_state.pop("wl_pacs_results", None)
+            st.error(md_literal(err))
+            return None
+    found = st.session_state.get("wl_pacs_results")
+    if not found or found[0] != server.display_url:
+        st.info("Search the PACS: every CT study the search finds is analysed.")
+        return None
+    matches: list[StudyMatch] = found[1]
+    if not matches:
+        st.info("No CT study matches.")
+        return None
+    limits = RetrieveLimits(max_bytes=settings.max_upload_bytes)
+    uids = "|".join(m.study_uid for m in matches)
+    return PacsSource(
+        key=f"pacs|{server.display_url}|{uids}",
+        name=f"PACS query ({len(matches)} studies)",
+        matches=tuple(matches),
+        load_study_uid=lambda uid: load_pacs_study(server, uid, limits),
+    )

@@ -24,6 +24,7 @@ from hohoho_core.worklist import (
     step_in_order,
 )
 from hohoho_ui import loaders, state
+from hohoho_ui.pacs import pacs_worklist_ui
 from hohoho_ui.settings import Settings
 from hohoho_ui.text import md_literal
 from hohoho_ui.views import resolve_under, study_fingerprint
@@ -105,6 +106,7 @@ SOURCE_UIS: dict[str, Callable[[Settings], StudySource | None]] = {
     "Demo studies": demo_source_ui,
     "Server folder": folder_source_ui,
     "RSNA folder": rsna_source_ui,
+    "PACS query": pacs_worklist_ui,
 }
 
 

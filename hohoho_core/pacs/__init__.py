@@ -10,6 +10,7 @@ from hohoho_core.pacs.retrieve import (
     DEFAULT_MAX_INSTANCES,
     DEFAULT_MAX_STUDY_BYTES,
     RetrieveLimits,
+    load_pacs_study,
     retrieve_study,
     scan_pacs_study,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "RetrieveLimits",
     "StudyMatch",
     "StudyQuery",
+    "load_pacs_study",
     "retrieve_study",
     "scan_pacs_study",
     "search_studies",

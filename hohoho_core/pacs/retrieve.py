@@ -17,10 +17,12 @@ import pydicom
 
 from hohoho_core.dicom import ReadBounds, SourceScan, Upload, scan_source
 from hohoho_core.dicom.bounds import DEFAULT_MAX_SLICES
+from hohoho_core.dicom.series import SeriesRule, choose_series
 from hohoho_core.dicom.sources import DEFAULT_MAX_TOTAL_UPLOAD_BYTES
 from hohoho_core.pacs._http import calling, make_client
 from hohoho_core.pacs.search import StudyQuery, search_studies
 from hohoho_core.pacs.server import DicomwebServer, PacsError
+from hohoho_core.study import Study
 
 __all__ = [
     "DEFAULT_MAX_INSTANCES",
@@ -129,3 +131,25 @@ def scan_pacs_study(
         max_total_upload_bytes=limits.max_bytes,
         **kwargs,
     )
+
+
+def load_pacs_study(
+    server: DicomwebServer,
+    study_uid: str,
+    limits: RetrieveLimits | None = None,
+    *,
+    series_rule: SeriesRule = "thickest",
+) -> Study:
+    """One study of the PACS as a `Study`: retrieved, read like an upload, and one axial
+    series chosen by ``series_rule`` (`dicom.series.choose_series`; "thickest" by default,
+    the RSNA data's 5 mm series when a study also has a thin one), for a worklist.
+
+    Raises:
+        PacsError: the server failed or sent nothing usable; StudyLoadError: no axial
+            series could be read.
+    """
+    with scan_pacs_study(server, study_uid, limits) as scan:
+        chosen = choose_series(scan.loadable_series(), rule=series_rule)
+        if not chosen:
+            raise PacsError(f"study {study_uid} has no axial CT series to analyse")
+        return scan.load(chosen[0].series_uid)
