@@ -227,7 +227,8 @@ class Progress:
     """One line of progress on ``stream`` at most every ``interval`` seconds, and at the end.
 
     ``predict: 37/200 studies, 1,110 slices, 48.1 slices/s, about 3m12s left``: the rate
-    counts this run's slices over its wall time; time left assumes the remaining studies
+    counts this run's slices over the time since the first studies were found; time left
+    assumes the remaining studies
     take as long as this run's did on average.
     """
 
@@ -246,7 +247,11 @@ class Progress:
         self._last = self.start
 
     def add_total(self, n: int) -> None:
+        """``n`` more studies to do; before the first is done this restarts the clock, so
+        the rate counts the pipeline, not the header scan that found the studies."""
         self.total += n
+        if self.studies == 0:
+            self.start = self._last = self.clock()
 
     def update(self, n_slices: int) -> None:
         """One study done with ``n_slices`` slices (0 for a series that could not load)."""

@@ -79,12 +79,14 @@ class PathCheck:
         f2_delta: ``|macro_f2 - fp32 macro_f2|``.
         max_dp: largest ``|p - p_fp32|`` (final output, every slice and class).
         slices_per_s: end-to-end batch rate per CPU class (`cpu_class`) it was timed on.
+        n_slices: test-split slices the comparison with fp32 covered.
     """
 
     macro_f2: float
     f2_delta: float
     max_dp: float
     slices_per_s: dict[str, float] = field(default_factory=dict)
+    n_slices: int = 0
 
     @property
     def accepted(self) -> bool:
@@ -108,7 +110,8 @@ class PrecisionTable:
             "n_slices": self.n_slices,
             "paths": {
                 name: {"macro_f2": c.macro_f2, "f2_delta": c.f2_delta, "max_dp": c.max_dp,
-                       "accepted": c.accepted, "slices_per_s": dict(c.slices_per_s)}
+                       "accepted": c.accepted, "slices_per_s": dict(c.slices_per_s),
+                       "n_slices": c.n_slices}
                 for name, c in self.paths.items()
             },
         }
@@ -132,6 +135,7 @@ def read_table(folder: str | Path) -> PrecisionTable | None:
                 macro_f2=float(p["macro_f2"]), f2_delta=float(p["f2_delta"]),
                 max_dp=float(p["max_dp"]),
                 slices_per_s={str(k): float(v) for k, v in p.get("slices_per_s", {}).items()},
+                n_slices=int(p.get("n_slices", 0)),
             )
             for name, p in doc["paths"].items()
             if name in PRECISIONS
