@@ -1,11 +1,15 @@
 """Command line: ``python -m hohoho_core {predict,index,audit} ...``.
 
 predict  PATH... [--weights DIR] [--out preds.csv|preds.json] [--batch-size N] [--device D]
-         [--precision fp32|int8] [--sample-submission CSV]
+         [--precision auto|fp32|bf16|int8] [--workers N] [--resume] [--quiet]
+         [--progress-every S] [--sample-submission CSV]
          Studies from folders, zips, single files or an RSNA-layout folder; writes the RSNA
-         submission CSV plus ``<stem>_studies.csv`` (or one JSON). Under ``torchrun`` the
-         studies are shared out by rank and rank 0 merges the parts. Files the reader could
-         not use are listed on stderr; with ``--sample-submission`` every image of the
+         submission CSV plus ``<stem>_studies.csv`` (or one JSON). Studies are read and
+         preprocessed in ``--workers`` processes while the CNN runs (`hohoho_core.batch`);
+         results go to a log study by study, so Ctrl-C / SIGTERM (exit 130) loses nothing
+         and ``--resume`` completes the run. Under ``torchrun`` the studies are shared out by
+         rank and rank 0 merges the parts. Files the reader could not use are listed on
+         stderr and counted by reason; with ``--sample-submission`` every image of the
          sample must be predicted, else the exit code is 2 and the missing IDs are listed.
 index    DATA_DIR [--labels CSV] [--workers N] [--cache-dir DIR]: index an RSNA-layout folder.
 audit    --data DIR --probs oof.csv --out flags.csv: rank likely label errors.
@@ -146,9 +150,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except WeightsError as err:
             raise CliError(f"weights {weights}: {err}") from None
         is_main = info.rank == 0
-        if is_main and not args.quiet:
-            print(f"precision: {resolution.describe()}; {workers} reader process(es)",
-                  file=sys.stderr)
+        if is_main:
+            print(f"precision: {resolution.describe()}; {workers} reader process(es)")
 
         # Results go to disk study by study (hohoho_core.resultlog): a stopped run keeps
         # every finished study, and --resume goes on from there.

@@ -17,7 +17,11 @@ was not used by reason (file names only, never patient identifiers).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -44,6 +48,7 @@ __all__ = [
 
 #: Reason counted for a series of which no slice could be used.
 UNLOADABLE_SERIES = "series with no usable slice"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
@@ -83,10 +88,17 @@ def _identity(item: PreparedStudy) -> PreparedStudy:
     return item
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(parent: int, _: int) -> None:
     # The parent may turn SIGTERM into an exception to stop cleanly; a worker just ends
     # (the parent shuts the pool down and keeps the results log valid).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # A parent killed outright (SIGKILL, OOM killer) cannot join its workers, and one
+    # blocked on a full pipe would wait forever: have Linux kill it with the parent.
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(0)
 
 
 class _PreparedStudies(IterableDataset[PreparedStudy]):
@@ -186,7 +198,7 @@ def prepared_studies(
         num_workers=workers,
         prefetch_factor=prefetch,
         collate_fn=_identity,
-        worker_init_fn=_worker_init,
+        worker_init_fn=functools.partial(_worker_init, os.getpid()),
         # Forked workers inherit the scan (headers read once) instead of unpickling it.
         multiprocessing_context="fork",
     )
@@ -275,7 +287,9 @@ class Progress:
         return ", ".join(parts)
 
     def finish(self) -> None:
-        self._emit()
+        """The last line (none when this run predicted nothing)."""
+        if self.studies:
+            self._emit()
 
     def _emit(self) -> None:
         if self.enabled:

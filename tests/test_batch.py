@@ -64,10 +64,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def _run(weights: Path, data: Path, out: Path, *extra: str) -> tuple[int, str]:
     import contextlib
 
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
+    err, out_text = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out_text):
         rc = main(["predict", str(data), "--weights", str(weights), "--out", str(out), *extra])
-    return rc, err.getvalue()
+    return rc, out_text.getvalue() + err.getvalue()
 
 
 def test_pipelined_output_is_the_serial_output(folder: tuple[Path, Path], tmp_path: Path) -> None:
@@ -88,6 +88,11 @@ def test_pipelined_output_is_the_serial_output(folder: tuple[Path, Path], tmp_pa
     assert "1 series with no usable slice" in summary[0]
     assert "precision: fp32 (auto: these weights have no measured precision table)" in err2
     assert "2 reader process(es)" in err2
+    # The last progress line: 5 series (one unloadable), every slice, a rate.
+    last = [ln for ln in err2.splitlines() if ln.startswith("predict: ")][-1]
+    assert last.startswith("predict: 6/6 studies, ") and "slices/s, done in" in last
+    rc, quiet = _run(weights, data, tmp_path / "quiet.csv", "--quiet")
+    assert rc == 0 and "predict: " not in quiet and "precision: fp32" in quiet
 
 
 def _record(log: Path, tag: str, hu: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

@@ -62,10 +62,16 @@ def test_killed_run_resumes_to_the_same_file(setup: tuple[Path, Path], tmp_path:
     proc = subprocess.Popen(_cmd(weights, data, out), cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
+    readers: set[int] = set()
     while time.monotonic() < deadline and len(log.done()) < 2 and proc.poll() is None:
+        readers |= _children(proc.pid)
         time.sleep(0.02)
+    readers |= _children(proc.pid)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: only the log survives
     proc.wait(timeout=30)
+    # Its reader processes die with it (PR_SET_PDEATHSIG), none is left blocked on a pipe.
+    time.sleep(1.0)
+    assert not [p for p in readers if _alive(p)]
     n_done = len(log.done())
     assert 2 <= n_done < 6, f"the run was not stopped part-way ({n_done} studies done)"
     assert not out.exists()
