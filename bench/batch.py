@@ -52,7 +52,7 @@ from bench.common import (
 )
 from bench.context import FULL, REPO_ROOT, SHIPPED_WEIGHTS, BenchContext, generate_once
 from bench.int8 import test_split_root
-from bench.report import write_results
+from bench.report import render_markdown
 from hohoho_core.batch import default_workers
 from hohoho_core.dicom import scan_source
 from hohoho_core.evaluate import predict_index, score
@@ -362,6 +362,32 @@ def run(args: argparse.Namespace) -> Section:
     return sec
 
 
+def splice_section(old_md: str, rendered: str) -> str:
+    """``old_md`` with this section's goal rows and section replaced by ``rendered``'s.
+
+    Only this section changes: the others' text stays as it is in results.md.
+    """
+    new = rendered.splitlines()
+    rows = [ln for ln in new if ln.startswith(f"| {TITLE} |")]
+    body = [ln for ln in new[new.index(f"## {TITLE}"):] if not ln.startswith("_From an earlier")]
+    if not old_md.strip():
+        return rendered.rstrip("\n") + "\n"
+    lines = [ln for ln in old_md.splitlines() if not ln.startswith(f"| {TITLE} |")]
+    if f"## {TITLE}" in lines:
+        i = lines.index(f"## {TITLE}")
+        j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+        lines = lines[:i] + lines[j:]
+    goal_rows = [k for k, ln in enumerate(lines) if ln.startswith("| ") and " | " in ln
+                 and k > 0 and lines[k - 1].startswith("|") and "## " not in ln]
+    first_section = next((k for k, ln in enumerate(lines) if ln.startswith("## ")
+                          and ln != "## Goals"), len(lines))
+    at = max((k for k in goal_rows if k < first_section), default=first_section - 1) + 1
+    lines = lines[:at] + rows + lines[at:]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "\n".join(lines + [""] + body).rstrip("\n") + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     configure_torch(available_cores(), quantized_engine="auto")
@@ -385,7 +411,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command, "created": created, "quick": False,
         "threads": available_cores(), "machine": machine_info(), "sections": {}}
     results["sections"]["batch"] = d  # the other sections stay as their run left them
-    write_results(results, Path(args.out), merge_existing=False)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    md = out / "results.md"
+    old = md.read_text(encoding="utf-8") if md.is_file() else ""
+    md.write_text(splice_section(old, render_markdown({**results, "sections": {"batch": d}})),
+                  encoding="utf-8")
     print(f"wrote {args.out}/results.md (section: {TITLE})")
     return 0
 
