@@ -2,7 +2,7 @@
 that follows when the browser reports its slice, through streamlit's AppTest.
 
 Scrolling itself happens in the browser (`hohoho_ui.viewer_component`); its latency under
-load is section 7 (`bench.viewer_load`).
+load is section 8 (`bench.viewer_load`).
 
 AppTest runs ``app.py`` in this process the way the server does for one browser session
 (widgets, callbacks, ``st.cache_*``), without the browser: the figures are the server's

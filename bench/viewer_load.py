@@ -1,4 +1,4 @@
-"""7. The browser viewer under load: N users scrolling one study at the same time.
+"""8. The browser viewer under load: N users scrolling one study at the same time.
 
 The real app (``streamlit run``) on a free loopback port and headless Chromium (Debian's
 ``/usr/bin/chromium``) on the same machine, one browser context per user (each its own
@@ -216,7 +216,7 @@ def _worklist_rate(demo: Path, weights: Path) -> tuple[int, float]:
 
 
 def run(ctx: BenchContext, users: int = USERS, passes: int = PASSES) -> Section:
-    sec = Section("viewer_load", f"7. Browser viewer under load ({users} users, Chromium)")
+    sec = Section("viewer_load", f"8. Browser viewer under load ({users} users, Chromium)")
     if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is missing: run `make browser` first")
     demo = generate_once(ctx.work / f"worklist_{WORKLIST_STUDIES}x{STUDY_PX}", WORKLIST_STUDIES,
@@ -275,7 +275,7 @@ def run(ctx: BenchContext, users: int = USERS, passes: int = PASSES) -> Section:
 def main(argv: list[str] | None = None) -> int:
     from bench.report import write_results
 
-    p = argparse.ArgumentParser(description="7. The browser viewer under load")
+    p = argparse.ArgumentParser(description="8. The browser viewer under load")
     p.add_argument("--users", type=int, default=USERS)
     p.add_argument("--passes", type=int, default=PASSES)
     p.add_argument("--work", type=Path, default=REPO_ROOT / "data" / "bench")

@@ -1,11 +1,15 @@
 """Command line: ``python -m hohoho_core {predict,index,audit} ...``.
 
 predict  PATH... [--weights DIR] [--out preds.csv|preds.json] [--batch-size N] [--device D]
-         [--precision fp32|int8] [--sample-submission CSV]
+         [--precision auto|fp32|bf16|int8] [--workers N] [--resume] [--quiet]
+         [--progress-every S] [--sample-submission CSV]
          Studies from folders, zips, single files or an RSNA-layout folder; writes the RSNA
-         submission CSV plus ``<stem>_studies.csv`` (or one JSON). Under ``torchrun`` the
-         studies are shared out by rank and rank 0 merges the parts. Files the reader could
-         not use are listed on stderr; with ``--sample-submission`` every image of the
+         submission CSV plus ``<stem>_studies.csv`` (or one JSON). Studies are read and
+         preprocessed in ``--workers`` processes while the CNN runs (`hohoho_core.batch`);
+         results go to a log study by study, so Ctrl-C / SIGTERM (exit 130) loses nothing
+         and ``--resume`` completes the run. Under ``torchrun`` the studies are shared out by
+         rank and rank 0 merges the parts. Files the reader could not use are listed on
+         stderr and counted by reason; with ``--sample-submission`` every image of the
          sample must be predicted, else the exit code is 2 and the missing IDs are listed.
 predict  --dicomweb [URL] (--study-uid UID... | --patient-id/--patient-name/--date-from/
          --date-to/--accession) [--store-sr]: studies from a PACS (hohoho_core.pacs_cli).
@@ -24,15 +28,18 @@ identifiers). Heavy modules are imported inside each subcommand.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: the partial log is kept for --resume
 WEIGHTS_ENV = "HOHOHO_WEIGHTS"  # the same name as weights.WEIGHTS_ENV (kept light here)
 DEBUG_ENV = "HOHOHO_DEBUG"  # set: an unexpected error shows its traceback
 
@@ -113,38 +120,47 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"weights folder {weights} not found (pass --weights DIR or set ${WEIGHTS_ENV})"
         )
     expected = _sample_image_ids(Path(args.sample_submission)) if args.sample_submission else None
-
-    from tqdm import tqdm
+    if args.workers is not None and args.workers < 0:
+        raise CliError(f"--workers must be >= 0, got {args.workers}")
 
     from hohoho_core import distributed as D
-    from hohoho_core.dicom import StudyLoadError, scan_source
-    from hohoho_core.dicom.series import choose_series
-    from hohoho_core.predict import Predictor, prediction_record, write_predictions
-    from hohoho_core.resultlog import ResultLog, rank_log_path, study_key
+    from hohoho_core.batch import Progress, SkipTally, default_workers
+    from hohoho_core.predict import Predictor, resolve_folder_precision, write_predictions
+    from hohoho_core.resultlog import ResultLog, rank_log_path
     from hohoho_core.runtime import configure_torch
     from hohoho_core.system import available_cores
     from hohoho_core.weights import WeightsError
 
     info = D.init_distributed()
     try:
+        device = args.device or info.device
+        try:
+            resolution = resolve_folder_precision(weights, args.precision, device)
+        except WeightsError as err:
+            raise CliError(f"weights {weights}: {err}") from None
         # Processes on one machine share its cores.
         local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+        cores = max(1, available_cores() // local_world)
+        workers = default_workers(cores) if args.workers is None else args.workers
         # The CLI is the entry point: it sets torch's process-wide state, once. Same
         # algorithms every call on a GPU, so the same input gives the same bits.
         configure_torch(
-            max(1, available_cores() // local_world),
+            cores,
             deterministic=True,
-            quantized_engine="auto" if args.precision == "int8" else None,
+            quantized_engine="auto" if resolution.precision == "int8" else None,
         )
         try:
             predictor = Predictor.from_folder(
                 weights,
-                device=args.device or info.device,
+                device=device,
                 batch_size=args.batch_size,
-                precision=args.precision,
+                precision=resolution.precision,
             )
         except WeightsError as err:
             raise CliError(f"weights {weights}: {err}") from None
+        is_main = info.rank == 0
+        if is_main:
+            print(f"precision: {resolution.describe()}; {workers} reader process(es)")
 
         # Results go to disk study by study (hohoho_core.resultlog): a stopped run keeps
         # every finished study, and --resume goes on from there.
@@ -158,68 +174,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             results.remove()
         results.repair()
         done = results.done()
-        skipped: dict[str, str] = {}  # file -> reason, over every study of this rank
-        is_main = info.rank == 0
-        bar = None  # created after the first load, so an early error prints alone
-        order = 0
-        n_new = 0
-        for src in sources:
-            try:
-                with scan_source(src) as scan:
-                    # Every rank numbers the series the same way and takes every
-                    # world_size-th; the number restores the input order at the merge.
-                    owned: dict[str, int] = {}
-                    chosen = choose_series(scan.series, description=args.series_description,
-                                           rule=args.series)
-                    if not chosen and scan.loadable_series():
-                        raise CliError(
-                            f"{src}: no axial series matches --series-description "
-                            f"{args.series_description!r} (descriptions found: "
-                            + ", ".join(sorted({repr(s.description) for s in scan.series}))[:300]
-                            + ")"
-                        )
-                    for s in chosen:
-                        if order % info.world_size == info.rank:
-                            owned[study_key(s.study_uid, s.series_uid)] = order
-                        order += 1
-                    for sk in scan.report.skipped:
-                        if _worth_listing(sk.source, sk.reason.value):
-                            skipped.setdefault(sk.source, sk.reason.value)
-
-                    def passed(study_uid: str, series_uid: str,
-                               owned: dict[str, int] = owned) -> bool:
-                        key = study_key(study_uid, series_uid)
-                        return key not in owned or key in done
-
-                    for study in scan.iter_studies(skip=passed):
-                        for sk in study.report.skipped:
-                            if _worth_listing(sk.source, sk.reason.value):
-                                skipped.setdefault(sk.source, sk.reason.value)
-                        rec = prediction_record(predictor.predict(study))
-                        rec["order"] = owned[study_key(study.study_uid, study.series_uid)]
-                        results.append(rec)
-                        n_new += 1
-                        if bar is None:  # after the first study, so an early error prints alone
-                            bar = tqdm(unit="study", desc="predict", disable=not is_main,
-                                       file=sys.stderr, leave=False, initial=len(done))
-                        bar.update(1)
-            except StudyLoadError as err:
-                raise CliError(f"{src}: {err}") from None
-        if bar is not None:
-            bar.close()
+        tally = SkipTally()  # over every study of this rank
+        progress = Progress(0, done_before=len(done), enabled=is_main and not args.quiet,
+                            interval=args.progress_every)
+        try:
+            with _stop_on_sigterm():
+                n_new = _predict_sources(sources, args, predictor, results, done, info,
+                                         workers, tally, progress)
+        except KeyboardInterrupt:
+            # Every finished study is in the log (fsync per study); the pipeline's workers
+            # were joined when its iterator closed.
+            print(f"hohoho: interrupted: {progress.studies} studies predicted in this run are "
+                  f"kept in {results.path}; run the same command with --resume to continue",
+                  file=sys.stderr)
+            return EXIT_INTERRUPTED
+        progress.finish()
+        skipped = tally.files
 
         if info.distributed:
             part = _part_path(out, info.rank)
             part.parent.mkdir(parents=True, exist_ok=True)
-            part.write_text(json.dumps({"skipped": skipped}), encoding="utf-8")
+            part.write_text(json.dumps({"skipped": tally.to_dict()}), encoding="utf-8")
         D.barrier()
         logs = [ResultLog(rank_log_path(out, r, info.world_size)) for r in range(info.world_size)]
         if is_main:
             if info.distributed:
                 for r in range(info.world_size):
                     p = _part_path(out, r)
-                    for k, v in json.loads(p.read_text(encoding="utf-8"))["skipped"].items():
-                        skipped.setdefault(k, v)
+                    if r != info.rank:
+                        tally.update(json.loads(p.read_text(encoding="utf-8"))["skipped"])
                     p.unlink()
             # The final file comes from the logs alone, so it is the same whether the run
             # was interrupted or not.
@@ -241,6 +224,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if skipped:
                 print(_listing(f"{len(skipped)} files not used", sorted(
                     f"{name} ({why})" for name, why in skipped.items())), file=sys.stderr)
+            if skipped or tally.series:
+                print(tally.summary(), file=sys.stderr)
             if expected is not None:
                 done = {i for r in records for i in r["image_ids"]}
                 missing = [i for i in expected if i not in done]
@@ -261,6 +246,97 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     finally:
         D.cleanup()
     return 0
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt here, so a terminated run stops the way Ctrl-C does
+    (workers joined, the log left whole) instead of dying mid-study."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _predict_sources(sources: Sequence[Path], args: argparse.Namespace, predictor: Any,
+                     results: Any, done: set[str], info: Any, workers: int, tally: Any,
+                     progress: Any) -> int:
+    """Predict this rank's series of every source into ``results``; returns how many."""
+    from hohoho_core.batch import prepared_studies
+    from hohoho_core.dicom import StudyLoadError, scan_source
+    from hohoho_core.dicom.series import choose_series
+    from hohoho_core.predict import prediction_record
+    from hohoho_core.resultlog import study_key
+
+    order = 0
+    n_new = 0
+    for src in sources:
+        try:
+            with scan_source(src) as scan:
+                # Every rank numbers the series the same way and takes every world_size-th;
+                # the number restores the input order at the merge.
+                owned: dict[str, int] = {}
+                chosen = choose_series(scan.series, description=args.series_description,
+                                       rule=args.series)
+                loadable = scan.loadable_series()
+                if not chosen and loadable:
+                    raise CliError(
+                        f"{src}: no axial series matches --series-description "
+                        f"{args.series_description!r} (descriptions found: "
+                        + ", ".join(sorted({repr(s.description) for s in scan.series}))[:300]
+                        + ")"
+                    )
+                for s in chosen:
+                    if order % info.world_size == info.rank:
+                        owned[study_key(s.study_uid, s.series_uid)] = order
+                    order += 1
+                for sk in scan.report.skipped:
+                    if _worth_listing(sk.source, sk.reason.value):
+                        tally.add(sk.source, sk.reason.value)
+                keys = [study_key(s.study_uid, s.series_uid) for s in loadable]
+                jobs = [(s.study_uid, s.series_uid) for s, k in zip(loadable, keys, strict=True)
+                        if k in owned and k not in done]
+                progress.add_total(sum(k in owned for k in keys))
+                loaded = 0
+                if jobs:
+                    items = prepared_studies(scan, jobs, predictor.preprocess_config,
+                                             workers=workers)
+                    try:
+                        for item in items:
+                            for name, why in item.skipped:
+                                if _worth_listing(name, why):
+                                    tally.add(name, why)
+                            if item.x is None:
+                                tally.series += 1
+                                progress.update(0)
+                                continue
+                            pred = predictor.predict_prepared(item.x, item.study_uid,
+                                                              item.series_uid, item.image_ids)
+                            rec = prediction_record(pred)
+                            rec["order"] = owned[item.key]
+                            results.append(rec)
+                            loaded += 1
+                            n_new += 1
+                            progress.update(len(item.image_ids))
+                    finally:
+                        items.close()  # stops and joins the reader processes
+                if loaded == 0 and len(jobs) == len(loadable):
+                    if not jobs:
+                        list(scan.iter_studies())  # raises the reader's own "no usable" error
+                    else:
+                        raise CliError(f"{src}: none of its {len(jobs)} series has a usable "
+                                       f"slice ({tally.summary()})")
+        except StudyLoadError as err:
+            raise CliError(f"{src}: {err}") from None
+    return n_new
 
 
 #: Files named like images: one of them that is not DICOM is worth a line; a labels CSV
@@ -525,12 +601,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: per rank)")
     p.add_argument(
         "--precision",
-        choices=("fp32", "int8"),
-        default="fp32",
-        help="int8: statically quantised CNN; bench/results.md measured the whole study 2.7x "
-        "faster than the naive fp32 path on a 2-core AVX2 CPU, with macro F2 0.0067 away "
-        "from fp32 (bar 0.005, not met); probabilities differ by up to about 0.01",
+        choices=("auto", "fp32", "bf16", "int8"),
+        default="auto",
+        help="CNN arithmetic. auto (default): the fastest path the weights' precision.json "
+        "measured within 0.005 macro F2 and 0.02 probability of fp32 on this CPU class, "
+        "else fp32 (see bench/README.md); bf16 is fast only with avx512_bf16/AMX; int8 is "
+        "a statically quantised CNN. The path that ran is printed",
     )
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes reading and preprocessing studies while the CNN runs "
+                   "(default: one per four cores, at least 1); 0: one study after another "
+                   "in this process")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress lines (errors and the final summary still print)")
+    p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds between progress lines on stderr")
     p.add_argument("--series", choices=("all", "thinnest", "thickest"), default="all",
                    help="per study: every axial series, or only the thinnest / thickest one "
                    "(an exam exported with thin and thick reconstructions)")

@@ -8,10 +8,11 @@ bit-identical output: fixed batch composition, eval mode, no randomness.
 Speed (bench/results.md, section 1): the CNN runs as an inference twin whose batch norms
 are folded into the preceding convolutions (`inference_twin`), in channels-last batches of
 16. Both were measured to win on CPU; the outputs differ from the plain fp32 model only by
-rounding (about 1e-6, far inside the project's 1e-3 tolerance). ``precision="int8"`` offers
-a static int8 CNN (`quantize_int8`), several times faster on CPUs with VNNI/AMX, whose
-probabilities move by a few 1e-2: opt-in, for weights whose macro F2 it keeps (the bench
-checks that on the synthetic test split).
+rounding (about 1e-6, far inside the project's 1e-3 tolerance). ``precision="bf16"`` runs
+the same twin under ``torch.autocast(bfloat16)`` (fast only with avx512_bf16/AMX);
+``precision="int8"`` a static int8 CNN (`quantize_int8`), several times faster on CPUs with
+VNNI/AMX. Both move probabilities; `from_folder`'s default ``"auto"`` picks one only where
+the weights' measured table says it keeps their answers (`hohoho_core.precision`).
 
 Nothing here changes process-wide torch state (threads, quantised engine, cuDNN flags):
 the entry point sets those once with `runtime.configure_torch`.
@@ -38,11 +39,12 @@ from hohoho_core.atomic import atomic_open
 from hohoho_core.csvsafe import safe_cell
 from hohoho_core.labels import CLASSES
 from hohoho_core.models import SequenceModel, SliceClassifier
+from hohoho_core.precision import PRECISIONS, Resolution, read_table, resolve_precision
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.rsna_csv import row_id, write_rsna_csv
-from hohoho_core.runtime import QUANTIZED_ENGINES
+from hohoho_core.runtime import QUANTIZED_ENGINES, cpu_flags
 from hohoho_core.study import Study
-from hohoho_core.weights import ModelConfig, load_calibration, load_weights
+from hohoho_core.weights import ModelConfig, WeightsError, load_calibration, load_weights
 
 __all__ = [
     "PRECISIONS",
@@ -54,16 +56,13 @@ __all__ = [
     "positive_runs",
     "prediction_record",
     "quantize_int8",
+    "resolve_folder_precision",
     "submission_id",
     "summarise",
     "write_predictions",
 ]
 
 log = logging.getLogger(__name__)
-
-#: CNN arithmetic a `Predictor` offers: exact fp32, or static int8 (CPU only, see
-#: `quantize_int8`; accepted only when macro F2 stays within 0.005 of fp32).
-PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 
 
 def positive_runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -284,11 +283,12 @@ class Predictor:
         config: the weights' `ModelConfig` (preprocessing and thresholds).
         device: "cpu", "cuda", "cuda:1", ...
         batch_size: slices per CNN forward pass.
-        precision: "fp32" (default: same probabilities as the plain model up to rounding)
-            or "int8" (`quantize_int8`, CPU only, several times faster, probabilities
-            within a few 1e-2; see bench/README.md before using it). int8 uses torch's
-            active quantized engine, which the entry point selects
-            (`runtime.configure_torch`).
+        precision: "fp32" (default: same probabilities as the plain model up to rounding),
+            "bf16" (``torch.autocast``; probabilities move by about 1e-2) or "int8"
+            (`quantize_int8`, CPU only, probabilities within a few 1e-2; see
+            bench/README.md before using it). int8 uses torch's active quantized engine,
+            which the entry point selects (`runtime.configure_torch`).
+        precision_note: why this path runs (`precision.Resolution.describe`), for display.
         calibration: int8 only: model inputs ``[N, 3, H, W]`` to calibrate on. None
             calibrates on the first study predicted (its own slices); `from_folder` passes
             the folder's ``calibration.safetensors`` when there is one.
@@ -310,6 +310,7 @@ class Predictor:
         batch_size: int = 16,
         precision: str = "fp32",
         calibration: np.ndarray | torch.Tensor | None = None,
+        precision_note: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -322,6 +323,7 @@ class Predictor:
         self.preprocess_config: PreprocessConfig = config.preprocess
         self.batch_size = batch_size
         self.precision = precision
+        self.precision_note = precision_note or f"{precision} (requested)"
         self.cnn = cnn.eval().to(self.device, memory_format=torch.channels_last)
         # One lock per predictor: the app shares it across sessions, and a lazily
         # calibrated int8 model must be built once.
@@ -347,21 +349,25 @@ class Predictor:
         path: str | Path,
         device: str | torch.device = "cpu",
         batch_size: int = 16,
-        precision: str = "fp32",
+        precision: str = "auto",
         calibration: np.ndarray | torch.Tensor | None = None,
     ) -> Predictor:
         """Load a weights folder (`weights.load_weights`; raises `WeightsError`).
 
-        int8 without ``calibration`` calibrates on the folder's calibration studies
+        ``precision="auto"`` resolves with the folder's ``precision.json`` and this CPU
+        (`resolve_precision`; fp32 without a table). int8 without ``calibration`` calibrates on the folder's calibration studies
         (`weights.load_calibration`) when it has them, else on the first study predicted.
         """
+        resolution = resolve_folder_precision(path, precision, device)
+        precision = resolution.precision
         cnn, lstm, config = load_weights(path)
         if precision == "int8" and calibration is None:
             studies = load_calibration(path)
             if studies is not None:
                 calibration = calibration_input(studies, config.preprocess)
         return cls(cnn, lstm, config, device=device, batch_size=batch_size,
-                   precision=precision, calibration=calibration)
+                   precision=precision, calibration=calibration,
+                   precision_note=resolution.describe())
 
     def preprocess(self, study: Study) -> np.ndarray:
         """The study's model input: float32 ``[S, C, size, size]`` in [0, 1] (C: the mode's)."""
@@ -378,11 +384,13 @@ class Predictor:
             raise ValueError(f"expected input [S, {want}, H, W], got {tuple(t.shape)}")
         model = self._cnn_for(t)
         embs, logits = [], []
+        bf16 = self.precision == "bf16"
         with torch.inference_mode():
             for start in range(0, t.shape[0], self.batch_size):
                 chunk = t[start : start + self.batch_size].to(self.device)
                 chunk = chunk.contiguous(memory_format=torch.channels_last)
-                e, lg = model(chunk)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+                    e, lg = model(chunk)
                 embs.append(e.float().cpu())
                 logits.append(lg.float().cpu())
         if not embs:
@@ -413,15 +421,28 @@ class Predictor:
 
     def predict(self, study: Study) -> StudyPrediction:
         """Run the whole pipeline on one sorted study."""
-        emb, logits = self.predict_input(self.preprocess(study))
+        return self.predict_prepared(self.preprocess(study), study.study_uid, study.series_uid,
+                                     list(study.image_ids))
+
+    def predict_prepared(
+        self, x: np.ndarray, study_uid: str, series_uid: str, image_ids: Sequence[str]
+    ) -> StudyPrediction:
+        """`predict` from the study's model input ``[S, C, H, W]`` (`preprocess`'s output).
+
+        What a batch pipeline calls when the preprocessing ran in another process; the
+        same input gives the same bits as `predict`.
+        """
+        if len(image_ids) != len(x):
+            raise ValueError(f"{len(image_ids)} image ids for {len(x)} slices")
+        emb, logits = self.predict_input(x)
         cnn_prob = torch.sigmoid(torch.from_numpy(logits / self.cnn_temperatures)).numpy()
         lstm_prob = self.sequence_prob(emb, logits)
         prob = lstm_prob if lstm_prob is not None else cnn_prob
         labels = prob >= self.thresholds[None, :]
         return StudyPrediction(
-            study_uid=study.study_uid,
-            series_uid=study.series_uid,
-            image_ids=list(study.image_ids),
+            study_uid=study_uid,
+            series_uid=series_uid,
+            image_ids=list(image_ids),
             cnn_prob=cnn_prob,
             lstm_prob=lstm_prob,
             prob=prob,
@@ -431,6 +452,22 @@ class Predictor:
             summary=summarise(prob, labels, self.classes),
             classes=self.classes,
         )
+
+
+def resolve_folder_precision(
+    folder: str | Path, precision: str = "auto", device: str | torch.device = "cpu"
+) -> Resolution:
+    """The path `Predictor.from_folder` runs for ``precision`` on this machine's CPU."""
+    if precision != "auto":
+        return resolve_precision(precision, None, (), ())
+    try:
+        table = read_table(folder)
+    except ValueError as err:
+        raise WeightsError(str(err)) from None
+    return resolve_precision(
+        "auto", table, cpu_flags(), torch.backends.quantized.supported_engines,
+        torch.device(device).type,
+    )
 
 
 def submission_id(image_id: str, cls: str) -> str:

@@ -14,7 +14,13 @@ import torch
 
 from hohoho_core.system import available_cores
 
-__all__ = ["QUANTIZED_ENGINES", "TorchSettings", "best_quantized_engine", "configure_torch"]
+__all__ = [
+    "QUANTIZED_ENGINES",
+    "TorchSettings",
+    "best_quantized_engine",
+    "configure_torch",
+    "cpu_flags",
+]
 
 #: int8 CPU engines in order of preference: "x86" (oneDNN + fbgemm, VNNI/AMX) is the fastest
 #: where built; qnnpack is the ARM fallback.
@@ -28,6 +34,25 @@ class TorchSettings:
     threads: int
     deterministic: bool
     quantized_engine: str
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The CPU's feature flags (``avx2``, ``avx512_bf16``, ``amx_bf16``, ...).
+
+    From the ``flags`` line of ``/proc/cpuinfo`` (or the text given); empty where there is
+    none (not Linux), which makes `precision.resolve_precision` choose fp32.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
 
 
 def best_quantized_engine() -> str:

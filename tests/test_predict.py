@@ -280,3 +280,15 @@ def test_temperatures_are_validated_and_absent_keys_stay_absent() -> None:
         ModelConfig.from_dict({**base, "cnn_temperatures": [1.0] * 5})
     ok = ModelConfig.from_dict({**base, "temperatures": [1.5] * 6})
     assert ok.to_dict()["temperatures"] == [1.5] * 6
+
+
+def test_predict_prepared_gives_the_bits_of_predict(weights_dir: Path) -> None:
+    """The batch pipeline preprocesses in another process and calls predict_prepared."""
+    predictor = Predictor.from_folder(weights_dir)
+    study = make_study(6, seed=3)
+    whole = predictor.predict(study)
+    split = predictor.predict_prepared(predictor.preprocess(study), study.study_uid,
+                                       study.series_uid, study.image_ids)
+    assert prediction_record(split) == prediction_record(whole)
+    with pytest.raises(ValueError, match="image ids"):
+        predictor.predict_prepared(predictor.preprocess(study), "s", "r", ["one"])

@@ -62,10 +62,16 @@ def test_killed_run_resumes_to_the_same_file(setup: tuple[Path, Path], tmp_path:
     proc = subprocess.Popen(_cmd(weights, data, out), cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
+    readers: set[int] = set()
     while time.monotonic() < deadline and len(log.done()) < 2 and proc.poll() is None:
+        readers |= _children(proc.pid)
         time.sleep(0.02)
+    readers |= _children(proc.pid)
     proc.send_signal(signal.SIGKILL)  # no chance to clean up: only the log survives
     proc.wait(timeout=30)
+    # Its reader processes die with it (PR_SET_PDEATHSIG), none is left blocked on a pipe.
+    time.sleep(1.0)
+    assert not [p for p in readers if _alive(p)]
     n_done = len(log.done())
     assert 2 <= n_done < 6, f"the run was not stopped part-way ({n_done} studies done)"
     assert not out.exists()
@@ -75,6 +81,69 @@ def test_killed_run_resumes_to_the_same_file(setup: tuple[Path, Path], tmp_path:
     assert res.returncode == 2 and "--resume" in res.stderr
     res = subprocess.run(_cmd(weights, data, out, "--resume"), cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"resumed: {n_done} studies were done, {6 - n_done} predicted now" in res.stderr
+    assert out.read_bytes() == full.read_bytes()
+    studies = out.with_name(f"{out.stem}_studies.csv")
+    assert studies.read_bytes() == full.with_name(f"{full.stem}_studies.csv").read_bytes()
+
+
+def _children(pid: int) -> set[int]:
+    """The live child processes of ``pid`` (Linux /proc)."""
+    kids: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids |= {int(k) for k in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopped_pipelined_run_resumes_to_the_same_file(
+    setup: tuple[Path, Path], tmp_path: Path, sig: signal.Signals
+) -> None:
+    """A real signal to a pipelined run: it stops cleanly (exit 130, readers gone, the log
+    whole) and ``--resume`` finishes it to the bytes of an uninterrupted serial run."""
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("needs Linux /proc to see the reader processes")
+    weights, data = setup
+    full = tmp_path / "full.csv"
+    res = subprocess.run(_cmd(weights, data, full, "--workers", "0"), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    out = tmp_path / "cut.csv"
+    log = ResultLog(rank_log_path(out, 0, 1))
+    proc = subprocess.Popen(_cmd(weights, data, out, "--workers", "2"), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    readers: set[int] = set()
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(log.done()) < 2 and proc.poll() is None:
+        readers |= _children(proc.pid)
+        time.sleep(0.02)
+    readers |= _children(proc.pid)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    n_done = len(log.done())
+    assert 2 <= n_done < 6, f"the run was not stopped part-way ({n_done} studies done)"
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and "Traceback" not in err
+    assert len(readers) >= 2  # the two reader processes were seen...
+    time.sleep(0.5)
+    assert not [p for p in readers if _alive(p)]  # ...and none outlived the run
+    assert not out.exists()
+    res = subprocess.run(_cmd(weights, data, out, "--resume", "--workers", "2"), cwd=REPO,
+                         env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"resumed: {n_done} studies were done, {6 - n_done} predicted now" in res.stderr
     assert out.read_bytes() == full.read_bytes()

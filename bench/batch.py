@@ -1,0 +1,426 @@
+"""Batch prediction at scale (issue 16): one run over a 200-study synthetic RSNA folder.
+
+    python -m bench.batch                 # writes the "batch" section of bench/results.md
+                                          # and weights/precision.json (--no-table: not)
+
+For each CNN arithmetic path (fp32, bf16, int8) it runs the real command line,
+``python -m hohoho_core predict FOLDER --precision P --workers N``, as a child process and
+reads its final progress line (slices per second of the pipeline, after the header scan),
+its wall time and the peak memory of its process tree (proportional set size of the
+command and its reader processes, summed, sampled every 0.1 s).
+In the same run it times the CNN alone (`Predictor.predict_input` on model inputs held in
+memory) and the fp32 compute floor (FLOPs / this machine's ``torch.mm`` rate, as in
+section 1), and scores each path against fp32 on the shipped weights' synthetic test split
+(macro F2 and the largest probability move). The rule of `hohoho_core.precision` then
+decides the default, and the table it reads is written beside the weights.
+
+bf16 runs emulated (about 6x slower than fp32) on CPUs without avx512_bf16/AMX: there it is
+timed and scored on the first ``--bf16-studies`` studies only, which the rows say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import (
+    Section,
+    cnn_flops,
+    compute_floor_s,
+    cpu_snapshot,
+    machine_info,
+    machine_line,
+    matmul_rate,
+    other_load,
+    ratio,
+    time_call,
+)
+from bench.context import FULL, REPO_ROOT, SHIPPED_WEIGHTS, BenchContext, generate_once
+from bench.int8 import test_split_root
+from bench.report import render_markdown
+from hohoho_core.batch import default_workers
+from hohoho_core.dicom import scan_source
+from hohoho_core.evaluate import predict_index, score
+from hohoho_core.precision import (
+    DP_BAR,
+    F2_BAR,
+    PRECISIONS,
+    PathCheck,
+    PrecisionTable,
+    cpu_class,
+    read_table,
+    resolve_precision,
+    write_table,
+)
+from hohoho_core.predict import Predictor
+from hohoho_core.rsna import build_index
+from hohoho_core.runtime import configure_torch, cpu_flags
+from hohoho_core.system import available_cores
+from hohoho_core.weights import load_weights
+
+TITLE = "9. Batch prediction (200-study folder)"
+GOAL_EFFICIENCY = 0.9  # pipeline rate / CNN-alone rate
+GOAL_FLOOR = 1.5  # default path's time per slice / fp32 compute floor per slice
+GOAL_PEAK_GB = 2.0
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="batch prediction bench -> bench/results.md")
+    p.add_argument("--work", type=Path, default=REPO_ROOT / "data" / "bench")
+    p.add_argument("--studies", type=int, default=200)
+    p.add_argument("--seed", type=int, default=2030)
+    p.add_argument("--size", type=int, default=256, help="phantom size in px (the test "
+                   "split's; the demo's 512 px took too long to generate here)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="reader processes (default: predict's default for this machine)")
+    p.add_argument("--bf16-studies", type=int, default=5,
+                   help="studies bf16 runs on where it is emulated (no avx512_bf16/AMX)")
+    p.add_argument("--other-studies", type=int, default=20,
+                   help="studies of the folder the non-default paths run on end to end "
+                   "(0: all); the default path always runs on the whole folder")
+    p.add_argument("--cnn-studies", type=int, default=5,
+                   help="studies of the folder held in memory to time the CNN alone")
+    p.add_argument("--split-studies", type=int, default=20,
+                   help="score every path on the test split's first N series (0: the whole "
+                   "split, 100 series, about 3,000 slices per path)")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "bench")
+    p.add_argument("--no-table", action="store_true",
+                   help="do not write weights/precision.json")
+    return p
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def _tree_pss(pid: int) -> int:
+    """Proportional set size of ``pid`` and every descendant, in bytes (Linux /proc).
+
+    PSS splits each shared page between the processes that map it, so forked readers
+    sharing the parent's libraries are not counted twice (a sum of RSS would be).
+    """
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack += [int(k) for k in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_cli(data: Path, weights: Path, out: Path, precision: str,
+            workers: int) -> dict[str, Any]:
+    """The real command as a child process: wall time, pipeline rate, peak tree RSS."""
+    cmd = [sys.executable, "-m", "hohoho_core", "predict", str(data), "--weights", str(weights),
+           "--out", str(out), "--precision", precision, "--workers", str(workers),
+           "--progress-every", "1e9"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _tree_pss(proc.pid))
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"predict --precision {precision} failed: {stderr[-800:]}")
+    last = [ln for ln in stderr.splitlines() if ln.startswith("predict: ")][-1]
+    rate = float(re.search(r"([\d.]+) slices/s", last).group(1))  # type: ignore[union-attr]
+    slices = int(re.search(r"([\d,]+) slices", last).group(1).replace(",", ""))  # type: ignore[union-attr]
+    ran = re.search(r"precision: (\S+)", stderr)
+    return {"wall_s": wall, "rate": rate, "slices": slices, "peak_bytes": peak[0],
+            "progress": last, "ran": ran.group(1) if ran else "?", "stdout": stdout.strip()}
+
+
+def subset_folder(data: Path, n_studies: int, work: Path) -> Path:
+    """The first ``n_studies`` series of ``data`` as an RSNA folder of hard links."""
+    target = work / f"{data.name}_first{n_studies}"
+    images = target / "stage_2_train"
+    if images.is_dir() and any(images.iterdir()):
+        return target
+    images.mkdir(parents=True, exist_ok=True)
+    with scan_source(data) as scan:
+        series = scan.loadable_series()[:n_studies]
+        # The headers name each series' files; the study objects carry their sources.
+        keep = {(s.study_uid, s.series_uid) for s in series}
+        for study in scan.iter_studies(skip=lambda a, b: (a, b) not in keep):
+            for info in study.slices:
+                name = Path(info.source).name
+                os.link(data / "stage_2_train" / name, images / name)
+    return target
+
+
+def cnn_inputs(data: Path, predictor: Predictor, n: int) -> list[np.ndarray]:
+    """Model inputs of the first ``n`` studies of ``data``, held in memory."""
+    out = []
+    with scan_source(data) as scan:
+        for study in scan.iter_studies():
+            out.append(predictor.preprocess(study))
+            if len(out) == n:
+                break
+    return out
+
+
+def cnn_alone_rate(predictor: Predictor, inputs: Sequence[np.ndarray]) -> tuple[float, Any]:
+    """Slices per second of `Predictor.predict_input` alone over ``inputs``."""
+    n = sum(len(x) for x in inputs)
+    t = time_call(lambda: [predictor.predict_input(x) for x in inputs], repeats=1, warmup=0)
+    return n / t.median, t
+
+
+def split_scores(predictors: dict[str, Predictor], root: Path, subset: dict[str, int],
+                 limit: int | None = None) -> dict[str, dict[str, float]]:
+    """Macro F2 of each path and its largest probability move from fp32, on the test split.
+
+    ``subset[name]``: only the split's first that many series (emulated bf16); fp32 is
+    compared on the same series. ``limit``: the first that many series for every path.
+    """
+    table = build_index(root, workers=1, progress=False).table
+    series = list(dict.fromkeys(zip(table["study_uid"], table["series_uid"], strict=True)))
+    if limit is not None:
+        table = _first_series(table, series, limit)
+    ref = predict_index(predictors["fp32"], root, table)
+    out: dict[str, dict[str, float]] = {}
+    for name, predictor in predictors.items():
+        n = subset.get(name)
+        sub = table
+        if n is not None:
+            sub = _first_series(table, series, n)
+        p = ref if name == "fp32" else predict_index(predictor, root, sub)
+        mask = np.isin(ref.image_ids, p.image_ids)
+        ref_prob = ref.prob[mask]
+        order = {i: k for k, i in enumerate(ref.image_ids[mask])}
+        ref_prob = ref_prob[[order[i] for i in p.image_ids]]
+        thr = predictor.thresholds
+        f2 = score(p.labels, p.prob, thr, p.study_ids)["slice"]["macro"]
+        ref_labels = ref.labels[mask][[order[i] for i in p.image_ids]]
+        f2_ref = score(ref_labels, ref_prob, predictors["fp32"].thresholds,
+                       p.study_ids)["slice"]["macro"]
+        out[name] = {"macro_f2": float(f2), "f2_delta": abs(float(f2) - float(f2_ref)),
+                     "max_dp": float(np.abs(p.prob - ref_prob).max()), "n_slices": len(p),
+                     "n_series": len(set(p.study_ids.tolist()))}
+    return out
+
+
+def _first_series(table: Any, series: list[tuple[str, str]], n: int) -> Any:
+    keep = set(series[:n])
+    return table[[k in keep for k in zip(table["study_uid"], table["series_uid"], strict=True)]]
+
+
+# --------------------------------------------------------------------------- the section
+
+
+def run(args: argparse.Namespace) -> Section:
+    threads = available_cores()
+    flags = cpu_flags()
+    klass = cpu_class(flags)
+    workers = default_workers(threads) if args.workers is None else args.workers
+    sec = Section("batch", TITLE)
+    weights = SHIPPED_WEIGHTS
+    cnn, _, config = load_weights(weights)
+    size = config.preprocess.size
+    work = Path(args.work)
+    data = generate_once(work / f"batch_{args.studies}x{args.size}_seed{args.seed}",
+                         args.studies, args.seed, args.size, (20, 40), workers=1)
+    ctx = BenchContext(FULL, work, threads)
+    test_root = test_split_root(ctx, config.data or {})
+    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    bf16_data = data if native_bf16 else subset_folder(data, args.bf16_studies, work)
+    other_data = (data if args.other_studies == 0
+                  else subset_folder(data, args.other_studies, work))
+    sec.params.update({
+        "machine": machine_line(machine_info()),
+        "model": f"shipped weights/ ({config.arch}, {size} px input)",
+        "folder": f"{args.studies} synthetic studies, {args.size} px, 20-40 slices "
+                  f"(python -m hohoho_core.synthetic --studies {args.studies} --seed "
+                  f"{args.seed} --size {args.size})",
+        "command": f"python -m hohoho_core predict FOLDER --precision P --workers {workers}",
+        "threads": f"{threads} torch threads in the command (all usable cores), "
+                   f"{workers} reader process(es)",
+        "CPU class": klass,
+        "load average at start": f"{os.getloadavg()[0]:.2f}",
+    })
+
+    # The fp32 compute floor per slice, as in section 1: FLOPs / best torch.mm rate.
+    rate = matmul_rate()
+    x16 = torch.rand(16, config.preprocess.channels, size, size)
+    flops_slice = cnn_flops(cnn.eval(), x16) / 16
+    floor_slice = compute_floor_s(flops_slice, rate)
+    sec.add("fp32 matmul rate", rate / 1e9, "GFLOP/s", f"torch.mm 2048x2048, best of 10, "
+            f"{threads} threads")
+    sec.add("compute floor per slice", floor_slice * 1e3, "ms",
+            f"CNN {flops_slice / 1e9:.2f} GFLOP/slice / matmul rate; "
+            f"{1 / floor_slice:.0f} slices/s")
+
+    predictors = {p: Predictor.from_folder(weights, precision=p) for p in PRECISIONS}
+    held = cnn_inputs(data, predictors["fp32"], args.cnn_studies)
+    measured: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in PRECISIONS:
+            folder = {"fp32": data, "bf16": bf16_data}.get(name, other_data)
+            e2e = run_cli(folder, weights, Path(tmp) / f"{name}.csv", name, workers)
+            inputs = held if (name != "bf16" or native_bf16) else held[:2]
+            alone, t_alone = cnn_alone_rate(predictors[name], inputs)
+            measured[name] = {"e2e": e2e, "alone": alone}
+            # Kept as it comes: a failure later in the run loses no measured figure.
+            (work / "batch_raw.json").write_text(json.dumps(measured, indent=1, default=str))
+            n_alone = sum(len(x) for x in inputs)
+            where = (f"{args.studies} studies" if folder == data
+                     else f"the folder's first {args.bf16_studies} studies (bf16 emulated here)"
+                     if folder == bf16_data else
+                     f"the folder's first {args.other_studies} studies")
+            sec.add(f"{name}: end to end", e2e["rate"], "slices/s",
+                    f"{e2e['slices']:,} slices, {where}; pipeline after the header scan "
+                    f"(whole command {e2e['wall_s']:.0f} s incl. start-up and scan: "
+                    f"{e2e['slices'] / e2e['wall_s']:.1f} slices/s)")
+            sec.add(f"{name}:   CNN alone", alone, "slices/s",
+                    f"predict_input over {n_alone} slices held in memory, one pass",
+                    samples=t_alone)
+            sec.add(f"{name}:   pipeline efficiency", ratio(e2e["rate"], alone), "x",
+                    "end to end / CNN alone")
+            sec.add(f"{name}:   time per slice / fp32 floor",
+                    ratio(1.0 / e2e["rate"], floor_slice), "x")
+            sec.add(f"{name}:   peak memory", e2e["peak_bytes"] / 2**30, "GiB",
+                    "PSS of the command and its reader processes, summed, sampled every 0.1 s")
+
+    subset = {} if native_bf16 else {"bf16": args.bf16_studies}
+    scores = (split_scores(predictors, test_root, subset, args.split_studies or None)
+              if test_root is not None else {})
+    for name, s in scores.items():
+        sec.add(f"{name}: macro F2 on the test split", s["macro_f2"], "",
+                f"slice level, {s['n_slices']} slices of {s['n_series']} series, the weights' "
+                f"thresholds; |dF2| vs fp32 on the same slices {s['f2_delta']:.4f}; max |dp| "
+                f"{s['max_dp']:.3f}")
+
+    # Speed measured on other CPU classes (another machine's run) is kept.
+    old = read_table(weights)
+    rates = {name: {**(old.paths[name].slices_per_s if old and name in old.paths else {}),
+                    klass: measured[name]["e2e"]["rate"]} for name in PRECISIONS}
+    table = PrecisionTable(
+        {name: PathCheck(scores[name]["macro_f2"], scores[name]["f2_delta"],
+                         scores[name]["max_dp"], rates[name], int(scores[name]["n_slices"]))
+         for name in PRECISIONS if name in scores},
+        test_split=test_root.name if test_root is not None else "",
+        n_slices=int(scores["fp32"]["n_slices"]) if "fp32" in scores else 0,
+    )
+    chosen = resolve_precision("auto", table, flags, torch.backends.quantized.supported_engines)
+    if not args.no_table and scores:
+        path = write_table(weights, table)
+        sec.notes.append(f"Wrote {path.relative_to(REPO_ROOT)}: `--precision auto` reads it.")
+    sec.add("--precision auto here", chosen.precision, "", chosen.reason)
+    default = measured[chosen.precision]
+    eff = ratio(default["e2e"]["rate"], default["alone"])
+    x_floor = ratio(1.0 / default["e2e"]["rate"], floor_slice)
+    peak = max(m["e2e"]["peak_bytes"] for m in measured.values()) / 2**30
+    sec.goal(f"pipeline efficiency ({chosen.precision}, the default here)", eff, ">=",
+             GOAL_EFFICIENCY, "x",
+             cause=f"the {workers} reader process(es) share the {threads} cores with the "
+                   "CNN's threads, so reading and preprocessing are not free here")
+    sec.goal(f"time per slice / fp32 compute floor ({chosen.precision})", x_floor, "<=",
+             GOAL_FLOOR, "x",
+             cause=f"the CNN alone runs at {ratio(1.0 / default['alone'], floor_slice):.2f}x "
+                   "the floor in this run; the rest is the pipeline's share")
+    sec.goal("peak memory of the process tree (any path)", peak, "<=", GOAL_PEAK_GB, "GiB")
+    for name, s in scores.items():
+        if name == "fp32":
+            continue
+        ok = s["f2_delta"] <= F2_BAR and s["max_dp"] <= DP_BAR
+        sec.notes.append(
+            f"{name}: |dF2| {s['f2_delta']:.4f} (bar {F2_BAR}), max |dp| {s['max_dp']:.3f} "
+            f"(bar {DP_BAR}) on {s['n_slices']} slices: "
+            + ("within both bars" if ok else "outside the bars, so never the default"))
+    sec.params["load average at end"] = f"{os.getloadavg()[0]:.2f}"
+    return sec
+
+
+def splice_section(old_md: str, rendered: str) -> str:
+    """``old_md`` with this section's goal rows and section replaced by ``rendered``'s.
+
+    Only this section changes: the others' text stays as it is in results.md.
+    """
+    new = rendered.splitlines()
+    rows = [ln for ln in new if ln.startswith(f"| {TITLE} |")]
+    body = [ln for ln in new[new.index(f"## {TITLE}"):] if not ln.startswith("_From an earlier")]
+    if not old_md.strip():
+        return rendered.rstrip("\n") + "\n"
+    lines = [ln for ln in old_md.splitlines() if not ln.startswith(f"| {TITLE} |")]
+    if f"## {TITLE}" in lines:
+        i = lines.index(f"## {TITLE}")
+        j = next((k for k in range(i + 1, len(lines)) if lines[k].startswith("## ")), len(lines))
+        lines = lines[:i] + lines[j:]
+    goal_rows = [k for k, ln in enumerate(lines) if ln.startswith("| ") and " | " in ln
+                 and k > 0 and lines[k - 1].startswith("|") and "## " not in ln]
+    first_section = next((k for k, ln in enumerate(lines) if ln.startswith("## ")
+                          and ln != "## Goals"), len(lines))
+    at = max((k for k in goal_rows if k < first_section), default=first_section - 1) + 1
+    lines = lines[:at] + rows + lines[at:]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return "\n".join(lines + [""] + body).rstrip("\n") + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    configure_torch(available_cores(), quantized_engine="auto")
+    before = cpu_snapshot()
+    t0 = time.perf_counter()
+    sec = run(args)
+    sec.seconds = time.perf_counter() - t0
+    others = other_load(before, cpu_snapshot())
+    sec.params["CPU used by other processes"] = (
+        f"{others:.2f} of {available_cores()} cores (this process only: the predict "
+        "commands it ran count as other processes here)")
+    sec.notes.append(
+        "The machine was shared with other work during this run (see the load averages): "
+        "every rate here is lower, and every ratio noisier, than on a quiet machine.")
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    command = "python -m bench.batch" + (" " + shlex.join(argv) if argv else "")
+    d = sec.to_dict()
+    d.update(created=created, command=command)
+    path = Path(args.out) / "results.json"
+    results = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {
+        "command": command, "created": created, "quick": False,
+        "threads": available_cores(), "machine": machine_info(), "sections": {}}
+    results["sections"]["batch"] = d  # the other sections stay as their run left them
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n", encoding="utf-8")
+    md = out / "results.md"
+    old = md.read_text(encoding="utf-8") if md.is_file() else ""
+    md.write_text(splice_section(old, render_markdown({**results, "sections": {"batch": d}})),
+                  encoding="utf-8")
+    print(f"wrote {args.out}/results.md (section: {TITLE})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""The batch pipeline: same bytes as the serial path, a real bound, progress, precision auto."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate
+from pydicom.uid import RLELossless
+
+from hohoho_core.__main__ import main
+from hohoho_core.batch import Progress, SkipTally, default_workers, prepared_studies
+from hohoho_core.dicom import scan_source
+from hohoho_core.precision import (
+    PathCheck,
+    PrecisionTable,
+    cpu_class,
+    read_table,
+    resolve_precision,
+    write_table,
+)
+from hohoho_core.predict import Predictor
+from hohoho_core.preprocess import PreprocessConfig, make_input
+from hohoho_core.runtime import cpu_flags
+from tests.test_predict import make_weights
+
+AVX2 = frozenset({"sse4_2", "avx2", "fma"})
+AMX = AVX2 | {"avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}
+ENGINES = ("x86", "fbgemm")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Weights, and a 5-study RSNA folder with a broken file and an unloadable series."""
+    from hohoho_core.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("batch")
+    weights = make_weights(root / "weights", size=32)
+    data = root / "rsna"
+    generate_dataset(data, n_studies=5, seed=7, size=64, slices=(8, 9))
+    files = sorted(data.rglob("*.dcm"))
+    # A truncated copy: the reader skips it as unreadable.
+    (files[0].parent / "ID_broken.dcm").write_bytes(files[0].read_bytes()[:300])
+    # A series of its own whose only file holds RLE data that does not decode: the header
+    # scan finds the series, but no slice of it loads.
+    ds = pydicom.dcmread(files[1])
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.999"
+    ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.999.1"
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.999.1.1"
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.PixelData = encapsulate([b"\x00" * 64])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(files[1].parent / "ID_badrle.dcm", enforce_file_format=False)
+    return weights, data
+
+
+def _run(weights: Path, data: Path, out: Path, *extra: str) -> tuple[int, str]:
+    import contextlib
+
+    err, out_text = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out_text):
+        rc = main(["predict", str(data), "--weights", str(weights), "--out", str(out), *extra])
+    return rc, out_text.getvalue() + err.getvalue()
+
+
+def test_pipelined_output_is_the_serial_output(folder: tuple[Path, Path], tmp_path: Path) -> None:
+    weights, data = folder
+    serial, piped = tmp_path / "serial.csv", tmp_path / "piped.csv"
+    rc0, err0 = _run(weights, data, serial, "--workers", "0")
+    rc2, err2 = _run(weights, data, piped, "--workers", "2")
+    assert rc0 == 0 and rc2 == 0, err0 + err2
+    assert serial.read_bytes() == piped.read_bytes()
+    assert (tmp_path / "serial_studies.csv").read_bytes() == \
+        (tmp_path / "piped_studies.csv").read_bytes()
+    n_rows = len(serial.read_text().splitlines()) - 1
+    assert n_rows > 0 and n_rows % 6 == 0
+    # The broken file is reported, counted by reason, the same way on both paths.
+    summary = [ln for ln in err2.splitlines() if ln.startswith("skipped:")]
+    assert summary == [ln for ln in err0.splitlines() if ln.startswith("skipped:")]
+    assert "ID_broken.dcm" in err2 and "unreadable" in summary[0]
+    assert "1 series with no usable slice" in summary[0]
+    assert "precision: fp32 (auto: these weights have no measured precision table)" in err2
+    assert "2 reader process(es)" in err2
+    # The last progress line: 5 series (one unloadable), every slice, a rate.
+    last = [ln for ln in err2.splitlines() if ln.startswith("predict: ")][-1]
+    assert last.startswith("predict: 6/6 studies, ") and "slices/s, done in" in last
+    rc, quiet = _run(weights, data, tmp_path / "quiet.csv", "--quiet")
+    assert rc == 0 and "predict: " not in quiet and "precision: fp32" in quiet
+
+
+def _record(log: Path, tag: str, hu: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    with log.open("a") as fh:  # one line per study a worker finished preparing
+        fh.write(f"{tag}\n")
+    return make_input(hu, cfg)
+
+
+def test_the_queue_bounds_how_far_workers_run_ahead(
+    folder: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, data = folder
+    cfg = PreprocessConfig(mode="stacked", size=32)
+    log = tmp_path / "produced.txt"
+    log.touch()
+    workers, prefetch = 2, 1
+    with scan_source(data) as scan:
+        jobs = [(s.study_uid, s.series_uid) for s in scan.loadable_series()]
+        assert len(jobs) == 6
+        items = prepared_studies(scan, jobs, cfg, workers=workers, prefetch=prefetch,
+                                 prepare=functools.partial(_record, log, "p", cfg=cfg))
+        ahead = []
+        got = []
+        for n, item in enumerate(items, start=1):
+            got.append(item)
+            time.sleep(0.6)  # a slow consumer: the workers have time to run ahead
+            ahead.append(len(log.read_text().splitlines()) - n)
+    assert [i.index for i in got] == list(range(6))
+    assert sum(i.x is None for i in got) == 1  # the series whose RLE data does not decode
+    # Prepared but not yet consumed: never more than the bound, and the bound is reached.
+    assert max(ahead) <= workers * prefetch
+    assert max(ahead) >= 1
+
+
+def test_serial_and_pipelined_items_match(folder: tuple[Path, Path]) -> None:
+    _, data = folder
+    cfg = PreprocessConfig(mode="stacked", size=32)
+    with scan_source(data) as scan:
+        every = [(s.study_uid, s.series_uid) for s in scan.loadable_series()]
+        jobs = every[1:]  # a resumed run: the first one is done
+        a = list(prepared_studies(scan, jobs, cfg, workers=0))
+        b = list(prepared_studies(scan, jobs, cfg, workers=2))
+        with pytest.raises(ValueError, match="loadable_series"):
+            next(prepared_studies(scan, every[::-1], cfg, workers=2))
+    assert [(i.key, i.image_ids, i.skipped) for i in a] == [(i.key, i.image_ids, i.skipped)
+                                                            for i in b]
+    assert [i.key for i in a] == [f"{s}/{r}" for s, r in jobs]
+    for x, y in zip(a, b, strict=True):
+        assert (x.x is None and y.x is None) or np.array_equal(x.x, y.x)
+
+
+def test_progress_line_has_rate_count_and_time_left() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    p = Progress(10, done_before=2, stream=out, interval=5.0, clock=lambda: now[0])
+    now[0] = 2.0
+    p.update(40)  # 2 s since the last line: not printed yet
+    assert out.getvalue() == ""
+    now[0] = 8.0
+    p.update(40)
+    line = out.getvalue().strip()
+    # 4/10 studies, 80 slices in 8 s; 6 left at 4 s each.
+    assert line == "predict: 4/10 studies, 80 slices, 10.0 slices/s, about 24s left"
+    quiet = io.StringIO()
+    q = Progress(1, stream=quiet, interval=0.0, enabled=False)
+    q.update(3)
+    q.finish()
+    assert quiet.getvalue() == ""
+
+
+def test_skip_summary_counts_by_reason_without_identifiers() -> None:
+    t = SkipTally()
+    t.add("a.dcm", "unreadable")
+    t.add("b.dcm", "not DICOM")
+    t.add("c.dcm", "not DICOM")
+    t.add("c.dcm", "unreadable")  # first reason kept
+    t.series = 1
+    assert t.summary() == ("skipped: 3 files (2 not DICOM, 1 unreadable); "
+                           "1 series with no usable slice")
+    u = SkipTally()
+    u.update(t.to_dict())
+    assert u.summary() == t.summary()
+    assert SkipTally().summary() == "skipped: nothing"
+
+
+def test_default_workers() -> None:
+    assert [default_workers(c) for c in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 8]
+
+
+def _table(bf16_ok: bool = True, int8_ok: bool = False) -> PrecisionTable:
+    return PrecisionTable({
+        "fp32": PathCheck(0.80, 0.0, 0.0, {"avx2": 100.0, "amx": 300.0}),
+        "bf16": PathCheck(0.80, 0.001 if bf16_ok else 0.01, 0.01, {"avx2": 20.0, "amx": 900.0}),
+        "int8": PathCheck(0.81, 0.001 if int8_ok else 0.0067, 0.019 if int8_ok else 0.2,
+                          {"avx2": 250.0}),
+    })
+
+
+def test_precision_auto_resolves_from_the_measured_table() -> None:
+    assert cpu_class(AVX2) == "avx2" and cpu_class(AMX) == "amx"
+    # This machine's class: bf16 is not native (and was measured slower), int8 misses the bars.
+    r = resolve_precision("auto", _table(), AVX2, ENGINES)
+    assert r.precision == "fp32"
+    assert "bf16 not native on avx2" in r.reason and "int8 misses" in r.reason
+    # AMX: bf16 is native, within the bars and measured 3x faster.
+    assert resolve_precision("auto", _table(), AMX, ENGINES).precision == "bf16"
+    assert resolve_precision("auto", _table(bf16_ok=False), AMX, ENGINES).precision == "fp32"
+    # int8 within the bars and faster on avx2: chosen there; unmeasured on AMX: not chosen.
+    assert resolve_precision("auto", _table(int8_ok=True), AVX2, ENGINES).precision == "int8"
+    assert resolve_precision("auto", _table(False, True), AMX, ENGINES).precision == "fp32"
+    assert resolve_precision("auto", _table(int8_ok=True), AVX2, ()).precision == "fp32"
+    # No table, an unmeasured CPU class, a GPU: fp32. An explicit path is kept.
+    assert resolve_precision("auto", None, AMX, ENGINES).precision == "fp32"
+    assert resolve_precision("auto", _table(), {"avx512f"}, ENGINES).precision == "fp32"
+    assert resolve_precision("auto", _table(), AMX, ENGINES, "cuda").precision == "fp32"
+    assert resolve_precision("bf16", None, AVX2, ()).describe() == "bf16 (requested)"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", None, AVX2, ())
+
+
+def test_precision_table_round_trip_and_from_folder(tmp_path: Path) -> None:
+    weights = make_weights(tmp_path / "w", size=32)
+    assert read_table(weights) is None
+    table = _table(int8_ok=True)
+    write_table(weights, table)
+    back = read_table(weights)
+    assert back is not None and back.paths == table.paths
+    doc = json.loads((weights / "precision.json").read_text())
+    assert doc["paths"]["int8"]["accepted"] is True and doc["paths"]["bf16"]["accepted"]
+    want = resolve_precision("auto", table, cpu_flags(), ENGINES).precision
+    p = Predictor.from_folder(weights)
+    assert p.precision == want and p.precision_note.startswith(f"{want} (auto: ")
+    (weights / "precision.json").write_text("{not json")
+    from hohoho_core.weights import WeightsError
+
+    with pytest.raises(WeightsError, match="precision table"):
+        Predictor.from_folder(weights)
+
+
+def test_cpu_flags_parses_cpuinfo() -> None:
+    text = "processor : 0\nflags\t\t: fpu sse avx2 amx_bf16\n\nprocessor : 1\nflags : fpu\n"
+    assert cpu_flags(text) == {"fpu", "sse", "avx2", "amx_bf16"}
+    assert cpu_flags("no flags here") == frozenset()
+
+
+def test_bf16_path_runs_and_stays_close(tmp_path: Path) -> None:
+    weights = make_weights(tmp_path / "w", size=32)
+    x = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    _, l32 = Predictor.from_folder(weights, precision="fp32").predict_input(x)
+    p16 = Predictor.from_folder(weights, precision="bf16")
+    _, l16 = p16.predict_input(x)
+    assert l16.dtype == np.float32 and p16.precision_note == "bf16 (requested)"
+    # bf16 keeps 8 bits of mantissa: close, but not bit-equal.
+    assert not np.array_equal(l16, l32)
+    np.testing.assert_allclose(l16, l32, atol=0.1 * max(1.0, float(np.abs(l32).max())))
