@@ -38,6 +38,7 @@ window.addEventListener("message", (ev) => {
 
 function applyTheme(theme) {
   if (!theme) return;
+  S.fg = null;
   const r = document.documentElement.style;
   if (theme.backgroundColor) r.setProperty("--bg", theme.backgroundColor);
   if (theme.textColor) r.setProperty("--fg", theme.textColor);
@@ -109,6 +110,13 @@ function setupStudy() {
     });
     l.appendChild(inp); bar.appendChild(l);
   }
+  const rows = $("rows"); rows.textContent = "";
+  S.cells = m.classes.map(() => {
+    const tr = document.createElement("tr"), tds = [];
+    for (let j = 0; j < 6; j++) { const td = document.createElement("td"); tr.appendChild(td); tds.push(td); }
+    rows.appendChild(tr);
+    return tds;
+  });
   const hasPred = !!(m.cnn && m.thresholds);
   $("nextpos").disabled = !(m.positive && m.positive.some(Boolean));
   $("chartbox").hidden = !hasPred;
@@ -165,7 +173,8 @@ function drawSide() {
   const m = S.meta, i = S.slice;
   $("heading").textContent = `Slice ${i + 1} / ${S.n}`;
   $("where").textContent = `Image ${m.image_ids[i]} · z = ${m.z[i].toFixed(1)} mm`;
-  const rows = $("rows"); rows.textContent = "";
+  // The table's cells are made once per study (setupStudy); a step only changes their
+  // text: rebuilding 36 elements per step cost the renderer a style and layout pass.
   const final = finalProb();
   m.classes.forEach((cls, k) => {
     const lab = m.labels ? m.labels[i][k] : null;
@@ -173,13 +182,11 @@ function drawSide() {
     const call = p === null || thr === null ? "—" : p >= thr ? "POSITIVE" : "negative";
     const cells = [cls, lab === null || lab < 0 ? "—" : String(lab),
       fmt(m.cnn ? m.cnn[i][k] : null), fmt(m.lstm ? m.lstm[i][k] : null), fmt(thr), call];
-    const tr = document.createElement("tr");
+    const tds = S.cells[k];
     cells.forEach((text, j) => {
-      const td = document.createElement("td"); td.textContent = text;
-      if (j === 5 && text === "POSITIVE") td.className = "pos";
-      tr.appendChild(td);
+      if (tds[j].textContent !== text) tds[j].textContent = text;
     });
-    rows.appendChild(tr);
+    tds[5].className = call === "POSITIVE" ? "pos" : "";
   });
   $("tl").textContent = `${i + 1} / ${S.n}\n${S.window} C ${S.centre} W ${S.width}`;
   $("br").textContent = `zoom ${S.zoom.toFixed(2)}×${S.invert ? " · inverted" : ""}` +
@@ -256,7 +263,9 @@ function drawChart() {
   ctx.clearRect(0, 0, c.width, c.height);
   ctx.drawImage(chartBase, 0, 0);
   const x = xOf(g, S.slice);
-  ctx.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue("--fg") || "#fff";
+  // read once per theme: getComputedStyle on every step forces a style recalculation
+  if (!S.fg) S.fg = getComputedStyle(document.documentElement).getPropertyValue("--fg") || "#fff";
+  ctx.strokeStyle = S.fg;
   ctx.lineWidth = 2; ctx.beginPath(); ctx.moveTo(x, g.t); ctx.lineTo(x, g.t + g.H); ctx.stroke();
 }
 
