@@ -194,7 +194,7 @@ def test_int8_predictor_is_close_to_fp32_and_checks_its_arguments() -> None:
     assert 0 < np.abs(p8 - p32).max() < 0.1
     assert np.corrcoef(e8.ravel(), e32.ravel())[0, 1] > 0.99
     with pytest.raises(ValueError, match="precision"):
-        Predictor(cnn, lstm, config, precision="bf16")
+        Predictor(cnn, lstm, config, precision="fp8")
     with pytest.raises(ValueError, match="CPU only"):
         Predictor(cnn, lstm, config, device="cuda", precision="int8")
 

@@ -22,6 +22,7 @@ from tests.test_browser import (
     CHROMIUM_ARGS,
     SCREENSHOTS,
     STEP_MS,
+    VIEWER_FRAME,
     free_port,
     no_exception,
     settle,
@@ -100,8 +101,9 @@ def test_search_the_pacs_and_open_a_study(pacs_app: str, pacs_studies, tmp_path:
                             clip={"x": 0, "y": 0, "width": 900, "height": 1380})
             sidebar.get_by_role("button", name="Open study").click()
             settle(page)
-            heading = page.locator('[data-testid="stMain"] h3', has_text="Slice ")
-            expect(heading).to_have_text(re.compile(r"Slice 1 / \d+"))
+            # the study opens in the browser-side viewer (a component frame)
+            heading = page.frame_locator(VIEWER_FRAME).locator("#heading")
+            expect(heading).to_have_text(re.compile(r"Slice 1 / \d+"), timeout=90_000)
             no_exception(page)
         finally:
             browser.close()
