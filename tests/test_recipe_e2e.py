@@ -139,10 +139,5 @@ def test_the_documented_rsna_recipe_runs_end_to_end(tmp_path: Path) -> None:
     submission = pd.read_csv(work / "submission.csv", dtype={"ID": str})
     assert set(submission["ID"]) == set(sample["ID"])
     assert submission["Label"].between(0, 1).all()
+    # (a missing or unreadable image failing the check: tests/test_evaluate_cli.py)
 
-    # The submission check bites: one unreadable test file -> non-zero exit, its IDs listed.
-    broken = test_dir / f"{images[0]}.dcm"
-    broken.write_bytes(b"not a DICOM file")
-    res = _run(submit[0], env, work)
-    assert res.returncode != 0
-    assert images[0] in res.stdout + res.stderr
