@@ -17,6 +17,9 @@ from tests.test_predict import make_weights
 REPO = Path(__file__).resolve().parents[1]
 
 
+N_STUDIES = 20
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from hohoho_core.synthetic import generate_dataset
@@ -24,9 +27,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("resume")
     weights = make_weights(root / "weights")
     data = root / "rsna"
-    # Studies of 30+ slices: on a quiet machine a run of 6 short studies finished between
-    # two polls of the test, before any signal could stop it part-way.
-    generate_dataset(data, n_studies=6, seed=21, size=96, slices=(30, 34))
+    # Enough work that a signal lands part-way: on a quiet machine a run of 6 studies
+    # (190 slices at 180 slices/s) finished before the test's poll saw two of them done.
+    generate_dataset(data, n_studies=N_STUDIES, seed=21, size=64, slices=(30, 34))
     return weights, data
 
 
@@ -75,7 +78,7 @@ def test_killed_run_resumes_to_the_same_file(setup: tuple[Path, Path], tmp_path:
     time.sleep(1.0)
     assert not [p for p in readers if _alive(p)]
     n_done = len(log.done())
-    assert 2 <= n_done < 6, f"the run was not stopped part-way ({n_done} studies done)"
+    assert 2 <= n_done < N_STUDIES, f"the run was not stopped part-way ({n_done} studies done)"
     assert not out.exists()
     # Without --resume the partial results are never thrown away silently.
     res = subprocess.run(_cmd(weights, data, out), cwd=REPO, env=_env(), capture_output=True,
@@ -84,7 +87,7 @@ def test_killed_run_resumes_to_the_same_file(setup: tuple[Path, Path], tmp_path:
     res = subprocess.run(_cmd(weights, data, out, "--resume"), cwd=REPO, env=_env(),
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"resumed: {n_done} studies were done, {6 - n_done} predicted now" in res.stderr
+    assert f"resumed: {n_done} studies were done, {N_STUDIES - n_done} predicted now" in res.stderr
     assert out.read_bytes() == full.read_bytes()
     studies = out.with_name(f"{out.stem}_studies.csv")
     assert studies.read_bytes() == full.with_name(f"{full.stem}_studies.csv").read_bytes()
@@ -137,7 +140,7 @@ def test_stopped_pipelined_run_resumes_to_the_same_file(
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     n_done = len(log.done())
-    assert 2 <= n_done < 6, (f"the run was not stopped part-way ({n_done} studies done; "
+    assert 2 <= n_done < N_STUDIES, (f"the run was not stopped part-way ({n_done} studies done; "
                              f"exit {proc.returncode}): {err[-2000:]}")
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and "Traceback" not in err
@@ -148,7 +151,7 @@ def test_stopped_pipelined_run_resumes_to_the_same_file(
     res = subprocess.run(_cmd(weights, data, out, "--resume", "--workers", "2"), cwd=REPO,
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert f"resumed: {n_done} studies were done, {6 - n_done} predicted now" in res.stderr
+    assert f"resumed: {n_done} studies were done, {N_STUDIES - n_done} predicted now" in res.stderr
     assert out.read_bytes() == full.read_bytes()
     studies = out.with_name(f"{out.stem}_studies.csv")
     assert studies.read_bytes() == full.with_name(f"{full.stem}_studies.csv").read_bytes()
