@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,34 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 N_STUDIES = 20
+
+#: Polls a result log until two studies are on record, collecting the run's child processes
+#: meanwhile, then sends the signal; argv: log path, pid, signal number, output JSON.
+WATCHER = """
+import json, os, sys, time
+from pathlib import Path
+log, pid, sig, out = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def kids():
+    found = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(k) for k in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return found
+readers, deadline = set(), time.monotonic() + 240
+while time.monotonic() < deadline:
+    readers |= kids()
+    try:
+        if log.read_bytes().count(b"\\n") >= 2:
+            break
+    except OSError:
+        pass
+    time.sleep(0.005)
+readers |= kids()
+os.kill(pid, sig)
+Path(out).write_text(json.dumps(sorted(readers)))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +160,14 @@ def test_stopped_pipelined_run_resumes_to_the_same_file(
     log = ResultLog(rank_log_path(out, 0, 1))
     proc = subprocess.Popen(_cmd(weights, data, out, "--workers", "2"), cwd=REPO, env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    readers: set[int] = set()
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(log.done()) < 2 and proc.poll() is None:
-        readers |= _children(proc.pid)
-        time.sleep(0.02)
-    readers |= _children(proc.pid)
-    proc.send_signal(sig)
+    # The watching is done by a process of its own: in a long test session this process's
+    # threads (left by earlier tests) can keep a polling loop here from running for seconds,
+    # and the run then finished before any signal was sent.
+    seen = tmp_path / "readers.json"
+    watcher = subprocess.run([sys.executable, "-c", WATCHER, str(log.path), str(proc.pid),
+                              str(int(sig)), str(seen)], timeout=300)
+    assert watcher.returncode == 0
+    readers = set(json.loads(seen.read_text()))
     _, err = proc.communicate(timeout=60)
     n_done = len(log.done())
     assert 2 <= n_done < N_STUDIES, (f"the run was not stopped part-way ({n_done} studies done; "
