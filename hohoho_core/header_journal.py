@@ -133,9 +133,5 @@ class HeaderJournal:
         except OSError as exc:  # a journal is a convenience: the scan goes on without it
             logger.warning("could not write the header journal (%s)", type(exc).__name__)
 
-    def done(self) -> int:
-        """How many chunks are on record."""
-        return len(list(self.folder.glob("chunk_*.json"))) if self.folder.is_dir() else 0
-
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -4,10 +4,8 @@ and opens a study. With ``HOHOHO_SCREENSHOTS=1`` the search is saved as
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from tests.test_browser import (
     free_port,
     no_exception,
     settle,
+    stop_process_group,
     wait_healthy,
 )
 
@@ -60,13 +59,7 @@ def pacs_app(tmp_path_factory: pytest.TempPathFactory, orthanc) -> Iterator[str]
         wait_healthy(url, proc, log)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        stop_process_group(proc)
 
 
 def test_search_the_pacs_and_open_a_study(pacs_app: str, pacs_studies, tmp_path: Path) -> None:

@@ -34,18 +34,24 @@ def kids():
         except OSError:
             pass
     return found
-readers, deadline = set(), time.monotonic() + 240
+readers, lines, deadline = set(), 0, time.monotonic() + 240
 while time.monotonic() < deadline:
     readers |= kids()
     try:
-        if log.read_bytes().count(b"\\n") >= 2:
-            break
+        lines = log.read_bytes().count(b"\\n")
     except OSError:
         pass
+    if lines >= 2:
+        break
     time.sleep(0.005)
 readers |= kids()
-os.kill(pid, sig)
-Path(out).write_text(json.dumps(sorted(readers)))
+try:
+    os.kill(pid, sig)
+    sent = True
+except ProcessLookupError:
+    sent = False
+Path(out).write_text(json.dumps({"readers": sorted(readers), "lines": lines, "sent": sent,
+                                 "sigint": str(__import__("signal").getsignal(2))}))
 """
 
 
@@ -122,6 +128,10 @@ def test_killed_run_resumes_to_the_same_file(setup: tuple[Path, Path], tmp_path:
     assert studies.read_bytes() == full.with_name(f"{full.stem}_studies.csv").read_bytes()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _children(pid: int) -> set[int]:
     """The live child processes of ``pid`` (Linux /proc)."""
     kids: set[int] = set()
@@ -158,8 +168,11 @@ def test_stopped_pipelined_run_resumes_to_the_same_file(
 
     out = tmp_path / "cut.csv"
     log = ResultLog(rank_log_path(out, 0, 1))
+    # Ctrl-C as in a terminal: a shell's background job (``make test &``) starts with SIGINT
+    # ignored, which a child inherits, and the run would then never see the signal.
     proc = subprocess.Popen(_cmd(weights, data, out, "--workers", "2"), cwd=REPO, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     # The watching is done by a process of its own: in a long test session this process's
     # threads (left by earlier tests) can keep a polling loop here from running for seconds,
     # and the run then finished before any signal was sent.
@@ -167,11 +180,12 @@ def test_stopped_pipelined_run_resumes_to_the_same_file(
     watcher = subprocess.run([sys.executable, "-c", WATCHER, str(log.path), str(proc.pid),
                               str(int(sig)), str(seen)], timeout=300)
     assert watcher.returncode == 0
-    readers = set(json.loads(seen.read_text()))
+    watched = json.loads(seen.read_text())
+    readers = set(watched["readers"])
     _, err = proc.communicate(timeout=60)
     n_done = len(log.done())
     assert 2 <= n_done < N_STUDIES, (f"the run was not stopped part-way ({n_done} studies done; "
-                             f"exit {proc.returncode}): {err[-2000:]}")
+                             f"exit {proc.returncode}; watcher {watched}): {err[-2000:]}")
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and "Traceback" not in err
     assert len(readers) >= 2  # the two reader processes were seen...
