@@ -52,6 +52,21 @@ def expected_order(data: AppData) -> list[tuple[str, float]]:
     return sorted(rows, key=lambda r: -r[1])
 
 
+def rows_when_drawn(labels, n: int, timeout_s: float = STEP_MS / 1000) -> list[str]:  # type: ignore[no-untyped-def]
+    """The labels' texts once ``n`` of them are on the page and stay for half a second."""
+    deadline = time.monotonic() + timeout_s
+    last: list[str] = []
+    steady_since = time.monotonic()
+    while time.monotonic() < deadline:
+        shown = [t.replace("\u2060", "").strip() for t in labels.all_inner_texts()]
+        if shown != last:
+            last, steady_since = shown, time.monotonic()
+        elif len(shown) == n and time.monotonic() - steady_since >= 0.5:
+            return shown
+        time.sleep(0.1)
+    return last
+
+
 def study_header(page) -> str:  # type: ignore[no-untyped-def]
     text = page.locator('[data-testid="stMain"] strong').first.inner_text()
     return text.replace("\u2060", "")
@@ -88,7 +103,9 @@ def test_worklist_orders_opens_and_walks_studies(
             settle(page)
             labels = page.locator('[data-testid="stMain"] [data-testid="stMarkdownContainer"]',
                                   has_text=re.compile(r"^Study \d+ · \d+ slices$"))
-            shown = [t.replace("\u2060", "").strip() for t in labels.all_inner_texts()]
+            # The finished run's caption can show while the full rerun it triggers is still
+            # drawing the rows: wait for the rows, then compare.
+            shown = rows_when_drawn(labels, len(order))
             assert shown == [label for label, _ in order]
             badges = page.locator('[data-testid="stMain"]').get_by_text(re.compile(r"^any \d"))
             values = [float(t.split()[1]) for t in badges.all_inner_texts()]
