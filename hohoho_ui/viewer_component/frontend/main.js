@@ -38,7 +38,7 @@ window.addEventListener("message", (ev) => {
 
 function applyTheme(theme) {
   if (!theme) return;
-  S.fg = null;
+  chartBase = null; // the chart takes its colours from the theme
   const r = document.documentElement.style;
   if (theme.backgroundColor) r.setProperty("--bg", theme.backgroundColor);
   if (theme.textColor) r.setProperty("--fg", theme.textColor);
@@ -208,8 +208,9 @@ function yOf(g, p) { return g.t + (1 - p) * g.H; }
 
 function drawChartBase() {
   const c = $("chart"), m = S.meta;
-  chartBase = document.createElement("canvas"); chartBase.width = c.width; chartBase.height = c.height;
-  const ctx = chartBase.getContext("2d"), g = chartGeom(c);
+  chartBase = c; // drawn once per study and size; a step only moves the cursor
+  const ctx = c.getContext("2d"), g = chartGeom(c);
+  ctx.clearRect(0, 0, c.width, c.height);
   const fg = getComputedStyle(document.documentElement).getPropertyValue("--muted") || "#9aa0a6";
   ctx.font = "11px sans-serif"; ctx.fillStyle = fg; ctx.strokeStyle = fg; ctx.lineWidth = 1;
   if (m.labels) { // slices labelled "any": shaded
@@ -258,15 +259,12 @@ function drawChartBase() {
 
 function drawChart() {
   if (!S.meta.cnn || !S.meta.thresholds) return;
-  if (!chartBase) drawChartBase();
-  const c = $("chart"), ctx = c.getContext("2d"), g = chartGeom(c);
-  ctx.clearRect(0, 0, c.width, c.height);
-  ctx.drawImage(chartBase, 0, 0);
-  const x = xOf(g, S.slice);
-  // read once per theme: getComputedStyle on every step forces a style recalculation
-  if (!S.fg) S.fg = getComputedStyle(document.documentElement).getPropertyValue("--fg") || "#fff";
-  ctx.strokeStyle = S.fg;
-  ctx.lineWidth = 2; ctx.beginPath(); ctx.moveTo(x, g.t); ctx.lineTo(x, g.t + g.H); ctx.stroke();
+  const c = $("chart"), g = chartGeom(c), cur = $("cursor");
+  if (!chartBase) {
+    drawChartBase();
+    cur.style.top = `${g.t}px`; cur.style.height = `${g.H}px`;
+  }
+  cur.style.transform = `translateX(${(xOf(g, S.slice) - 1).toFixed(1)}px)`;
 }
 
 function draw(t0) {
@@ -281,6 +279,8 @@ function draw(t0) {
     requestAnimationFrame(() => {
       const lat = performance.now() - t0;
       S.latencies.push(lat); b.latency = lat.toFixed(2);
+      // Lets a test or benchmark wait for the frame without polling the page.
+      window.dispatchEvent(new Event("hohoho:drawn"));
     });
   }
 }
