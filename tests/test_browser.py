@@ -137,6 +137,24 @@ def settle(page) -> None:  # type: ignore[no-untyped-def]
     )
 
 
+def count_server_frames(page) -> list[float]:  # type: ignore[no-untyped-def]
+    """A list that grows by one for every websocket message the page receives from then on
+    (register before ``page.goto``)."""
+    frames: list[float] = []
+    page.on("websocket", lambda ws: ws.on("framereceived",
+                                          lambda _: frames.append(time.monotonic())))
+    return frames
+
+
+def wait_until(page, ready, what: str, timeout_s: float = STEP_MS / 1000) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``ready()`` while Playwright delivers the page's events; fail naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        page.wait_for_timeout(50)
+
+
 def count_script_runs(page) -> str:  # type: ignore[no-untyped-def]
     """Start counting the page's script runs; returns the counter's name."""
     page.evaluate(
@@ -191,6 +209,10 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
             expect.set_options(timeout=STEP_MS)
             viewer = page.frame_locator(VIEWER_FRAME)
             heading = viewer.locator("#heading")
+            # Messages from the server, counted: the sign that it ran the page. (The
+            # script-state attribute can miss a run: on a loaded machine React may apply
+            # "running" and "not running" in one render, and the DOM never shows the first.)
+            frames = count_server_frames(page)
 
             # --- the viewer: open a demo study and move through it (in the browser)
             page.goto(url)
@@ -243,10 +265,13 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
             assert box is not None
             # main.js's chart geometry: 44 px left margin, 10 px right margin
             x = box["x"] + 44 + (box["width"] - 54) * 4 / (n2 - 1)
+            settle(page)
+            before = len(frames)
             page.mouse.click(x, box["y"] + box["height"] / 2)
             expect(heading).to_have_text(f"Slice 5 / {n2}")
             # Once scrolling pauses the slice is reported to the server (one page run).
-            page.wait_for_function(f"() => window.{runs} > 0", timeout=STEP_MS)
+            expect(viewer.locator("body")).to_have_attribute("data-reported", "4")
+            wait_until(page, lambda: len(frames) > before, "the server's answer to the report")
             settle(page)
             no_exception(page)
             if weights_for(data) == SHIPPED_WEIGHTS:

@@ -329,6 +329,7 @@ function scheduleSync() {
     S.synced = k;
     setValue({ kind: "sync", slice: S.slice, window: S.window, centre: S.centre,
       width: S.width, seq: nextSeq() });
+    document.body.dataset.reported = String(S.slice); // for tests: the report went out
   }, SYNC_MS);
 }
 
