@@ -193,7 +193,8 @@ def cnn_inputs(data: Path, predictor: Predictor, n: int) -> list[np.ndarray]:
 def cnn_alone_rate(predictor: Predictor, inputs: Sequence[np.ndarray]) -> tuple[float, Any]:
     """Slices per second of `Predictor.predict_input` alone over ``inputs``."""
     n = sum(len(x) for x in inputs)
-    t = time_call(lambda: [predictor.predict_input(x) for x in inputs], repeats=1, warmup=0)
+    # One pass to warm up (the first batches build the kernels), the median of three timed.
+    t = time_call(lambda: [predictor.predict_input(x) for x in inputs], repeats=3, warmup=1)
     return n / t.median, t
 
 
@@ -303,7 +304,8 @@ def run(args: argparse.Namespace) -> Section:
                     f"(whole command {e2e['wall_s']:.0f} s incl. start-up and scan: "
                     f"{e2e['slices'] / e2e['wall_s']:.1f} slices/s)")
             sec.add(f"{name}:   CNN alone", alone, "slices/s",
-                    f"predict_input over {n_alone} slices held in memory, one pass",
+                    f"predict_input over {n_alone} slices held in memory, median of 3 passes after one "
+                    "to warm up",
                     samples=t_alone)
             sec.add(f"{name}:   pipeline efficiency", ratio(e2e["rate"], alone), "x",
                     "end to end / CNN alone")
@@ -399,9 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sec.params["CPU used by other processes"] = (
         f"{others:.2f} of {available_cores()} cores (this process only: the predict "
         "commands it ran count as other processes here)")
-    sec.notes.append(
-        "The machine was shared with other work during this run (see the load averages): "
-        "every rate here is lower, and every ratio noisier, than on a quiet machine.")
+    start_load = float(sec.params["load average at start"])
+    if start_load > 0.5:  # the 1-minute load average before the first command started
+        sec.notes.append(
+            f"The machine was shared with other work at the start of this run (load average "
+            f"{start_load:.2f}): every rate here is lower, and every ratio noisier, than on a "
+            "quiet machine.")
     created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     command = "python -m bench.batch" + (" " + shlex.join(argv) if argv else "")
     d = sec.to_dict()
