@@ -49,6 +49,8 @@ __all__ = [
 #: Reason counted for a series of which no slice could be used.
 UNLOADABLE_SERIES = "series with no usable slice"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+#: Added to the reader processes' niceness (lower CPU priority than the CNN's threads).
+READER_NICENESS = 10
 
 
 @dataclass
@@ -99,6 +101,12 @@ def _worker_init(parent: int, _: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(0)
+    # Readers yield the cores to the CNN: on a machine with as many CNN threads as cores, a
+    # reader at the same priority stalls one CNN thread and the others wait for it at every
+    # layer; at a lower priority it runs when a core would idle, and still at full speed
+    # when the CNN waits for it (its queue empty).
+    with contextlib.suppress(OSError):
+        os.nice(READER_NICENESS)
 
 
 class _PreparedStudies(IterableDataset[PreparedStudy]):

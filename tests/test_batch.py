@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +16,13 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
 from hohoho_core.__main__ import main
-from hohoho_core.batch import Progress, SkipTally, default_workers, prepared_studies
+from hohoho_core.batch import (
+    READER_NICENESS,
+    Progress,
+    SkipTally,
+    default_workers,
+    prepared_studies,
+)
 from hohoho_core.dicom import scan_source
 from hohoho_core.precision import (
     PathCheck,
@@ -248,3 +255,30 @@ def test_bf16_path_runs_and_stays_close(tmp_path: Path) -> None:
     # bf16 keeps 8 bits of mantissa: close, but not bit-equal.
     assert not np.array_equal(l16, l32)
     np.testing.assert_allclose(l16, l32, atol=0.1 * max(1.0, float(np.abs(l32).max())))
+
+
+def _record_niceness(path: Path, hu: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    with path.open("a") as fh:  # the process that prepared the study, and its niceness
+        fh.write(f"{os.getpid()} {os.nice(0)}\n")
+    return make_input(hu, cfg)
+
+
+def test_readers_run_at_a_lower_priority_than_the_cnn(
+    folder: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The reader processes yield the cores to the CNN's threads (issue 16: a reader at the
+    same priority stalled a CNN thread, and the other waited for it at every layer)."""
+    _, data = folder
+    cfg = PreprocessConfig(mode="stacked", size=32)
+    log = tmp_path / "nice.txt"
+    log.touch()
+    with scan_source(data) as scan:
+        jobs = [(s.study_uid, s.series_uid) for s in scan.loadable_series()][:3]
+        items = list(prepared_studies(scan, jobs, cfg, workers=1,
+                                      prepare=functools.partial(_record_niceness, log, cfg=cfg)))
+    assert [i.index for i in items] == [0, 1, 2]
+    seen = {tuple(map(int, line.split())) for line in log.read_text().splitlines()}
+    assert {pid for pid, _ in seen}.isdisjoint({os.getpid()})  # ran in the reader process
+    mine = os.nice(0)
+    assert mine < 19, "the test needs room below the lowest priority"
+    assert {nice for _, nice in seen} == {min(19, mine + READER_NICENESS)}
