@@ -68,6 +68,19 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return weights, data
 
 
+@pytest.fixture(scope="module")
+def reference(setup: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted serial run's output, once for every test here (serial and pipelined
+    runs write the same bytes: tests/test_batch.py)."""
+    weights, data = setup
+    full = tmp_path_factory.mktemp("reference") / "full.csv"
+    res = subprocess.run(_cmd(weights, data, full, "--workers", "0"), cwd=REPO, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not rank_log_path(full, 0, 1).exists()  # the log is gone once the file is written
+    return full
+
+
 def _cmd(weights: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "hohoho_core", "predict", str(data), "--weights",
             str(weights), "--out", str(out), *extra]
@@ -89,13 +102,11 @@ def test_log_ignores_a_torn_last_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_to_the_same_file(setup: tuple[Path, Path], tmp_path: Path) -> None:
+def test_killed_run_resumes_to_the_same_file(
+    setup: tuple[Path, Path], reference: Path, tmp_path: Path
+) -> None:
     weights, data = setup
-    full = tmp_path / "full.csv"
-    res = subprocess.run(_cmd(weights, data, full), cwd=REPO, env=_env(), capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert not rank_log_path(full, 0, 1).exists()  # the log is gone once the file is written
+    full = reference
 
     out = tmp_path / "cut.csv"
     log = ResultLog(rank_log_path(out, 0, 1))
@@ -154,17 +165,14 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_stopped_pipelined_run_resumes_to_the_same_file(
-    setup: tuple[Path, Path], tmp_path: Path, sig: signal.Signals
+    setup: tuple[Path, Path], reference: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     """A real signal to a pipelined run: it stops cleanly (exit 130, readers gone, the log
     whole) and ``--resume`` finishes it to the bytes of an uninterrupted serial run."""
     if not Path("/proc/self/task").is_dir():
         pytest.skip("needs Linux /proc to see the reader processes")
     weights, data = setup
-    full = tmp_path / "full.csv"
-    res = subprocess.run(_cmd(weights, data, full, "--workers", "0"), cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
+    full = reference
 
     out = tmp_path / "cut.csv"
     log = ResultLog(rank_log_path(out, 0, 1))
