@@ -6,10 +6,13 @@ Every timed figure is the median of ``repeats`` calls after ``warmup`` untimed c
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -311,3 +314,14 @@ def machine_line(info: dict[str, Any]) -> str:
         f"({info.get('torch_cpu_capability', '?')} kernels), {info['threads']} threads; "
         f"numpy {info['numpy']}; Python {info['python']}; {gpu}{load_text}"
     )
+
+
+def stop_process_group(proc: subprocess.Popen[Any]) -> None:
+    """Stop a server started in its own process group: SIGTERM, then SIGKILL after 15 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)

@@ -23,7 +23,6 @@ import datetime as dt
 import json
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Section, cpu_snapshot, machine_info, other_load
+from bench.common import Section, cpu_snapshot, machine_info, other_load, stop_process_group
 from bench.context import FULL, REPO_ROOT, BenchContext, generate_once
 
 __all__ = ["GOAL_STEP_S", "run"]
@@ -127,13 +126,7 @@ def _server(demo: Path, weights: Path, work: Path):  # noqa: ANN202 (yields url,
             time.sleep(0.5)
         yield url, proc.pid
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
+        stop_process_group(proc)
         log.close()
 
 

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import stop_process_group
 from hohoho_core.labels import CLASSES
 from hohoho_core.rsna import build_index
 from hohoho_core.store import DecisionStore
@@ -113,17 +113,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         yield url, store, data
     finally:
         stop_process_group(proc)
-
-
-def stop_process_group(proc: subprocess.Popen) -> None:
-    """Stop a server started in its own process group: SIGTERM, then SIGKILL after 15 s."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=5)
 
 
 def settle(page) -> None:  # type: ignore[no-untyped-def]
