@@ -158,6 +158,57 @@ def test_run_folder_is_never_mixed(demo, tmp_path) -> None:
     assert Path(saved["cache_dir"]).is_absolute() and Path(saved["output_dir"]).is_absolute()
 
 
+def test_recipe_finishes_from_a_stage1_run_made_elsewhere(demo, tmp_path) -> None:
+    """--cnn-run: the later stages adopt a finished stage-1 folder (as --stop-after cnn
+    leaves it on a GPU machine) instead of training, and ship exactly its CNN."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    mdw = script("make_demo_weights")
+    elsewhere = tmp_path / "gpu_cnn"
+    shutil.copytree(demo["work"] / "cnn", elsewhere)
+    (elsewhere / "machine.json").write_text(json.dumps(
+        {"machine": "x86_64 Linux, 16 CPU cores, NVIDIA H200", "device": "cuda",
+         "seconds": 123.0}))
+    base = ["--quick", "--data-dir", str(demo["root"] / "data"), "--no-progress",
+            "--threads", "1", "--workers", "1", "--no-foreign-check"]
+    info = mdw.main(mdw.get_args_parser().parse_args(
+        [*base, "--out", str(tmp_path / "w"), "--work-dir", str(tmp_path / "runs"),
+         "--cnn-run", str(elsewhere)]))
+    assert info["times"]["stage 1 CNN"] == 123.0
+    assert info["epochs"] == 1 and info["stage1_machine"]["device"] == "cuda"
+    card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
+    assert "stage 1 on a GPU (x86_64 Linux, 16 CPU cores, NVIDIA H200" in card
+    # the shipped CNN is the adopted one (float16 as shipped)
+    best = load_file(str(elsewhere / "best_cnn.safetensors"))
+    shipped = load_file(str(tmp_path / "w" / "model.safetensors"))
+    key = next(k for k in best if k.endswith("conv1.weight"))
+    name = key.removeprefix("model.")
+    got = next(v for k, v in shipped.items() if k.endswith(name))
+    np.testing.assert_allclose(got.float().numpy(), best[key].half().float().numpy())
+    # the adopted folder points at this machine's cache and gains its test split
+    args = json.loads((tmp_path / "runs" / "cnn" / "args.json").read_text())
+    assert args["cache_dir"] == str(tmp_path / "runs" / "cache")
+    splits = json.loads((tmp_path / "runs" / "cnn" / "splits.json").read_text())
+    assert splits == json.loads((demo["work"] / "splits.json").read_text())
+
+
+def test_stage1_run_of_other_studies_is_refused(demo, tmp_path) -> None:
+    mdw = script("make_demo_weights")
+    args = mdw.get_args_parser().parse_args(
+        ["--quick", "--cnn-run", str(demo["work"] / "cnn"), "--stop-after", "cnn"])
+    assert mdw.made_splits(args) == ("train", "val")
+    with pytest.raises(SystemExit, match="--size 64, this recipe asks for --size 96"):
+        mdw.reused_cnn_args(mdw.get_args_parser().parse_args(
+            ["--cnn-run", str(demo["work"] / "cnn"), "--size", "96"]))
+    splits = json.loads((demo["work"] / "splits.json").read_text())
+    splits["val"] = splits["val"][1:]
+    with pytest.raises(SystemExit, match="its val studies are not those"):
+        mdw.adopt_cnn_run(args, tmp_path / "work", tmp_path / "cache", splits)
+    assert not (tmp_path / "work").exists()
+
+
 def test_strict_json_never_writes_nan(tmp_path) -> None:
     from train import common
 

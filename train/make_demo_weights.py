@@ -117,6 +117,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="end by scoring the weights on studies from bench/foreign_phantom.py, "
                         "a generator the model never saw (about a minute)")
     p.add_argument("--foreign-studies", type=int, default=60)
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu",
+                   help="where stage 1, the embeddings and stage 2 run (cuda: one GPU; "
+                        "--threads and --cpu-bf16 then only concern CPU work)")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="DataLoader worker processes of stage 1 (a GPU needs a few)")
+    p.add_argument("--stop-after", choices=["cnn"], default=None,
+                   help="stop once stage 1 is trained (only train and val are generated): "
+                        "train the CNN on a GPU machine, finish anywhere with --cnn-run")
+    p.add_argument("--cnn-run", type=Path, default=None,
+                   help="a finished stage-1 run folder (train_cnn's, e.g. from --stop-after "
+                        "cnn elsewhere) used instead of training stage 1 here; its input mode "
+                        "and size must be this recipe's, its train and val studies this data's")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return p
 
@@ -128,6 +140,16 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, k, v)
         args.threads = "1" if args.threads == "auto" else args.threads
         args.cpu_bf16 = "off" if args.cpu_bf16 == "auto" else args.cpu_bf16
+    if args.cnn_run is not None:
+        # stage 1 is done: its epochs are the run's, nothing to plan
+        cnn = reused_cnn_args(args)
+        args.epochs = str(cnn["epochs"])
+        args.batch_size, args.lr = cnn["batch_size"], cnn["lr"]
+        args.positive_fraction = cnn["positive_fraction"]
+        args.steps_per_epoch = cnn.get("steps_per_epoch")
+    elif args.epochs == "auto" and args.device != "cpu":
+        raise SystemExit("--epochs auto plans from a CPU speed test: give --epochs with "
+                         f"--device {args.device}")
     args.speed = speed_test(args.size, str(args.threads), args.cpu_bf16,
                             measure=args.epochs == "auto")
     args.threads = args.speed["threads"]
@@ -239,8 +261,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 
     sets: dict[str, Any] = {}
     counts = {"train": args.train_studies, "val": args.val_studies, "test": args.test_studies}
-    plan = [(split, args.seed + i, args.randomise) for i, split in enumerate(common.SPLITS)]
-    if args.randomise:
+    plan = [(split, args.seed + i, args.randomise) for i, split in enumerate(common.SPLITS)
+            if split in made_splits(args)]
+    if args.randomise and args.stop_after is None:
         plan.append(("test_plain", args.seed + 2, False))
     for split, seed, randomise in plan:
         root = args.data_dir / split
@@ -266,13 +289,58 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     return sets
 
 
+def made_splits(args: argparse.Namespace) -> tuple[str, ...]:
+    """The splits this run generates and caches: train and val only when it stops after
+    stage 1 (the test split is scored where the recipe is finished)."""
+    return ("train", "val") if args.stop_after == "cnn" else common.SPLITS
+
+
+def reused_cnn_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments of the ``--cnn-run`` folder, checked against this recipe's."""
+    run = Path(args.cnn_run)
+    if not (run / "best_cnn.safetensors").is_file() or not (run / "args.json").is_file():
+        raise SystemExit(f"--cnn-run {run}: no best_cnn.safetensors and args.json there")
+    cnn = json.loads((run / "args.json").read_text(encoding="utf-8"))
+    for key in ("mode", "size"):
+        if cnn.get(key) != getattr(args, key):
+            raise SystemExit(f"--cnn-run {run} was trained with --{key} {cnn.get(key)}, "
+                             f"this recipe asks for --{key} {getattr(args, key)}")
+    return cnn
+
+
+def adopt_cnn_run(args: argparse.Namespace, work: Path, cache_dir: Path,
+                  splits: dict[str, list[str]]) -> dict[str, Any]:
+    """Copy the ``--cnn-run`` folder to ``work/cnn`` as if stage 1 had run here.
+
+    Its train and val studies must be the ones indexed here (the data is regenerated from
+    the same seeds); its ``args.json`` is pointed at this cache and its ``splits.json``
+    gains this machine's test split, so the later stages read it like their own.
+    """
+    src, dst = Path(args.cnn_run), work / "cnn"
+    theirs = common.read_splits(src / "splits.json")
+    for split in ("train", "val"):
+        if sorted(theirs.get(split, [])) != sorted(splits[split]):
+            raise SystemExit(f"--cnn-run {src}: its {split} studies are not those of "
+                             f"{args.data_dir / split} (other seeds, counts or generator?)")
+    if dst.resolve() != src.resolve():
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+    cnn = json.loads((dst / "args.json").read_text(encoding="utf-8"))
+    cnn["cache_dir"] = str(cache_dir)
+    common.write_json(dst / "args.json", cnn)
+    common.write_json(dst / "splits.json", splits)
+    where = dst / "machine.json"
+    return json.loads(where.read_text(encoding="utf-8")) if where.is_file() else {}
+
+
 def index_and_cache(args: argparse.Namespace, cfg: PreprocessConfig,
                     cache_dir: Path) -> tuple[dict[str, list[str]], dict[str, Any]]:
     """Index each split's folder and cache it; split = the folder a study came from."""
     from hohoho_core.rsna import build_index
 
     splits, stats = {}, {}
-    for split in common.SPLITS:
+    for split in made_splits(args):
         root = args.data_dir / split
         index = build_index(root, cache_dir=cache_dir / "index" / split,
                             workers=max(1, args.workers), progress=args.progress)
@@ -306,12 +374,13 @@ def stage_args(args: argparse.Namespace, work: Path, cache_dir: Path, splits_fil
         *([] if args.steps_per_epoch is None else ["--steps-per-epoch",
                                                    str(args.steps_per_epoch)]),
         "--positive-fraction", str(args.positive_fraction), "--augment", "generous",
-        "--seed", str(args.seed), "--device", "cpu", "--output-dir", str(work / "cnn"), "--overwrite",
+        "--seed", str(args.seed), "--device", args.device, "--workers", str(args.loader_workers),
+        "--output-dir", str(work / "cnn"), "--overwrite",
         "--cpu-bf16" if args.cpu_bf16 == "on" else "--no-cpu-bf16", *prog, *threads,
     ]
     emb = ["--cnn-run", str(work / "cnn"), "--output-dir", str(work / "emb"),
            "--train-copies", str(args.train_copies), "--train-augment", "generous",
-           "--device", "cpu", "--batch-size", "64", *prog, *threads]
+           "--device", args.device, "--batch-size", "64", *prog, *threads]
     lstm = ["--cnn-run", str(work / "cnn"), "--embeddings", str(work / "emb"),
             "--output-dir", str(work / "lstm"), "--weights-out", str(args.out),
             "--data-json", str(work / "data.json"), "--epochs", str(args.lstm_epochs),
@@ -319,7 +388,7 @@ def stage_args(args: argparse.Namespace, work: Path, cache_dir: Path, splits_fil
             "--dropout", str(args.lstm_dropout), "--emb-noise", str(args.lstm_emb_noise),
             "--weight-decay", str(args.lstm_weight_decay),
             "--calibrate" if args.calibrate else "--no-calibrate", "--seed", str(args.seed),
-            "--device", "cpu", *prog, *threads, *stage2_options(args)]
+            "--device", args.device, *prog, *threads, *stage2_options(args)]
     return {"train_cnn": cnn, "extract_embeddings": emb, "train_lstm": lstm}
 
 
@@ -506,6 +575,20 @@ def _plain_lines(rep: dict[str, Any] | None, spec: dict[str, Any] | None) -> lis
     ]
 
 
+def _compute_line(info: dict[str, Any]) -> str:
+    stage1 = info.get("stage1_machine") or {}
+    rest = "embeddings, validation and the shipped model in float32 (stored as float16)."
+    if stage1.get("device", "cpu") != "cpu":
+        return (f"- Compute: stage 1 on a GPU ({stage1.get('machine', 'unknown machine')}, "
+                f"float16 autocast); the later stages on {info['threads']} CPU thread(s); "
+                + rest)
+    return (f"- Compute: {info['threads']} CPU thread(s), stage 1 in "
+            f"{'bfloat16 autocast' if info['cpu_bf16'] else 'float32'} ("
+            + ("picked by a short speed test at start" if "tried" in info["speed"]
+               else "fixed by --threads and --cpu-bf16")
+            + "); " + rest)
+
+
 def write_card(path: Path, info: dict[str, Any]) -> None:
     """``MODEL_CARD.md`` from the measured numbers."""
     m, test = info["metrics"], info["shipped_test"]
@@ -582,11 +665,7 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         + f"Data is generated at {info['data']['train']['size']} px (test at "
         f"{info['data']['test']['size']} px) to keep generation to a few minutes; the model "
         "crops to the head and resizes anyway.",
-        f"- Compute: {info['threads']} CPU thread(s), stage 1 in "
-        f"{'bfloat16 autocast' if info['cpu_bf16'] else 'float32'} ("
-        + ("picked by a short speed test at start" if "tried" in info["speed"]
-           else "fixed by --threads and --cpu-bf16")
-        + "); embeddings, validation and the shipped model in float32 (stored as float16).",
+        _compute_line(info),
         "- Calibration: "
         + ("one temperature per class for the CNN output and for the CNN + LSTM output, "
            "fitted on the validation split (Guo et al. 2017); the LSTM still reads the raw "
@@ -646,7 +725,10 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         "exist; `bench/` regenerates the test split from them). Bit-identical weights are not "
         "promised: CPU kernels and thread timing vary between machines.",
         f"- Command: `{info['command']}`",
-        f"- Machine: {info['machine']}",
+        f"- Machine: {info['machine']}"
+        + (f"; stage 1 on {info['stage1_machine']['machine']} ({info['stage1_machine']['device']}"
+           ", `--stop-after cnn` there, then this command with `--cnn-run`)"
+           if info.get("stage1_machine") else ""),
         "- Wall time per stage (s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in info["times"].items())
         + f"; total {sum(info['times'].values()) / 60:.1f} min.",
@@ -672,6 +754,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     times["generate"] = time.perf_counter() - t
     t = time.perf_counter()
     splits, stats = index_and_cache(args, cfg, cache_dir)
+    splits.setdefault("test", [])  # --stop-after cnn: the test split is made where it ends
     times["index+cache"] = time.perf_counter() - t
     common.write_json(work / "splits.json", splits)
     common.write_json(work / "data.json", {"description": "synthetic phantom head CT "
@@ -682,8 +765,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                    else int(args.epochs))
     cmds = stage_args(args, work, cache_dir, work / "splits.json")
     t = time.perf_counter()
-    train_cnn.main(train_cnn.get_args_parser().parse_args(cmds["train_cnn"]))
-    times["stage 1 CNN"] = time.perf_counter() - t
+    stage1_machine: dict[str, Any] = {}
+    if args.cnn_run is not None:
+        stage1_machine = adopt_cnn_run(args, work, cache_dir, splits)
+        times["stage 1 CNN"] = float(stage1_machine.get("seconds", 0.0))
+    else:
+        train_cnn.main(train_cnn.get_args_parser().parse_args(cmds["train_cnn"]))
+        times["stage 1 CNN"] = time.perf_counter() - t
+        # where stage 1 ran, for the card of a recipe finished elsewhere (--cnn-run)
+        common.write_json(work / "cnn" / "machine.json",
+                          {"machine": common.machine_description(),
+                           "device": train_cnn.device_type(args.device),
+                           "seconds": times["stage 1 CNN"]})
+    if args.stop_after == "cnn":
+        log.info("stage 1 done in %.0f s (--stop-after cnn): %s", times["stage 1 CNN"],
+                 work / "cnn")
+        return {"times": times, "cnn_run": str(work / "cnn"), "stats": stats}
     t = time.perf_counter()
     extract_embeddings.main(extract_embeddings.get_args_parser().parse_args(
         cmds["extract_embeddings"]))
@@ -721,6 +818,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "calibrate": args.calibrate,
         "foreign": foreign,
         "times": times, "machine": common.machine_description(),
+        "stage1_machine": stage1_machine, "device": args.device,
         "command": "python -m train.make_demo_weights " + " ".join(
             [*(["--quick"] if args.quick else []),
              *(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())

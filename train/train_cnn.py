@@ -214,6 +214,11 @@ def evaluate(
     }
 
 
+def device_type(device: str) -> str:
+    """``--device`` as it resolves here: "auto" is cuda where a GPU is visible."""
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
 def _resume_stem(path: Path) -> Path:
     path = Path(path)
     return path / "checkpoint" if path.is_dir() else Path(str(path).removesuffix(".json"))
