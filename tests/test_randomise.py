@@ -98,3 +98,28 @@ def test_generate_dataset_randomise_writes_a_readable_labelled_set(tmp_path):
     assert (tmp_path / "r" / "stage_2_train.csv").is_file()
     assert len(res.truth) == sum(res.studies["n_slices"])
     assert res.truth["any"].sum() > 0
+
+
+def test_a_fraction_randomises_that_share_and_leaves_the_rest_as_the_plain_set(tmp_path):
+    import filecmp
+
+    n = 8
+    generate_dataset(tmp_path / "plain", n, 11, size=48, slices=(8, 8))
+    generate_dataset(tmp_path / "all", n, 11, size=48, slices=(8, 8), randomise=True)
+    generate_dataset(tmp_path / "half", n, 11, size=48, slices=(8, 8), randomise=0.5)
+    names = sorted(p.name for p in (tmp_path / "half" / "stage_2_train").iterdir())
+
+    def same(other: str) -> int:
+        return sum(filecmp.cmp(tmp_path / "half" / "stage_2_train" / f,
+                               tmp_path / other / "stage_2_train" / f, shallow=False)
+                   for f in names)
+
+    # every slice is the plain set's or the fully randomised set's, and both kinds occur
+    as_plain, as_random = same("plain"), same("all")
+    assert as_plain + as_random == len(names) == 8 * n
+    assert 0 < as_plain < len(names)
+    # the draw is the seed's, not the run's
+    generate_dataset(tmp_path / "again", n, 11, size=48, slices=(8, 8), randomise=0.5)
+    assert same("again") == len(names)
+    with pytest.raises(ValueError, match="fraction"):
+        generate_dataset(tmp_path / "bad", 2, 11, size=48, slices=(8, 8), randomise=1.5)

@@ -51,7 +51,9 @@ def _f(x: float | None) -> str:
 
 def describe(info: dict[str, Any]) -> str:
     """Short label of a run: input mode, size, randomisation, stage-1 images seen."""
-    rand = "randomised" if info.get("randomise", True) else "plain"
+    share = info.get("randomise_fraction", 1.0)
+    rand = (("randomised" if share >= 1 else f"{share:.0%} randomised")
+            if info.get("randomise", True) else "plain")
     return f"{info['mode']}, {info['size']} px, {rand}"
 
 

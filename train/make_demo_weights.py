@@ -72,6 +72,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--randomise", action=argparse.BooleanOptionalAction, default=True,
                    help="domain randomisation in the generator for train, val and test "
                         "(hohoho_core.synthetic.randomise); a plain test split is scored too")
+    p.add_argument("--randomise-fraction", type=float, default=1.0,
+                   help="with --randomise: the share of studies randomised in train, val and "
+                        "test (the others plain, as the plain dataset's studies)")
     p.add_argument("--mode", choices=list(MODES), default="stacked",
                    help="model input: neighbours in the brain window (stacked), one slice "
                         "(gray), one slice in three windows (windows), or the neighbours in "
@@ -276,6 +279,8 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             spec["positive_studies"] = positive
         if randomise:  # only then, so markers of plain datasets stay as they were
             spec["randomise"] = True
+            if args.randomise_fraction != 1.0:
+                spec["randomise_fraction"] = args.randomise_fraction
         marker = root / "generated.json"
         if not (marker.is_file() and json.loads(marker.read_text()) == spec):
             if root.exists():
@@ -283,7 +288,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             generate_dataset(root, n, seed, size=size,
                              slices=(args.min_slices, args.max_slices),
                              workers=max(1, args.workers), positive_fraction=positive,
-                             randomise=randomise)
+                             randomise=args.randomise_fraction if randomise else False)
             marker.write_text(json.dumps(spec))
         sets[split] = {"root": str(root), **spec}
     return sets
@@ -301,6 +306,13 @@ def reused_cnn_args(args: argparse.Namespace) -> dict[str, Any]:
     if not (run / "best_cnn.safetensors").is_file() or not (run / "args.json").is_file():
         raise SystemExit(f"--cnn-run {run}: no best_cnn.safetensors and args.json there")
     cnn = json.loads((run / "args.json").read_text(encoding="utf-8"))
+    state = run / "checkpoint.json"
+    if state.is_file():  # a run stopped early (a time limit) ran fewer epochs than planned
+        last = json.loads(state.read_text(encoding="utf-8")).get("state", {}).get("epoch")
+        if last is not None and int(last) + 1 < int(cnn["epochs"]):
+            log.warning("--cnn-run %s stopped after %d of %d epochs", run, int(last) + 1,
+                        cnn["epochs"])
+            cnn = {**cnn, "epochs": int(last) + 1, "epochs_planned": cnn["epochs"]}
     for key in ("mode", "size"):
         if cnn.get(key) != getattr(args, key):
             raise SystemExit(f"--cnn-run {run} was trained with --{key} {cnn.get(key)}, "
@@ -580,8 +592,8 @@ def _compute_line(info: dict[str, Any]) -> str:
     rest = "embeddings, validation and the shipped model in float32 (stored as float16)."
     if stage1.get("device", "cpu") != "cpu":
         return (f"- Compute: stage 1 on a GPU ({stage1.get('machine', 'unknown machine')}, "
-                f"float16 autocast); the later stages on {info['threads']} CPU thread(s); "
-                + rest)
+                f"float16 autocast{'; ' + stage1['note'] if stage1.get('note') else ''}); "
+                f"the later stages on {info['threads']} CPU thread(s); " + rest)
     return (f"- Compute: {info['threads']} CPU thread(s), stage 1 in "
             f"{'bfloat16 autocast' if info['cpu_bf16'] else 'float32'} ("
             + ("picked by a short speed test at start" if "tried" in info["speed"]
@@ -612,7 +624,9 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         "## Data",
         "Three separately generated synthetic datasets (RSNA 2019 layout, DICOM), split by "
         "dataset so no study is shared"
-        + (", all three with domain randomisation (`hohoho_core.synthetic.randomise`: head "
+        + ((", all three with domain randomisation" if info.get("randomise_fraction", 1.0) >= 1
+            else f", {info['randomise_fraction']:.0%} of the studies of each with domain "
+            "randomisation, the others plain") + " (`hohoho_core.synthetic.randomise`: head "
            "size, position and rotation, tissue HU and grey/white contrast, noise level and "
            "kernel texture, sharpness, partial volume, beam hardening, streaks, metal, motion, "
            "hard negatives such as dense sinuses and calcifications, blood density from "
@@ -809,6 +823,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_bf16": args.cpu_bf16 == "on",
         "data": data, "stats": stats, "metrics": result["metrics"], "shipped_test": shipped,
         "plain_test": plain, "mode": args.mode, "randomise": args.randomise,
+        "randomise_fraction": args.randomise_fraction,
         "lstm_regularisation": {"dropout": args.lstm_dropout, "emb_noise": args.lstm_emb_noise,
                                 "weight_decay": args.lstm_weight_decay,
                                 "residual": args.lstm_residual,

@@ -1,7 +1,8 @@
 """A dataset of phantom studies in the RSNA 2019 layout: plans, image ids, files, labels.
 
 Every random choice comes from its own stream of the dataset seed (``spawn_key`` 0: plans,
-1: each study, 2: label noise, 3: instance order), so a dataset is the same for a seed
+1: each study, 2: label noise, 3: instance order, 4: which studies
+a fractional ``randomise`` randomises), so a dataset is the same for a seed
 whatever the number of workers.
 """
 
@@ -218,7 +219,7 @@ def generate_dataset(
     slices: tuple[int, int] = (20, 40),
     workers: int = 1,
     positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
-    randomise: bool = False,
+    randomise: bool | float = False,
 ) -> SyntheticTruth:
     """Write ``n_studies`` phantom studies in the RSNA 2019 layout under ``out``.
 
@@ -228,7 +229,9 @@ def generate_dataset(
     ``positive_fraction`` (default 0.4, like the generator's natural mix) lets a training
     set be enriched with bleeds so rare subtypes get enough examples. ``randomise`` turns
     on domain randomisation (`hohoho_core.synthetic.randomise`): anatomy, reconstruction,
-    artefacts, hard negatives, blood density and the labelling rule vary per study.
+    artefacts, hard negatives, blood density and the labelling rule vary per study; a
+    fraction in (0, 1) randomises that share of the studies (drawn per study from the seed)
+    and leaves the others plain, identical to the same studies of a plain dataset.
 
     Raises:
         FileExistsError: ``out/stage_2_train`` holds DICOM files of another dataset.
@@ -243,9 +246,14 @@ def generate_dataset(
     out = Path(out)
     folder = out / "stage_2_train"
     folder.mkdir(parents=True, exist_ok=True)
+    fraction = float(randomise)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"randomise must be a bool or a fraction in [0, 1], got {randomise}")
     plans = _plan_dataset(seed, n_studies, slices, positive_fraction)
-    if randomise:
-        plans = [replace(plan, randomise=True) for plan in plans]
+    if fraction > 0:
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,)))
+        pick = rng.random(n_studies) < fraction if fraction < 1 else np.ones(n_studies, bool)
+        plans = [replace(plan, randomise=bool(k)) for plan, k in zip(plans, pick, strict=True)]
     ids = _image_ids(seed, plans)
     # Never mix with other files: stale slices would contradict the new label CSV.
     wanted = {f"{i}.dcm" for study_ids in ids for i in study_ids}
