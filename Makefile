@@ -53,16 +53,20 @@ lint: venv
 test: venv browser pacs lint
 	$(PY) -m pytest
 
-# The settings of the shipped model (weights/MODEL_CARD.md): plain phantoms, no calibration;
-# about 40 minutes on the 2-core Xeon it was made on. The domain-randomised, calibrated recipe
-# (--randomise --calibrate, the defaults of make_demo_weights) was measured in
-# docs/ablation.md and not shipped. --cpu-bf16 auto: pinning bfloat16 on a CPU without
-# bfloat16 units (AVX2 only) runs at 2 images/s.
+# The shipped model (weights/MODEL_CARD.md): one slice in three windows at 160 px, half of the
+# studies of each split domain-randomised, 30 epochs x 280 steps of 32 (docs/ablation.md,
+# "Full budget on a GPU"). Stage 1 is nearly all the arithmetic: on one H200 (16 cores) the
+# data took about 2 min to generate and cache and stage 1 about 4 min; the later stages took
+# about 25 min on the 2-core AMD EPYC. With no GPU, stage 1 alone trains at about 9 images/s
+# at 160 px on that CPU: about 9 hours, far over the 90 minutes a CPU-only run should take.
+# --device auto uses a GPU when one is visible; on a GPU machine without the rest of the
+# toolchain, add --stop-after cnn there and finish here with --cnn-run (train/README.md).
 weights: venv
-	$(PY) -m train.make_demo_weights --out weights --data-dir data/demo_train --work-dir runs/demo \
+	$(PY) -m train.make_demo_weights --out weights --data-dir data/mixed_train --work-dir runs/demo \
 		--train-studies 500 --train-positive-studies 0.6 --val-studies 100 --test-studies 100 \
-		--epochs 15 --steps-per-epoch 280 --lstm-epochs 30 --gen-size 256 --test-gen-size 256 \
-		--threads 2 --cpu-bf16 auto --no-randomise --no-calibrate
+		--epochs 30 --steps-per-epoch 280 --lstm-epochs 30 --gen-size 256 --test-gen-size 256 \
+		--mode windows --size 160 --randomise --randomise-fraction 0.5 \
+		--device auto --loader-workers 4 --threads 2 --cpu-bf16 auto
 
 bench: venv
 	$(PY) -m bench.run_all

@@ -213,7 +213,8 @@ def test_numpy_values_in_config_are_saved_as_json(tmp_path: Path) -> None:
 def test_shipped_config_loads_typed_and_saves_the_same_json() -> None:
     raw = json.loads((REPO / "weights" / CONFIG_FILE).read_text(encoding="utf-8"))
     cfg = ModelConfig.from_dict(raw)
-    assert isinstance(cfg.preprocess, PreprocessConfig) and cfg.preprocess.size == 128
+    assert isinstance(cfg.preprocess, PreprocessConfig) and cfg.preprocess.size == 160
+    assert cfg.preprocess.mode == "windows"
     assert isinstance(cfg.lstm, LstmConfig) and cfg.lstm.use_logits and cfg.lstm.dropout == 0.2
     again = json.loads(json.dumps(cfg.to_dict()))
     assert again == raw

@@ -672,7 +672,7 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         "of every training study (one transform per study) so the LSTM sees stage-1 "
         "mistakes like those on unseen data; best epoch by validation macro F2.",
         f"- Why this size and length: {info['size']} px keeps small bleeds several pixels "
-        "wide while ResNet-18 still trains at tens of slices per second on two CPU cores; "
+        "wide (thin subarachnoid and subdural blood vanish at lower resolution); "
         + ("the number of epochs is what the measured speed allows within the "
            f"{info['budget_min']:g}-minute budget (times below). " if info["epochs_planned"]
            else "the number of epochs was fixed with --epochs. ")
