@@ -135,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sizes": sizes.to_dict(),
         "sections": sections,
     }
-    write_results(results, out_dir, merge_existing=args.only is not None)
+    # always merged: --only keeps the other sections, and a full run keeps the sections
+    # of the separate benchmarks (bench.pacs, bench.viewer_load, bench.batch)
+    write_results(results, out_dir, merge_existing=True)
     log.info("wrote %s and %s", out_dir / "results.json", out_dir / "results.md")
     failed = [n for n, s in sections.items() if s.get("error")]
     if failed:

@@ -215,6 +215,10 @@ def test_run_all_quick_writes_consistent_results(
     monkeypatch.setattr(run_all, "QUICK", TINY)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "out"
+    # a section another benchmark wrote (bench.batch, bench.pacs, ...): a full run keeps it
+    out.mkdir()
+    kept = {"title": "9. Batch", "rows": [], "goals": [], "notes": [], "error": None}
+    (out / "results.json").write_text(json.dumps({"sections": {"batch": kept}}))
     threads = torch.get_num_threads()
     try:
         code = run_all.main(["--quick", "--work", str(tmp_path / "work"), "--out", str(out),
@@ -224,6 +228,7 @@ def test_run_all_quick_writes_consistent_results(
     results = json.loads((out / "results.json").read_text())
     errors = {k: s["error"] for k, s in results["sections"].items() if s["error"]}
     assert code == 0 and not errors, errors
+    assert results["sections"].pop("batch") == kept
     assert list(results["sections"]) == list(run_all.SECTIONS)
     assert results["quick"] is True and results["threads"] == 1
     assert results["machine"]["cores"] >= 1 and results["machine"]["torch"] == torch.__version__
@@ -270,7 +275,7 @@ def test_run_all_quick_writes_consistent_results(
     finally:
         torch.set_num_threads(threads)
     again = json.loads((out / "results.json").read_text())
-    assert code == 0 and list(again["sections"]) == list(run_all.SECTIONS)
+    assert code == 0 and list(again["sections"]) == [*run_all.SECTIONS, "batch"]
     assert again["sections"]["study"] == results["sections"]["study"]
     assert again["command"].endswith("--threads 1") and "--only tsne" in again["command"]
     assert again["command"].startswith("python -m bench.run_all ")  # how the bench is run now
