@@ -266,7 +266,9 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     counts = {"train": args.train_studies, "val": args.val_studies, "test": args.test_studies}
     plan = [(split, args.seed + i, args.randomise) for i, split in enumerate(common.SPLITS)
             if split in made_splits(args)]
-    if args.randomise and args.stop_after is None:
+    # getattr: train.ablate calls this with a Namespace of its own
+    fraction = getattr(args, "randomise_fraction", 1.0)
+    if args.randomise and getattr(args, "stop_after", None) is None:
         plan.append(("test_plain", args.seed + 2, False))
     for split, seed, randomise in plan:
         root = args.data_dir / split
@@ -279,8 +281,8 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             spec["positive_studies"] = positive
         if randomise:  # only then, so markers of plain datasets stay as they were
             spec["randomise"] = True
-            if args.randomise_fraction != 1.0:
-                spec["randomise_fraction"] = args.randomise_fraction
+            if fraction != 1.0:
+                spec["randomise_fraction"] = fraction
         marker = root / "generated.json"
         if not (marker.is_file() and json.loads(marker.read_text()) == spec):
             if root.exists():
@@ -288,7 +290,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             generate_dataset(root, n, seed, size=size,
                              slices=(args.min_slices, args.max_slices),
                              workers=max(1, args.workers), positive_fraction=positive,
-                             randomise=args.randomise_fraction if randomise else False)
+                             randomise=fraction if randomise else False)
             marker.write_text(json.dumps(spec))
         sets[split] = {"root": str(root), **spec}
     return sets
@@ -297,7 +299,7 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
 def made_splits(args: argparse.Namespace) -> tuple[str, ...]:
     """The splits this run generates and caches: train and val only when it stops after
     stage 1 (the test split is scored where the recipe is finished)."""
-    return ("train", "val") if args.stop_after == "cnn" else common.SPLITS
+    return ("train", "val") if getattr(args, "stop_after", None) == "cnn" else common.SPLITS
 
 
 def reused_cnn_args(args: argparse.Namespace) -> dict[str, Any]:
