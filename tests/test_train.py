@@ -73,6 +73,8 @@ def test_quick_recipe_writes_a_loadable_weights_folder(demo) -> None:
                                atol=1e-6)
     card = (demo["weights"] / "MODEL_CARD.md").read_text()
     assert "Not for clinical use" in card
+    # stage 1 ran here, on the CPU: the card says so and names no other machine
+    assert "- Compute: 1 CPU thread(s)" in card and "--cnn-run" not in card
     macro = demo["info"]["shipped_test"]["cnn_lstm"]["slice"]["macro"]
     assert f"**{macro:.3f}**" in card and "seed" in card
     assert "Against the project's target" in card
@@ -180,6 +182,7 @@ def test_recipe_finishes_from_a_stage1_run_made_elsewhere(demo, tmp_path) -> Non
     assert info["epochs"] == 1 and info["stage1_machine"]["device"] == "cuda"
     card = (tmp_path / "w" / "MODEL_CARD.md").read_text()
     assert "stage 1 on a GPU (x86_64 Linux, 16 CPU cores, NVIDIA H200" in card
+    assert "the later stages here on 1 CPU thread(s)" in card and "`--cnn-run`)" in card
     # the shipped CNN is the adopted one (float16 as shipped)
     best = load_file(str(elsewhere / "best_cnn.safetensors"))
     shipped = load_file(str(tmp_path / "w" / "model.safetensors"))

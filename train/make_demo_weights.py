@@ -593,9 +593,11 @@ def _compute_line(info: dict[str, Any]) -> str:
     stage1 = info.get("stage1_machine") or {}
     rest = "embeddings, validation and the shipped model in float32 (stored as float16)."
     if stage1.get("device", "cpu") != "cpu":
+        later = (f"the later stages here on {info['threads']} CPU thread(s)"
+                 if info.get("stage1_elsewhere") else "the later stages on the same GPU")
         return (f"- Compute: stage 1 on a GPU ({stage1.get('machine', 'unknown machine')}, "
                 f"float16 autocast{'; ' + stage1['note'] if stage1.get('note') else ''}); "
-                f"the later stages on {info['threads']} CPU thread(s); " + rest)
+                f"{later}; " + rest)
     return (f"- Compute: {info['threads']} CPU thread(s), stage 1 in "
             f"{'bfloat16 autocast' if info['cpu_bf16'] else 'float32'} ("
             + ("picked by a short speed test at start" if "tried" in info["speed"]
@@ -744,7 +746,7 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         f"- Machine: {info['machine']}"
         + (f"; stage 1 on {info['stage1_machine']['machine']} ({info['stage1_machine']['device']}"
            ", `--stop-after cnn` there, then this command with `--cnn-run`)"
-           if info.get("stage1_machine") else ""),
+           if info.get("stage1_elsewhere") else ""),
         "- Wall time per stage (s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in info["times"].items())
         + f"; total {sum(info['times'].values()) / 60:.1f} min.",
@@ -788,11 +790,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     else:
         train_cnn.main(train_cnn.get_args_parser().parse_args(cmds["train_cnn"]))
         times["stage 1 CNN"] = time.perf_counter() - t
-        # where stage 1 ran, for the card of a recipe finished elsewhere (--cnn-run)
-        common.write_json(work / "cnn" / "machine.json",
-                          {"machine": common.machine_description(),
-                           "device": train_cnn.device_type(args.device),
-                           "seconds": times["stage 1 CNN"]})
+        # where stage 1 ran: for the card, here or of a recipe finished elsewhere (--cnn-run)
+        stage1_machine = {"machine": common.machine_description(),
+                          "device": train_cnn.device_type(args.device),
+                          "seconds": times["stage 1 CNN"]}
+        common.write_json(work / "cnn" / "machine.json", stage1_machine)
     if args.stop_after == "cnn":
         log.info("stage 1 done in %.0f s (--stop-after cnn): %s", times["stage 1 CNN"],
                  work / "cnn")
@@ -835,7 +837,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "calibrate": args.calibrate,
         "foreign": foreign,
         "times": times, "machine": common.machine_description(),
-        "stage1_machine": stage1_machine, "device": args.device,
+        "stage1_machine": stage1_machine, "stage1_elsewhere": args.cnn_run is not None,
+        "device": args.device,
         "command": "python -m train.make_demo_weights " + " ".join(
             [*(["--quick"] if args.quick else []),
              *(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
