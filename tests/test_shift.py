@@ -1,0 +1,125 @@
+"""Shifted validation views and thresholds picked over them (hohoho_core.shift)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hohoho_core.shift import (
+    PERTURBATIONS,
+    View,
+    leave_one_view_out,
+    macro_at,
+    perturb_hu,
+    pick_thresholds,
+)
+
+
+def _volume() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    hu = np.full((3, 64, 64), 30.0, np.float32)
+    hu[:, 20:30, 20:30] = 70.0  # a bleed
+    hu[:, :4, :] = 1000.0  # bone
+    return hu + rng.normal(0, 2, hu.shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("kind", sorted(PERTURBATIONS))
+def test_each_perturbation_changes_the_volume_and_repeats_with_its_seed(kind: str) -> None:
+    hu = _volume()
+    a, b, c = perturb_hu(hu, kind, 1), perturb_hu(hu, kind, 1), perturb_hu(hu, kind, 2)
+    assert a.shape == hu.shape and a.dtype == np.float32
+    assert np.abs(a - hu).mean() > 0.5
+    np.testing.assert_array_equal(a, b)
+    if kind not in ("calibration", "lowres"):  # the random ones depend on the seed
+        assert not np.array_equal(a, c)
+    # Slices are perturbed in-plane only: no slice borrows from its neighbour.
+    one = perturb_hu(hu[:1], kind, 1)
+    if kind in ("calibration", "lowres"):
+        np.testing.assert_allclose(one[0], a[0], atol=1e-4)
+
+
+def test_calibration_moves_tissue_as_documented() -> None:
+    out = perturb_hu(np.array([[[30.0, 70.0]]], np.float32), "calibration", 0)
+    np.testing.assert_allclose(out[0, 0], [36.0, 70.0], atol=1e-4)
+
+
+def test_lowres_averages_away_a_one_pixel_line() -> None:
+    hu = np.zeros((1, 32, 32), np.float32)
+    hu[0, :, 15] = 80.0
+    assert perturb_hu(hu, "lowres", 0)[0, :, 15].max() < 70.0
+
+
+def test_bad_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        perturb_hu(_volume(), "gamma", 0)
+    with pytest.raises(ValueError, match=r"\[S, H, W\]"):
+        perturb_hu(np.zeros((4, 4), np.float32), "soft", 0)
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        pick_thresholds([View("a", np.zeros((2, 1)), np.zeros((2, 1)))], "median")
+    with pytest.raises(ValueError, match="no views"):
+        pick_thresholds([], "pooled")
+
+
+def _view(name: str, pos: list[float], neg: list[float]) -> View:
+    prob = np.array(pos + neg, dtype=np.float64)[:, None]
+    labels = np.array([1] * len(pos) + [0] * len(neg))[:, None]
+    return View(name, labels, prob)
+
+
+# Two sources: on "home" positives score high; on "shifted" the same model scores them lower.
+HOME = _view("home", [0.9, 0.85, 0.8, 0.75], [0.5, 0.3, 0.2, 0.1, 0.05, 0.02])
+SHIFTED = _view("shifted", [0.45, 0.4, 0.35, 0.3], [0.2, 0.1, 0.05, 0.02, 0.01, 0.01])
+
+
+@pytest.mark.parametrize("rule", ["pooled", "mean", "worst"])
+def test_rules_over_both_views_keep_the_shifted_positives(rule: str) -> None:
+    thr = pick_thresholds([HOME, SHIFTED], rule)
+    # Picked on "home" alone, the cut sits above every shifted positive...
+    home_only = pick_thresholds([HOME], "pooled")
+    assert home_only[0] > 0.45
+    # ...over both views, it keeps most of them, and "home" loses little.
+    assert thr[0] <= 0.35
+    scores = macro_at({"home": HOME, "shifted": SHIFTED}, thr)
+    assert scores["shifted"] >= 0.9 and scores["home"] >= 0.8
+
+
+def test_leave_one_view_out_scores_the_held_out_view_only() -> None:
+    res = leave_one_view_out([HOME, SHIFTED], ["pooled"])
+    # The threshold from "home" misses every shifted positive: F2 0 there.
+    assert res["pooled"]["shifted"] == 0.0
+    # The one from "shifted" (0.25 < every home positive) finds them all: F2 > 0.8.
+    assert res["pooled"]["home"] > 0.8
+
+
+def test_recipe_decides_on_views_only_caches_them_and_writes_a_folder(tmp_path) -> None:  # noqa: ANN001
+    """train.shift_thresholds end to end on a tiny model: the decision comes from the
+    views, the test folder is scored afterwards, views are cached per weights, and the
+    written folder carries the decided thresholds."""
+    from hohoho_core.synthetic import generate_dataset
+    from hohoho_core.weights import load_weights
+    from tests.test_predict import make_weights
+    from train import shift_thresholds as st
+
+    weights = make_weights(tmp_path / "w")
+    val, test = tmp_path / "val", tmp_path / "test"
+    generate_dataset(val, n_studies=3, seed=11, size=96, slices=(8, 9), positive_fraction=1.0)
+    generate_dataset(test, n_studies=2, seed=12, size=96, slices=(8, 9), positive_fraction=1.0)
+    argv = ["--weights", str(weights), "--val", str(val), "--perturb", "noisy", "lowres",
+            "--test", f"held={test}", "--cache", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "rep.json"), "--write", str(tmp_path / "new"),
+            "--threads", "1"]
+    rep = st.main(st.get_args_parser().parse_args(argv))
+    assert rep["views"] == ["val", "val_noisy", "val_lowres"]
+    for stage in ("cnn_lstm", "cnn"):
+        r = rep["stages"][stage]
+        assert set(r["held_out"]) == {"val", "pooled", "mean", "worst"}
+        assert set(r["held_out"]["pooled"]) == {"val", "val_noisy", "val_lowres"}
+        assert r["chosen"] in r["held_out"]
+        assert set(r["tests"]["as shipped"]) == {"held"}
+    cached = sorted(p.name for p in (tmp_path / "cache" / rep["weights_key"]).iterdir())
+    assert cached == ["test_held.npz", "val.npz", "val_lowres.npz", "val_noisy.npz"]
+    chosen = rep["stages"]["cnn_lstm"]["chosen"]
+    new = load_weights(tmp_path / "new").config
+    np.testing.assert_allclose(new.thresholds, rep["stages"]["cnn_lstm"]["thresholds"][chosen])
+    assert new.data["retuned"]["how"] == "train.shift_thresholds"
+    assert (tmp_path / "rep.md").read_text().count("Decision:") == 2

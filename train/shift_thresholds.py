@@ -1,0 +1,235 @@
+"""Thresholds that survive a shift: pick them over shifted validation views, decide by
+leaving one view out (issue 13).
+
+    python -m train.shift_thresholds --weights weights --val data/mixed_train/val \
+        --view plain=data/plain_train/val --view rand=data/demo_train/val \
+        --test own=data/mixed_train/test --test foreign=data/mixed_train/foreign \
+        --cache runs/shift --out runs/shift/report.json [--write runs/shift/weights]
+
+Recipe:
+1. score the validation split, each ``--view`` folder and the validation split under each
+   perturbation of `hohoho_core.shift` (one cached ``.npz`` of probabilities per view);
+2. for CNN + LSTM and for the CNN alone, leave one view out for each rule (the current
+   one, "val": F2-optimal on the validation split alone, and the rules of `shift.RULES`
+   over the views) and take the rule with the best mean held-out macro F2;
+3. decide: a new rule is used only if it beats "val" by at least ``--min-gain``;
+4. only then score the ``--test`` folders with every rule's thresholds, for the report:
+   they never change the decision (the foreign generator must stay an independent check);
+5. ``--write DIR``: a new weights folder with the decided thresholds (the source folder is
+   never written), via `retune.write_retuned`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hohoho_core.metrics import search_thresholds
+from hohoho_core.shift import (
+    PERTURBATIONS,
+    View,
+    leave_one_view_out,
+    macro_at,
+    perturb_hu,
+    pick_thresholds,
+)
+from train import common
+
+log = logging.getLogger("hohoho.train")
+
+STAGES = {"cnn_lstm": "prob", "cnn": "cnn"}  # report key -> array in the cached views
+CURRENT = "val"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Thresholds picked over shifted validation views",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", type=Path, default=Path("weights"))
+    p.add_argument("--val", type=Path, required=True, help="the validation split's folder")
+    p.add_argument("--view", action="append", default=[], metavar="NAME=ROOT",
+                   help="another labelled validation-side folder scored as a view")
+    p.add_argument("--perturb", nargs="*", default=sorted(PERTURBATIONS),
+                   help="perturbations of the validation split, each a view")
+    p.add_argument("--test", action="append", default=[], metavar="NAME=ROOT",
+                   help="scored after the decision, for the report only")
+    p.add_argument("--rules", nargs="*", default=["pooled", "mean", "worst"])
+    p.add_argument("--min-gain", type=float, default=0.005,
+                   help="a new rule must beat the current one by this mean held-out macro F2")
+    p.add_argument("--cache", type=Path, required=True, help="folder for the views' .npz")
+    p.add_argument("--out", type=Path, required=True, help="report (JSON)")
+    p.add_argument("--write", type=Path, default=None, help="new weights folder to write")
+    p.add_argument("--threads", type=int, default=None)
+    return p
+
+
+def _named(items: list[str]) -> list[tuple[str, Path]]:
+    out = []
+    for item in items:
+        name, sep, root = item.partition("=")
+        if not sep or not name or not root:
+            raise SystemExit(f"expected NAME=ROOT, got {item!r}")
+        out.append((name, Path(root)))
+    return out
+
+
+def weights_key(folder: Path) -> str:
+    """Short hash of the weights' tensors: the cache is valid for these weights only."""
+    h = hashlib.sha256()
+    for f in sorted(folder.glob("*.safetensors")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def score_view(predictor: Any, root: Path, perturbation: str | None) -> dict[str, np.ndarray]:
+    """Labels and both stages' probabilities of every labelled slice under ``root``."""
+    from hohoho_core.evaluate import predict_index
+    from hohoho_core.rsna import build_index, iter_labelled_studies
+
+    table = build_index(root, workers=1, progress=False).table
+    studies = iter_labelled_studies(root, table)
+    if perturbation is not None:
+        def shifted(src: Any = studies) -> Any:
+            for key, study, labels in src:
+                seed = zlib.crc32(key.encode()) & 0x7FFFFFFF  # per study, run to run the same
+                hu = perturb_hu(study.hu, perturbation, seed)
+                yield key, dataclasses.replace(study, hu=hu), labels
+        studies = shifted()
+    r = predict_index(predictor, root, table, studies=studies)
+    return {"labels": r.labels, "prob": r.prob, "cnn": r.cnn_prob}
+
+
+def cached_view(predictor: Any, key: str, cache: Path, name: str, root: Path,
+                perturbation: str | None) -> dict[str, np.ndarray]:
+    f = cache / key / f"{name}.npz"
+    if f.is_file():
+        with np.load(f) as z:
+            return {k: z[k] for k in z.files}
+    t = time.perf_counter()
+    arrays = score_view(predictor, root, perturbation)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f.stem + ".part.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(f)
+    log.info("view %s: %d slices in %.0f s", name, len(arrays["labels"]),
+             time.perf_counter() - t)
+    return arrays
+
+
+def as_view(name: str, arrays: dict[str, np.ndarray], stage: str) -> View:
+    y = np.asarray(arrays["labels"])
+    keep = (y >= 0).all(axis=1)  # a slice with an unknown label is left out, as in `score`
+    return View(name, y[keep].astype(np.int64), np.asarray(arrays[stage], np.float64)[keep])
+
+
+def thresholds_by_rule(views: list[View], rules: list[str]) -> dict[str, np.ndarray]:
+    out = {CURRENT: search_thresholds(views[0].labels, views[0].prob)}
+    for r in rules:
+        out[r] = pick_thresholds(views, r)
+    return out
+
+
+def decide(views: list[View], rules: list[str], min_gain: float) -> dict[str, Any]:
+    """Held-out scores of every rule and the rule to use (``views[0]`` is validation)."""
+    held = leave_one_view_out(views, rules)
+    thr_val = search_thresholds(views[0].labels, views[0].prob)
+    # The current rule picks on validation alone; its validation score is in-sample, which
+    # only favours keeping it.
+    held[CURRENT] = macro_at({v.name: v for v in views}, thr_val)
+    mean = {r: float(np.mean(list(d.values()))) for r, d in held.items()}
+    best = max(rules, key=lambda r: mean[r]) if rules else CURRENT
+    chosen = best if rules and mean[best] >= mean[CURRENT] + min_gain else CURRENT
+    return {"held_out": held, "mean": mean, "best_new": best, "chosen": chosen}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = []
+    for stage, rep in report["stages"].items():
+        views = list(rep["held_out"][CURRENT])
+        lines += [f"### {'CNN + LSTM' if stage == 'cnn_lstm' else 'CNN'}", "",
+                  "Held-out macro slice F2 (thresholds picked on the other views):", "",
+                  "| rule | " + " | ".join(views) + " | mean |",
+                  "| --- | " + " | ".join("---:" for _ in views) + " | ---: |"]
+        for rule, d in rep["held_out"].items():
+            lines.append(f"| {rule} | " + " | ".join(f"{d[v]:.3f}" for v in views)
+                         + f" | {rep['mean'][rule]:.4f} |")
+        lines += ["", f"Decision: **{rep['chosen']}** (best new rule {rep['best_new']}, "
+                  f"mean {rep['mean'][rep['best_new']]:.4f} against {rep['mean'][CURRENT]:.4f};"
+                  f" needed +{report['min_gain']:g}).", ""]
+        if rep.get("tests"):
+            tests = list(next(iter(rep["tests"].values())))
+            lines += ["Scored after the decision (macro slice F2):", "",
+                      "| thresholds | " + " | ".join(tests) + " |",
+                      "| --- | " + " | ".join("---:" for _ in tests) + " |"]
+            for rule, d in rep["tests"].items():
+                lines.append(f"| {rule} | " + " | ".join(f"{d[t]:.3f}" for t in tests) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    common.setup_logging(True)
+    import torch
+
+    from hohoho_core.predict import Predictor
+    from hohoho_core.retune import write_retuned
+    from hohoho_core.weights import load_weights
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    predictor = Predictor.from_folder(args.weights, device="cpu")
+    key = weights_key(args.weights)
+    config = load_weights(args.weights).config
+    shipped = {"cnn_lstm": np.asarray(config.thresholds, np.float64),
+               "cnn": np.asarray(config.cnn_thresholds or config.thresholds, np.float64)}
+    sources: list[tuple[str, Path, str | None]] = [("val", args.val, None)]
+    sources += [(f"val_{n}", r, None) for n, r in _named(args.view)]
+    sources += [(f"val_{k}", args.val, k) for k in args.perturb]
+    scored = {n: cached_view(predictor, key, args.cache, n, r, k) for n, r, k in sources}
+    report: dict[str, Any] = {"weights": str(args.weights), "weights_key": key,
+                              "views": [n for n, _, _ in sources], "min_gain": args.min_gain,
+                              "stages": {}}
+    for stage, array in STAGES.items():
+        views = [as_view(n, scored[n], array) for n, _, _ in sources]
+        rep = decide(views, list(args.rules), args.min_gain)
+        thr = thresholds_by_rule(views, list(args.rules))
+        rep["thresholds"] = {r: [float(x) for x in t] for r, t in thr.items()}
+        report["stages"][stage] = rep
+    # Only now, for the report: the test folders never reach the decision above.
+    tests = {n: cached_view(predictor, key, args.cache, f"test_{n}", r, None)
+             for n, r in _named(args.test)}
+    for stage, array in STAGES.items():
+        rep = report["stages"][stage]
+        tviews = {n: as_view(n, a, array) for n, a in tests.items()}
+        rep["tests"] = {r: macro_at(tviews, np.asarray(t)) for r, t in rep["thresholds"].items()}
+        if tviews:  # the folder's own thresholds (picked in training on the same split)
+            rep["tests"]["as shipped"] = macro_at(tviews, shipped[stage])
+        if tviews:
+            rep["tests"]["picked on each set (oracle)"] = {
+                n: float(macro_at({n: v}, search_thresholds(v.labels, v.prob))[n])
+                for n, v in tviews.items()}
+    common.write_json(args.out, report)
+    args.out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
+    if args.write is not None:
+        final = report["stages"]["cnn_lstm"]
+        cnn = report["stages"]["cnn"]
+        write_retuned(args.weights, args.write,
+                      np.asarray(final["thresholds"][final["chosen"]]),
+                      np.asarray(cnn["thresholds"][cnn["chosen"]]),
+                      {"how": "train.shift_thresholds", "rule": final["chosen"],
+                       "cnn_rule": cnn["chosen"], "views": report["views"]})
+        log.info("wrote %s", args.write)
+    return report
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
