@@ -129,11 +129,13 @@ def main() -> int:
     sec.params["CPU used by other processes"] = f"{others:.2f} of {available_cores()} cores"
     sec.params["load average (1 min) at start"] = f"{load:.2f}"
     info = machine_info()
+    shared = others >= 0.25 * available_cores()  # a quarter of the cores busy elsewhere
     sec.params["machine"] = (f"{info.get('cores', available_cores())} cores of "
-                             f"{info.get('cpu', '?')}, no GPU; shared with other jobs while "
-                             "measured")
-    sec.notes.append("The machine was shared with other processes during this run (see the "
-                     "load above): these timings are inflated by time-sharing.")
+                             f"{info.get('cpu', '?')}, no GPU"
+                             + ("; shared with other jobs while measured" if shared else ""))
+    if shared:
+        sec.notes.append("The machine was shared with other processes during this run (see "
+                         "the load above): these timings are inflated by time-sharing.")
     record = sec.to_dict()
     record.update(created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                   command="python -m bench.pacs")
@@ -150,7 +152,7 @@ def main() -> int:
     start = md.find(f"## {TITLE}")
     if start >= 0:
         end = md.find("\n## ", start + 1)
-        md = md[:start] + block + (md[end + 1:] if end >= 0 else "")
+        md = md[:start] + block + ("\n" + md[end + 1:] if end >= 0 else "")
     else:
         md = md.rstrip() + "\n\n" + block
     (out_dir / "results.md").write_text(md, encoding="utf-8")

@@ -41,6 +41,9 @@ __all__ = ["GOAL_STEP_S", "run"]
 GOAL_STEP_S = 0.05  # issue 17: 20 steps per second for every user
 USERS = 8
 PASSES = 3  # down, up, down: ends on another slice than it started, so each user reports it
+#: Whole load tests per run: on this shared 2-core machine one test's worst p90 moved between
+#: 49 and 66 ms within an hour, so the goal is judged on the median test, all listed.
+REPEATS = 3
 STUDY_SLICES = 40
 STUDY_PX = 512
 REPORT_WAIT_S = 6.0  # after the scroll: time for each user's one slice report
@@ -253,7 +256,12 @@ def _worklist_rate(demo: Path, weights: Path) -> tuple[int, float]:
     return len(run.entries), seconds
 
 
-def run(ctx: BenchContext, users: int = USERS, passes: int = PASSES) -> Section:
+def _worst_p90(res: dict[str, Any]) -> float:
+    return max(float(np.percentile(np.asarray(x) / 1000.0, 90)) for x in res["latencies_ms"])
+
+
+def run(ctx: BenchContext, users: int = USERS, passes: int = PASSES,
+        repeats: int = REPEATS) -> Section:
     sec = Section("viewer_load", f"8. Browser viewer under load ({users} users, Chromium)")
     if not CHROMIUM.exists():
         raise RuntimeError(f"{CHROMIUM} is missing: run `make browser` first")
@@ -273,8 +281,12 @@ def run(ctx: BenchContext, users: int = USERS, passes: int = PASSES) -> Section:
             f"{json_b / 1e3:.0f} kB (ids, z, probabilities, labels)")
     before = cpu_snapshot()
     with _server(demo, bundle.folder, ctx.work) as (url, pid):
-        res = asyncio.run(_load_test(url, pid, users, STUDY_SLICES, passes))
+        tests = [asyncio.run(_load_test(url, pid, users, STUDY_SLICES, passes))
+                 for _ in range(max(1, repeats))]
     others = other_load(before, cpu_snapshot())
+    # The rows below describe the median test (by worst p90); every test's worst p90 is listed.
+    worst = [_worst_p90(r) for r in tests]
+    res = tests[int(np.argsort(worst)[len(worst) // 2])]
     lat = [np.asarray(x, dtype=np.float64) / 1000.0 for x in res["latencies_ms"]]
     medians = [float(np.median(x)) for x in lat]
     p90s = [float(np.percentile(x, 90)) for x in lat]
@@ -286,7 +298,12 @@ def run(ctx: BenchContext, users: int = USERS, passes: int = PASSES) -> Section:
         sec.add(f"user {u}: step latency median / p90", f"{m * 1000:.1f} / {p * 1000:.1f}", "ms",
                 f"{len(lat[u - 1])} steps, key event to the next frame after the draw")
     sec.add("worst user: step latency median", max(medians), "s", "", medians)
-    sec.add("worst user: step latency p90", max(p90s), "s", "", p90s)
+    sec.add("worst user: step latency p90", max(p90s), "s",
+            f"the median of {len(tests)} load tests one after the other", p90s)
+    if len(tests) > 1:
+        sec.add("worst user's p90, each load test", " / ".join(f"{w * 1000:.1f}" for w in worst),
+                "ms", f"{len(tests)} tests of {users} users, {passes} passes each; the rows "
+                "above and below are the median test's", worst)
     sec.add("steps per second, all users together", total / res["wall"], "steps/s",
             f"{total} steps in {res['wall']:.1f} s (next key once the slice is drawn)")
     sec.add("server CPU per step while scrolling", res["cpu_scroll"] / total * 1000, "ms",
@@ -333,12 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="8. The browser viewer under load")
     p.add_argument("--users", type=int, default=USERS)
     p.add_argument("--passes", type=int, default=PASSES)
+    p.add_argument("--repeats", type=int, default=REPEATS)
     p.add_argument("--work", type=Path, default=REPO_ROOT / "data" / "bench")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench")
     args = p.parse_args(argv)
     ctx = BenchContext(FULL, args.work, os.cpu_count() or 1)
     t0 = time.perf_counter()
-    sec = run(ctx, args.users, args.passes)
+    sec = run(ctx, args.users, args.passes, args.repeats)
     sec.seconds = time.perf_counter() - t0
     command = "python -m bench.viewer_load " + shlex.join(argv if argv is not None
                                                           else sys.argv[1:])
