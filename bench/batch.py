@@ -352,6 +352,16 @@ def run(args: argparse.Namespace) -> Section:
             sec.add(f"{name}:   peak memory", e2e["peak_bytes"] / 2**30, "GiB",
                     "PSS of the command and its reader processes, summed, sampled every 0.1 s")
 
+        # The other choice of reader processes, fp32 on the same folder, in the same run:
+        # what `default_workers` decides between on this machine.
+        alt = 1 if workers == 0 else 0
+        alt_e2e = run_cli(data, weights, Path(tmp) / "fp32_alt.csv", "fp32", alt)
+        measured["fp32"]["e2e_alt"] = {"workers": alt, **alt_e2e}
+        sec.add(f"fp32: end to end with {alt} reader process(es)", alt_e2e["rate"], "slices/s",
+                f"the same {alt_e2e['slices']:,} slices, for comparison: "
+                f"{ratio(alt_e2e['rate'], measured['fp32']['e2e']['rate']):.2f}x the default "
+                f"({workers} reader process(es) on {threads} cores)")
+
     subset = {} if native_bf16 else {"bf16": args.bf16_studies}
     scores = (split_scores(predictors, test_root, subset, args.split_studies or None)
               if test_root is not None else {})
@@ -383,10 +393,12 @@ def run(args: argparse.Namespace) -> Section:
     peak = max(m["e2e"]["peak_bytes"] for m in measured.values()) / 2**30
     sec.goal(f"pipeline efficiency ({chosen.precision}, the default here)", eff, ">=",
              GOAL_EFFICIENCY, "x",
-             cause=f"the {workers} reader process(es) share the {threads} cores with the "
-                   "CNN's threads (at a lower priority): reading and preprocessing are not "
-                   f"free here, and their CPU alone caps the efficiency at "
-                   f"{default['ceiling']:.2f} on this machine")
+             cause=(f"the {workers} reader process(es) share the {threads} cores with the "
+                    "CNN's threads (at a lower priority)" if workers else
+                    f"on {threads} cores studies are read and preprocessed between the CNN's "
+                    "batches (a reader process beside the CNN was slower, row above)")
+             + ": reading and preprocessing are not free here, and their CPU alone caps the "
+               f"efficiency at {default['ceiling']:.2f} on this machine")
     sec.goal(f"time per slice / fp32 compute floor ({chosen.precision})", x_floor, "<=",
              GOAL_FLOOR, "x",
              cause=f"the CNN alone runs at {ratio(1.0 / default['alone'], floor_slice):.2f}x "

@@ -160,7 +160,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CliError(f"weights {weights}: {err}") from None
         is_main = info.rank == 0
         if is_main:
-            print(f"precision: {resolution.describe()}; {workers} reader process(es)")
+            readers = (f"{workers} reader process(es)" if workers else
+                       "reading in this process (no reader process on this many cores)")
+            print(f"precision: {resolution.describe()}; {readers}")
 
         # Results go to disk study by study (hohoho_core.resultlog): a stopped run keeps
         # every finished study, and --resume goes on from there.

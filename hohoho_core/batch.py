@@ -79,10 +79,16 @@ class PreparedStudy:
 def default_workers(cores: int) -> int:
     """Worker processes for ``cores`` usable cores.
 
-    Reading and preprocessing cost about a fifth of the CNN's time per slice (bench section
-    1: 0.11 s of 0.55 s per 40-slice study on 2 cores), so one worker keeps up with the CNN
-    on up to about four cores; beyond that one more per four cores, at most 8.
+    On two cores or fewer none: a reader process there takes its CPU from the CNN's
+    threads, and the CNN's parallel sections wait for the thread that lost its core, so
+    overlapping costs more than it saves (measured on a 2-core EPYC, 20 studies, 587 slices:
+    64 and 69 slices/s with no reader process against 57 and 60 with one; bench section 9
+    compares both). Beyond that, reading and preprocessing cost about a fifth of the CNN's
+    time per slice, so one worker keeps up with the CNN on up to about four cores, then one
+    more per four cores, at most 8.
     """
+    if cores <= 2:
+        return 0
     return max(1, min(8, cores // 4))
 
 

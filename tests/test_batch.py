@@ -186,7 +186,7 @@ def test_skip_summary_counts_by_reason_without_identifiers() -> None:
 
 
 def test_default_workers() -> None:
-    assert [default_workers(c) for c in (1, 2, 4, 8, 16, 64)] == [1, 1, 1, 2, 4, 8]
+    assert [default_workers(c) for c in (1, 2, 3, 4, 8, 16, 64)] == [0, 0, 1, 1, 2, 4, 8]
 
 
 def _table(bf16_ok: bool = True, int8_ok: bool = False) -> PrecisionTable:
