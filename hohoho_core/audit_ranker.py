@@ -28,7 +28,8 @@ from hohoho_core.atomic import atomic_write_text
 from hohoho_core.audit_boundary import EVIDENCE_TERMS, RELATIVE_TERMS
 from hohoho_core.labels import ANY_INDEX
 
-__all__ = ["FEATURES", "AuditRanker", "cell_features", "fit_ranker", "model_agreement"]
+__all__ = ["FEATURES", "AuditRanker", "cell_features", "edge_candidates", "fit_ranker",
+           "interleave_edges", "model_agreement"]
 
 #: Feature names, in column order of `cell_features`.
 FEATURES: tuple[str, ...] = (
@@ -270,3 +271,41 @@ def fit_ranker(
                        intercept=float(lr.intercept_[0]),
                        meta={"c": c, "cells": int(len(y)), "errors": int(y.sum()),
                              "boundary_weight": float(boundary_weight), **dict(meta or {})})
+
+
+def edge_candidates(x: np.ndarray) -> np.ndarray:
+    """``(M,)`` bool: cells that are run-edge candidates (``is_shorter`` or ``is_longer``),
+    from a `cell_features` matrix."""
+    x = np.asarray(x, dtype=np.float64)
+    return (x[:, FEATURES.index("is_shorter")] + x[:, FEATURES.index("is_longer")]) > 0
+
+
+def interleave_edges(order: np.ndarray, edge_order: np.ndarray, every: int) -> np.ndarray:
+    """A review queue with every ``every``-th place kept for a run edge.
+
+    ``order``: every cell position, best first (the main ranking). ``edge_order``: the
+    run-edge candidates' positions, best first (an edge ranking). Places ``every - 1``,
+    ``2 * every - 1``, ... take the best edge candidate not yet listed; the others the next
+    cell of ``order`` not yet listed. Each cell appears once; when the candidates run out the
+    main order fills the rest.
+    """
+    if every < 2:
+        raise ValueError(f"every must be >= 2, got {every}")
+    order = np.asarray(order, dtype=np.int64)
+    edge_order = np.asarray(edge_order, dtype=np.int64)
+    listed = np.zeros(len(order), dtype=bool)
+    out = np.empty(len(order), dtype=np.int64)
+    i = j = 0
+    for place in range(len(order)):
+        if (place + 1) % every == 0:
+            while j < len(edge_order) and listed[edge_order[j]]:
+                j += 1
+            if j < len(edge_order):
+                out[place] = edge_order[j]
+                listed[edge_order[j]] = True
+                continue
+        while listed[order[i]]:
+            i += 1
+        out[place] = order[i]
+        listed[order[i]] = True
+    return out

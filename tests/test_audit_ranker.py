@@ -213,3 +213,22 @@ def test_edge_weight_ranks_run_edge_errors_higher_on_held_out_studies() -> None:
     assert np.mean(ranks["weighted"]) < np.mean(ranks["plain"])
     with pytest.raises(ValueError, match="boundary_weight"):
         fit_ranker(x, y, boundary_weight=0.0)
+
+
+def test_interleave_edges_keeps_every_mth_place_for_the_best_unlisted_edge() -> None:
+    from hohoho_core.audit_ranker import edge_candidates, interleave_edges
+
+    order = np.array([0, 1, 2, 3, 4, 5, 6, 7])  # main ranking, best first
+    edges = np.array([6, 1, 7])  # edge candidates, best first (1 is high in both)
+    q = interleave_edges(order, edges, 3)
+    # Places 2 and 5 go to edges: 6, then 7 (1 is already listed by then).
+    assert q.tolist() == [0, 1, 6, 2, 3, 7, 4, 5]
+    assert sorted(q.tolist()) == list(range(8))  # every cell once
+    # Candidates exhausted: the main order fills the kept places.
+    assert interleave_edges(order, np.array([7]), 2).tolist() == [0, 7, 1, 2, 3, 4, 5, 6]
+    with pytest.raises(ValueError, match="every"):
+        interleave_edges(order, edges, 1)
+    x = np.zeros((3, len(FEATURES)))
+    x[1, FEATURES.index("is_shorter")] = 1
+    x[2, FEATURES.index("is_longer")] = 1
+    assert edge_candidates(x).tolist() == [False, True, True]
