@@ -534,8 +534,6 @@ EDGE_WEIGHTS: tuple[float, ...] = (3.0, 10.0)
 EDGE_SHARES: tuple[int, ...] = (3, 5)
 
 
-
-
 #: Validation views: the own held-out sets, and the plain one with its model outputs
 #: blurred (a stand-in for a model lost on unfamiliar images; no foreign data involved).
 VAL_VIEWS: tuple[tuple[str, str, float], ...] = (

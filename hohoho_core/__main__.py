@@ -161,7 +161,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         is_main = info.rank == 0
         if is_main:
             readers = (f"{workers} reader process(es)" if workers else
-                       "reading in this process (no reader process on this many cores)")
+                       "reading in this process" + ("" if args.workers == 0 else
+                                                    f" (no reader process on {cores} cores)"))
             print(f"precision: {resolution.describe()}; {readers}")
 
         # Results go to disk study by study (hohoho_core.resultlog): a stopped run keeps
@@ -612,8 +613,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes reading and preprocessing studies while the CNN runs "
-                   "(default: one per four cores, at least 1); 0: one study after another "
-                   "in this process")
+                   "(default: none on 2 cores or fewer, else one per four cores, at least "
+                   "1); 0: one study after another in this process")
     p.add_argument("--quiet", action="store_true",
                    help="no progress lines (errors and the final summary still print)")
     p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",

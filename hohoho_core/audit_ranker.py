@@ -260,8 +260,7 @@ def fit_ranker(
         raise ValueError("fitting needs both wrong and right cells")
     if not boundary_weight > 0:
         raise ValueError(f"boundary_weight must be > 0, got {boundary_weight}")
-    edge = (x[:, FEATURES.index("is_shorter")] + x[:, FEATURES.index("is_longer")]) > 0
-    weight = np.where(y & edge, float(boundary_weight), 1.0)
+    weight = np.where(y & edge_candidates(x), float(boundary_weight), 1.0)
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale = np.where(scale > 1e-9, scale, 1.0)

@@ -81,9 +81,9 @@ def default_workers(cores: int) -> int:
 
     On two cores or fewer none: a reader process there takes its CPU from the CNN's
     threads, and the CNN's parallel sections wait for the thread that lost its core, so
-    overlapping costs more than it saves (measured on a 2-core EPYC, 20 studies, 587 slices:
-    64 and 69 slices/s with no reader process against 57 and 60 with one; bench section 9
-    compares both). Beyond that, reading and preprocessing cost about a fifth of the CNN's
+    overlapping costs more than it saves (bench/results.md section 9 measures both in each
+    run: on a 2-core EPYC, 200 studies, two runs, 45.7 and 47.4 slices/s with no reader
+    process against 42.5 and 42.3 with one). Beyond that, reading and preprocessing cost about a fifth of the CNN's
     time per slice, so one worker keeps up with the CNN on up to about four cores, then one
     more per four cores, at most 8.
     """

@@ -94,22 +94,30 @@ def _f(view: View, thr: np.ndarray, beta: float) -> np.ndarray:
 
 
 def _grid(views: Sequence[View]) -> np.ndarray:
-    # Every probability seen is a cut; quantiles keep the search cheap and exact enough.
+    # 2001 quantiles of every probability seen (plus 0.5): fine enough for a rule over
+    # views, far cheaper than every distinct value (`pooled` searches exactly).
     p = np.concatenate([v.prob.ravel() for v in views])
     return np.unique(np.concatenate([np.quantile(p, np.linspace(0, 1, 2001)), [0.5]]))
 
 
 def _by_score(views: Sequence[View], beta: float, combine: Callable[[np.ndarray], np.ndarray]
               ) -> np.ndarray:
+    """Per class, the grid cut whose F-beta over the views, combined by ``combine`` (a
+    masked ``(V, K)`` array -> ``(K,)``), is highest. A view without positives of a class
+    says nothing about its cut and is left out for that class; a class without positives
+    in any view gets 0.5, as `metrics.search_thresholds` gives it."""
     grid = _grid(views)
     k = views[0].labels.shape[1]
+    has_pos = np.stack([np.asarray(v.labels).sum(axis=0) > 0 for v in views])  # (V, K)
     best, best_t = np.full(k, -1.0), np.full(k, 0.5)
     for t in grid[::-1]:  # high to low: ties keep the higher threshold
         thr = np.full(k, t)
-        per_view = np.stack([_f(v, thr, beta) for v in views])  # (V, K)
-        s = combine(per_view)
+        per_view = np.ma.masked_array(np.stack([_f(v, thr, beta) for v in views]),
+                                      mask=~has_pos)
+        s = np.ma.filled(combine(per_view), -1.0)
         better = s > best + 1e-12
         best[better], best_t[better] = s[better], t
+    best_t[~has_pos.any(axis=0)] = 0.5
     return best_t
 
 

@@ -120,6 +120,29 @@ def test_recipe_decides_on_views_only_caches_them_and_writes_a_folder(tmp_path) 
     assert cached == ["test_held.npz", "val.npz", "val_lowres.npz", "val_noisy.npz"]
     chosen = rep["stages"]["cnn_lstm"]["chosen"]
     new = load_weights(tmp_path / "new").config
-    np.testing.assert_allclose(new.thresholds, rep["stages"]["cnn_lstm"]["thresholds"][chosen])
+    # Keeping the current rule keeps the folder's own thresholds; a new rule writes its own.
+    want = (load_weights(weights).config.thresholds if chosen == "val"
+            else rep["stages"]["cnn_lstm"]["thresholds"][chosen])
+    np.testing.assert_allclose(new.thresholds, want)
     assert new.data["retuned"]["how"] == "train.shift_thresholds"
     assert (tmp_path / "rep.md").read_text().count("Decision:") == 2
+    # A second run reuses the cached views (same figures); a view name that now points at
+    # another folder is scored again, not read from the cache.
+    rep2 = st.main(st.get_args_parser().parse_args(argv[:-4] + ["--threads", "1"]))
+    assert rep2["stages"]["cnn_lstm"]["held_out"] == rep["stages"]["cnn_lstm"]["held_out"]
+    moved = [a if a != f"held={test}" else f"held={val}" for a in argv[:-4]]
+    rep3 = st.main(st.get_args_parser().parse_args(moved + ["--threads", "1"]))
+    assert rep3["stages"]["cnn_lstm"]["tests"]["as shipped"]["held"] == pytest.approx(
+        rep["stages"]["cnn_lstm"]["shipped_on_views"]["val"])
+    with pytest.raises(SystemExit, match="share a name"):
+        st.main(st.get_args_parser().parse_args(argv[:-4] + ["--view", f"noisy={test}"]))
+
+
+@pytest.mark.parametrize("rule", ["mean", "worst"])
+def test_a_view_without_positives_does_not_decide_the_cut(rule: str) -> None:
+    # "empty" has no positive of the class: its F2 is 0 at every cut and must not drag the
+    # cut to the top of the grid; a class with no positives anywhere gets 0.5.
+    empty = _view("empty", [], [0.6, 0.3, 0.1, 0.05])
+    thr = pick_thresholds([HOME, SHIFTED, empty], rule)
+    assert thr[0] == pytest.approx(pick_thresholds([HOME, SHIFTED], rule)[0])
+    assert pick_thresholds([empty], rule)[0] == 0.5

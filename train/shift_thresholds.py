@@ -35,6 +35,7 @@ import numpy as np
 from hohoho_core.metrics import search_thresholds
 from hohoho_core.shift import (
     PERTURBATIONS,
+    RULES,
     View,
     leave_one_view_out,
     macro_at,
@@ -57,10 +58,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--view", action="append", default=[], metavar="NAME=ROOT",
                    help="another labelled validation-side folder scored as a view")
     p.add_argument("--perturb", nargs="*", default=sorted(PERTURBATIONS),
+                   choices=sorted(PERTURBATIONS),
                    help="perturbations of the validation split, each a view")
     p.add_argument("--test", action="append", default=[], metavar="NAME=ROOT",
                    help="scored after the decision, for the report only")
-    p.add_argument("--rules", nargs="*", default=["pooled", "mean", "worst"])
+    p.add_argument("--rules", nargs="*", default=["pooled", "mean", "worst"],
+                   choices=sorted(RULES))
     p.add_argument("--min-gain", type=float, default=0.005,
                    help="a new rule must beat the current one by this mean held-out macro F2")
     p.add_argument("--cache", type=Path, required=True, help="folder for the views' .npz")
@@ -80,13 +83,23 @@ def _named(items: list[str]) -> list[tuple[str, Path]]:
     return out
 
 
+#: Bumped when a perturbation changes, so cached views made with the old one are not reused.
+PERTURB_VERSION = 1
+
+
 def weights_key(folder: Path) -> str:
-    """Short hash of the weights' tensors: the cache is valid for these weights only."""
+    """Short hash of the weights' tensors and config (temperatures, preprocessing): the
+    cache is valid for these weights only."""
     h = hashlib.sha256()
-    for f in sorted(folder.glob("*.safetensors")):
+    for f in sorted([*folder.glob("*.safetensors"), folder / "config.json"]):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def view_source(root: Path, perturbation: str | None) -> str:
+    """What a cached view was scored from; a cached file from anything else is redone."""
+    return f"{root.resolve()}|{perturbation or ''}|v{PERTURB_VERSION}"
 
 
 def score_view(predictor: Any, root: Path, perturbation: str | None) -> dict[str, np.ndarray]:
@@ -110,14 +123,17 @@ def score_view(predictor: Any, root: Path, perturbation: str | None) -> dict[str
 def cached_view(predictor: Any, key: str, cache: Path, name: str, root: Path,
                 perturbation: str | None) -> dict[str, np.ndarray]:
     f = cache / key / f"{name}.npz"
+    source = view_source(root, perturbation)
     if f.is_file():
         with np.load(f) as z:
-            return {k: z[k] for k in z.files}
+            if "source" in z.files and str(z["source"]) == source:
+                return {k: z[k] for k in z.files if k != "source"}
+        log.info("view %s: cached from another folder or perturbation, scored again", name)
     t = time.perf_counter()
     arrays = score_view(predictor, root, perturbation)
     f.parent.mkdir(parents=True, exist_ok=True)
     tmp = f.with_name(f.stem + ".part.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays, source=np.asarray(source))
     tmp.replace(f)
     log.info("view %s: %d slices in %.0f s", name, len(arrays["labels"]),
              time.perf_counter() - t)
@@ -164,6 +180,11 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Decision: **{rep['chosen']}** (best new rule {rep['best_new']}, "
                   f"mean {rep['mean'][rep['best_new']]:.4f} against {rep['mean'][CURRENT]:.4f};"
                   f" needed +{report['min_gain']:g}).", ""]
+        if rep.get("shipped_on_views"):
+            d = rep["shipped_on_views"]
+            lines += ["The folder's own thresholds on the same views (for reference; not held "
+                      "out): " + ", ".join(f"{v} {d[v]:.3f}" for v in views)
+                      + f"; mean {np.mean(list(d.values())):.4f}.", ""]
         if rep.get("tests"):
             tests = list(next(iter(rep["tests"].values())))
             lines += ["Scored after the decision (macro slice F2):", "",
@@ -193,6 +214,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     sources: list[tuple[str, Path, str | None]] = [("val", args.val, None)]
     sources += [(f"val_{n}", r, None) for n, r in _named(args.view)]
     sources += [(f"val_{k}", args.val, k) for k in args.perturb]
+    names = [n for n, _, _ in sources] + [f"test_{n}" for n, _ in _named(args.test)]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"two views share a name: {sorted(n for n in names if names.count(n) > 1)}")
     scored = {n: cached_view(predictor, key, args.cache, n, r, k) for n, r, k in sources}
     report: dict[str, Any] = {"weights": str(args.weights), "weights_key": key,
                               "views": [n for n, _, _ in sources], "min_gain": args.min_gain,
@@ -200,6 +224,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for stage, array in STAGES.items():
         views = [as_view(n, scored[n], array) for n, _, _ in sources]
         rep = decide(views, list(args.rules), args.min_gain)
+        # For the reader: the folder's own thresholds (picked in training on the same split,
+        # from cached preprocessing, so a little different) on every view.
+        rep["shipped_on_views"] = macro_at({v.name: v for v in views}, shipped[stage])
         thr = thresholds_by_rule(views, list(args.rules))
         rep["thresholds"] = {r: [float(x) for x in t] for r, t in thr.items()}
         report["stages"][stage] = rep
@@ -209,22 +236,27 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for stage, array in STAGES.items():
         rep = report["stages"][stage]
         tviews = {n: as_view(n, a, array) for n, a in tests.items()}
+        if not tviews:
+            rep["tests"] = {}
+            continue
         rep["tests"] = {r: macro_at(tviews, np.asarray(t)) for r, t in rep["thresholds"].items()}
-        if tviews:  # the folder's own thresholds (picked in training on the same split)
-            rep["tests"]["as shipped"] = macro_at(tviews, shipped[stage])
-        if tviews:
-            rep["tests"]["picked on each set (oracle)"] = {
-                n: float(macro_at({n: v}, search_thresholds(v.labels, v.prob))[n])
-                for n, v in tviews.items()}
+        rep["tests"]["as shipped"] = macro_at(tviews, shipped[stage])
+        rep["tests"]["picked on each set (oracle)"] = {
+            n: float(macro_at({n: v}, search_thresholds(v.labels, v.prob))[n])
+            for n, v in tviews.items()}
     common.write_json(args.out, report)
     args.out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
     print(markdown(report))
     if args.write is not None:
         final = report["stages"]["cnn_lstm"]
         cnn = report["stages"]["cnn"]
-        write_retuned(args.weights, args.write,
-                      np.asarray(final["thresholds"][final["chosen"]]),
-                      np.asarray(cnn["thresholds"][cnn["chosen"]]),
+
+        def decided(stage: str, rep: dict[str, Any]) -> np.ndarray:
+            # Keeping the current rule keeps the folder's thresholds as they are.
+            chosen = rep["chosen"]
+            return shipped[stage] if chosen == CURRENT else np.asarray(rep["thresholds"][chosen])
+
+        write_retuned(args.weights, args.write, decided("cnn_lstm", final), decided("cnn", cnn),
                       {"how": "train.shift_thresholds", "rule": final["chosen"],
                        "cnn_rule": cnn["chosen"], "views": report["views"]})
         log.info("wrote %s", args.write)
