@@ -102,8 +102,8 @@ def test_recipe_decides_on_views_only_caches_them_and_writes_a_folder(tmp_path) 
 
     weights = make_weights(tmp_path / "w")
     val, test = tmp_path / "val", tmp_path / "test"
-    generate_dataset(val, n_studies=2, seed=11, size=64, slices=(6, 7), positive_fraction=1.0)
-    generate_dataset(test, n_studies=1, seed=12, size=64, slices=(6, 7), positive_fraction=1.0)
+    generate_dataset(val, n_studies=2, seed=11, size=64, slices=(8, 8), positive_fraction=1.0)
+    generate_dataset(test, n_studies=1, seed=12, size=64, slices=(8, 8), positive_fraction=1.0)
     argv = ["--weights", str(weights), "--val", str(val), "--perturb", "noisy", "lowres",
             "--test", f"held={test}", "--cache", str(tmp_path / "cache"),
             "--out", str(tmp_path / "rep.json"), "--write", str(tmp_path / "new"),
