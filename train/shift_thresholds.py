@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from hohoho_core.atomic import atomic_open
 from hohoho_core.metrics import search_thresholds
 from hohoho_core.shift import (
     PERTURBATIONS,
@@ -132,9 +133,8 @@ def cached_view(predictor: Any, key: str, cache: Path, name: str, root: Path,
     t = time.perf_counter()
     arrays = score_view(predictor, root, perturbation)
     f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_name(f.stem + ".part.npz")
-    np.savez(tmp, **arrays, source=np.asarray(source))
-    tmp.replace(f)
+    with atomic_open(f) as out:  # a run stopped mid-write leaves no broken view behind
+        np.savez(out, **arrays, source=np.asarray(source))
     log.info("view %s: %d slices in %.0f s", name, len(arrays["labels"]),
              time.perf_counter() - t)
     return arrays
@@ -153,10 +153,11 @@ def thresholds_by_rule(views: list[View], rules: list[str]) -> dict[str, np.ndar
     return out
 
 
-def decide(views: list[View], rules: list[str], min_gain: float) -> dict[str, Any]:
-    """Held-out scores of every rule and the rule to use (``views[0]`` is validation)."""
+def decide(views: list[View], rules: list[str], min_gain: float,
+           thr_val: np.ndarray) -> dict[str, Any]:
+    """Held-out scores of every rule and the rule to use (``views[0]`` is validation,
+    ``thr_val`` the current rule's thresholds picked on it)."""
     held = leave_one_view_out(views, rules)
-    thr_val = search_thresholds(views[0].labels, views[0].prob)
     # The current rule picks on validation alone; its validation score is in-sample, which
     # only favours keeping it.
     held[CURRENT] = macro_at({v.name: v for v in views}, thr_val)
@@ -223,11 +224,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                               "stages": {}}
     for stage, array in STAGES.items():
         views = [as_view(n, scored[n], array) for n, _, _ in sources]
-        rep = decide(views, list(args.rules), args.min_gain)
+        thr = thresholds_by_rule(views, list(args.rules))
+        rep = decide(views, list(args.rules), args.min_gain, thr[CURRENT])
         # For the reader: the folder's own thresholds (picked in training on the same split,
         # from cached preprocessing, so a little different) on every view.
         rep["shipped_on_views"] = macro_at({v.name: v for v in views}, shipped[stage])
-        thr = thresholds_by_rule(views, list(args.rules))
         rep["thresholds"] = {r: [float(x) for x in t] for r, t in thr.items()}
         report["stages"][stage] = rep
     # Only now, for the report: the test folders never reach the decision above.
