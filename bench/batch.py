@@ -9,9 +9,10 @@ reads its final progress line (slices per second of the pipeline, after the head
 its wall time and the peak memory of its process tree (proportional set size of the
 command and its reader processes, summed, sampled every 0.1 s).
 In the same run it times the CNN alone (`Predictor.predict_input` on model inputs held in
-memory) and the fp32 compute floor (FLOPs / this machine's ``torch.mm`` rate, as in
-section 1), and scores each path against fp32 on the shipped weights' synthetic test split
-(macro F2 and the largest probability move). The rule of `hohoho_core.precision` then
+memory, in full batches across studies as the command runs them) and the fp32 compute
+floor (FLOPs / this machine's ``torch.mm`` rate, as in section 1), and scores each path
+against fp32 on the shipped weights' synthetic test split (macro F2 and the largest
+probability move). The rule of `hohoho_core.precision` then
 decides the default, and the table it reads is written beside the weights.
 
 bf16 runs emulated (about 6x slower than fp32) on CPUs without avx512_bf16/AMX: there it is
@@ -210,11 +211,13 @@ def reading_rate(folder: Path, predictor: Predictor) -> tuple[float, int]:
 
 def cnn_alone_rate(predictor: Predictor, inputs: Sequence[np.ndarray],
                    earlier: Timing | None = None) -> tuple[float, Timing]:
-    """Slices per second of `Predictor.predict_input` alone over ``inputs``: the median of
-    three passes after one to warm up, pooled with ``earlier`` passes (the same timing taken
+    """Slices per second of the CNN alone over ``inputs`` held in memory, in full batches
+    across studies as the command (`Predictor.predict_stream`) runs it: the median of three
+    passes after one to warm up, pooled with ``earlier`` passes (the same timing taken
     before the end-to-end run: this machine's speed drifts by up to a fifth between minutes)."""
-    n = sum(len(x) for x in inputs)
-    t = time_call(lambda: [predictor.predict_input(x) for x in inputs], repeats=3, warmup=1)
+    whole = np.concatenate(inputs)
+    n = len(whole)
+    t = time_call(lambda: predictor.predict_input(whole), repeats=3, warmup=1)
     if earlier is not None:
         t = Timing(earlier.samples + t.samples)
     return n / t.median, t
@@ -339,7 +342,8 @@ def run(args: argparse.Namespace) -> Section:
                     f"(whole command {e2e['wall_s']:.0f} s incl. start-up and scan: "
                     f"{e2e['slices'] / e2e['wall_s']:.1f} slices/s)")
             sec.add(f"{name}:   CNN alone", alone, "slices/s",
-                    f"predict_input over {n_alone} slices held in memory, median of 6 passes "
+                    f"predict_input over {n_alone} slices held in memory, in full batches across "
+                    "studies as predict runs them, median of 6 passes "
                     "(3 before and 3 after the end-to-end run, each after one to warm up)",
                     samples=t_alone)
             # Reader processes can spread reading over every core; in-process reading runs

@@ -313,16 +313,16 @@ def _predict_sources(sources: Sequence[Path], args: argparse.Namespace, predicto
                     items = prepared_studies(scan, jobs, predictor.preprocess_config,
                                              workers=workers)
                     try:
-                        for item in items:
+                        # The CNN's batches span studies (predict_stream); a study is
+                        # written as soon as its last slice has run.
+                        for item, pred in predictor.predict_stream(items):
                             for name, why in item.skipped:
                                 if _worth_listing(name, why):
                                     tally.add(name, why)
-                            if item.x is None:
+                            if pred is None:
                                 tally.series += 1
                                 progress.update(0)
                                 continue
-                            pred = predictor.predict_prepared(item.x, item.study_uid,
-                                                              item.series_uid, item.image_ids)
                             rec = prediction_record(pred)
                             rec["order"] = owned[item.key]
                             results.append(rec)

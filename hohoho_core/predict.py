@@ -26,10 +26,11 @@ import json
 import logging
 import threading
 import warnings
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ from hohoho_core.weights import ModelConfig, WeightsError, load_calibration, loa
 
 __all__ = [
     "PRECISIONS",
+    "PreparedInput",
     "Predictor",
     "StudyPrediction",
     "StudySummary",
@@ -274,6 +276,29 @@ def calibration_input(studies: Sequence[np.ndarray], cfg: PreprocessConfig) -> n
     return np.concatenate([make_input(np.asarray(hu, dtype=np.float32), cfg) for hu in studies])
 
 
+class PreparedInput(Protocol):
+    """What `Predictor.predict_stream` needs of an item (`batch.PreparedStudy` has it)."""
+
+    study_uid: str
+    series_uid: str
+    image_ids: list[str]
+    x: np.ndarray | None
+
+
+_P = TypeVar("_P", bound=PreparedInput)
+
+
+@dataclass
+class _Pending(Generic[_P]):
+    """A study of the stream whose slices are still (partly) waiting for the CNN."""
+
+    item: _P
+    x: torch.Tensor | None
+    left: int
+    embs: list[torch.Tensor] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+
 class Predictor:
     """Runs a loaded model on whole studies.
 
@@ -378,24 +403,109 @@ class Predictor:
 
         Both float32 NumPy arrays, computed in batches of ``batch_size``.
         """
+        t = self._checked_input(x)
+        model = self._cnn_for(t)
+        embs, logits = [], []
+        for start in range(0, t.shape[0], self.batch_size):
+            e, lg = self._forward(model, t[start : start + self.batch_size])
+            embs.append(e)
+            logits.append(lg)
+        if not embs:
+            raise ValueError("input has no slices")
+        return torch.cat(embs).numpy(), torch.cat(logits).numpy()
+
+    def _checked_input(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(x, dtype=torch.float32)
         want = self.preprocess_config.channels
         if t.ndim != 4 or t.shape[1] != want:
             raise ValueError(f"expected input [S, {want}, H, W], got {tuple(t.shape)}")
-        model = self._cnn_for(t)
-        embs, logits = [], []
-        bf16 = self.precision == "bf16"
+        return t
+
+    def _forward(self, model: nn.Module, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One CNN batch -> (embeddings, logits), float32 on the CPU."""
         with torch.inference_mode():
-            for start in range(0, t.shape[0], self.batch_size):
-                chunk = t[start : start + self.batch_size].to(self.device)
-                chunk = chunk.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-                    e, lg = model(chunk)
-                embs.append(e.float().cpu())
-                logits.append(lg.float().cpu())
-        if not embs:
-            raise ValueError("input has no slices")
-        return torch.cat(embs).numpy(), torch.cat(logits).numpy()
+            chunk = chunk.to(self.device).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                enabled=self.precision == "bf16"):
+                e, lg = model(chunk)
+            return e.float().cpu(), lg.float().cpu()
+
+    def predict_stream(self, items: Iterable[_P]) -> Iterator[tuple[_P, StudyPrediction | None]]:
+        """``(item, prediction)`` for each prepared study of ``items``, in their order.
+
+        The batch path (``python -m hohoho_core predict``): the CNN runs over full batches
+        of ``batch_size`` slices that may span studies, instead of one study at a time with
+        a small last batch per study (a batch of 3 costs about 1.4x a batch of 16 per slice
+        here). The last batch of the stream is padded with zeros to ``batch_size``, so every
+        slice goes through a batch of the same size: a slice's output then does not depend
+        on which studies came before it, and a resumed run writes what an uninterrupted one
+        writes (tests/test_predict_resume.py). Results may differ from per-study `predict`
+        by float rounding (about 1e-7) where its last batch was very small.
+
+        An item with ``x is None`` (a series with no usable slice) yields ``None`` in its
+        place. A study is yielded once all of its slices have run; at most the studies of
+        one batch are held.
+        """
+        b = self.batch_size
+        pending: deque[_Pending[_P]] = deque()
+        chunks: list[tuple[_Pending[_P], torch.Tensor]] = []
+        filled = 0
+        model: nn.Module | None = None
+
+        def run_batch() -> None:
+            nonlocal filled
+            assert model is not None
+            x = torch.cat([c for _, c in chunks])
+            if len(x) < b:  # the stream's last batch: same size as all the others
+                x = torch.cat([x, x.new_zeros((b - len(x), *x.shape[1:]))])
+            e, lg = self._forward(model, x)
+            at = 0
+            for entry, c in chunks:
+                entry.embs.append(e[at : at + len(c)])
+                entry.logits.append(lg[at : at + len(c)])
+                entry.left -= len(c)
+                at += len(c)
+            chunks.clear()
+            filled = 0
+
+        def finished() -> Iterator[tuple[_P, StudyPrediction | None]]:
+            while pending and pending[0].left == 0:
+                entry = pending.popleft()
+                if entry.x is None:
+                    yield entry.item, None
+                    continue
+                emb = torch.cat(entry.embs).numpy()
+                logits = torch.cat(entry.logits).numpy()
+                item = entry.item
+                yield item, self._prediction(emb, logits, item.study_uid, item.series_uid,
+                                             item.image_ids)
+
+        for item in items:
+            if item.x is None:
+                pending.append(_Pending(item, None, 0))
+                yield from finished()
+                continue
+            t = self._checked_input(item.x)
+            if len(item.image_ids) != len(t):
+                raise ValueError(f"{len(item.image_ids)} image ids for {len(t)} slices")
+            if len(t) == 0:
+                raise ValueError("input has no slices")
+            if model is None:
+                model = self._cnn_for(t)
+            entry = _Pending(item, t, len(t))
+            pending.append(entry)
+            at = 0
+            while at < len(t):
+                take = min(b - filled, len(t) - at)
+                chunks.append((entry, t[at : at + take]))
+                filled += take
+                at += take
+                if filled == b:
+                    run_batch()
+                    yield from finished()
+        if chunks:
+            run_batch()
+        yield from finished()
 
     def _cnn_for(self, first_input: torch.Tensor) -> nn.Module:
         """The inference CNN; an uncalibrated int8 one is calibrated on ``first_input``."""
@@ -435,6 +545,11 @@ class Predictor:
         if len(image_ids) != len(x):
             raise ValueError(f"{len(image_ids)} image ids for {len(x)} slices")
         emb, logits = self.predict_input(x)
+        return self._prediction(emb, logits, study_uid, series_uid, image_ids)
+
+    def _prediction(self, emb: np.ndarray, logits: np.ndarray, study_uid: str, series_uid: str,
+                    image_ids: Sequence[str]) -> StudyPrediction:
+        """The CNN's output for one study -> calibrated probabilities, sequence model, labels."""
         cnn_prob = torch.sigmoid(torch.from_numpy(logits / self.cnn_temperatures)).numpy()
         lstm_prob = self.sequence_prob(emb, logits)
         prob = lstm_prob if lstm_prob is not None else cnn_prob

@@ -7,6 +7,8 @@ import io
 import json
 import os
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.runtime import cpu_flags
 from tests.test_predict import make_weights
 
+REPO = Path(__file__).resolve().parents[1]
 AVX2 = frozenset({"sse4_2", "avx2", "fma"})
 AMX = AVX2 | {"avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}
 ENGINES = ("x86", "fbgemm")
@@ -282,3 +285,67 @@ def test_readers_run_at_a_lower_priority_than_the_cnn(
     mine = os.nice(0)
     assert mine < 19, "the test needs room below the lowest priority"
     assert {nice for _, nice in seen} == {min(19, mine + READER_NICENESS)}
+
+
+@dataclass
+class _Item:
+    study_uid: str
+    series_uid: str
+    image_ids: list[str]
+    x: np.ndarray | None
+
+
+def _stream_items(n_slices: Sequence[int | None], size: int = 32) -> list[_Item]:
+    rng = np.random.default_rng(5)
+    return [
+        _Item(f"1.{i}", f"1.{i}.1", [f"ID_{i}_{j}" for j in range(n or 0)],
+              None if n is None else rng.random((n, 3, size, size), dtype=np.float32))
+        for i, n in enumerate(n_slices)
+    ]
+
+
+def test_stream_spans_studies_and_keeps_their_order(tmp_path: Path) -> None:
+    """Batches span studies, yet each study's prediction is the per-study one, in the
+    input order, with a series that had no usable slice in its place."""
+    predictor = Predictor.from_folder(make_weights(tmp_path / "w", size=32), batch_size=8)
+    items = _stream_items([11, 3, None, 20, 6, 1])
+    out = list(predictor.predict_stream(items))
+    assert [item for item, _ in out] == items
+    assert out[2][1] is None
+    for item, pred in out:
+        if item.x is None:
+            continue
+        alone = predictor.predict_prepared(item.x, item.study_uid, item.series_uid,
+                                           item.image_ids)
+        assert pred is not None and pred.image_ids == item.image_ids
+        assert pred.prob.shape == (len(item.x), len(predictor.classes))
+        np.testing.assert_allclose(pred.prob, alone.prob, atol=1e-5)
+        np.testing.assert_allclose(pred.embeddings, alone.embeddings, atol=1e-5)
+        assert np.array_equal(pred.labels, alone.labels)
+
+
+def test_stream_output_does_not_depend_on_the_studies_before(tmp_path: Path) -> None:
+    """What --resume relies on: leaving out the studies already done shifts every batch
+    boundary, and the remaining studies' outputs stay bit-identical (every batch, the last
+    one padded, has the same size). The shipped model at its own input size: its kernels
+    for batches of 1-3 slices round differently from those for 8 (unlike a tiny model's),
+    and the tails below end in batches of 4, 7, 2, 3 and 1 slices."""
+    predictor = Predictor.from_folder(REPO / "weights", precision="fp32", batch_size=8)
+    items = _stream_items([10, 5, 13, 7, 2, 9], size=predictor.preprocess_config.size)
+    whole = {i.study_uid: p for i, p in predictor.predict_stream(items)}
+    for done in range(1, len(items)):
+        rest = {i.study_uid: p for i, p in predictor.predict_stream(items[done:])}
+        for uid, pred in rest.items():
+            assert pred is not None
+            assert np.array_equal(pred.prob, whole[uid].prob), (done, uid)
+            assert np.array_equal(pred.embeddings, whole[uid].embeddings), (done, uid)
+
+
+def test_stream_rejects_bad_input(tmp_path: Path) -> None:
+    predictor = Predictor.from_folder(make_weights(tmp_path / "w", size=32), batch_size=4)
+    bad = _Item("1", "1.1", ["a", "b"], np.zeros((3, 3, 32, 32), np.float32))
+    with pytest.raises(ValueError, match="2 image ids for 3 slices"):
+        list(predictor.predict_stream([bad]))
+    wrong = _Item("1", "1.1", ["a"], np.zeros((1, 5, 32, 32), np.float32))
+    with pytest.raises(ValueError, match=r"expected input \[S, 3, H, W\]"):
+        list(predictor.predict_stream([wrong]))
