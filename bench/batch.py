@@ -6,8 +6,8 @@
 For each CNN arithmetic path (fp32, bf16, int8) it runs the real command line,
 ``python -m hohoho_core predict FOLDER --precision P --workers N``, as a child process and
 reads its final progress line (slices per second of the pipeline, after the header scan),
-its wall time and the peak memory of its process tree (proportional set size of the
-command and its reader processes, summed, sampled every 0.1 s).
+its wall time and the peak memory of its process tree (each process's own peak resident
+set, summed: an upper bound; see `run_cli`).
 In the same run it times the CNN alone (`Predictor.predict_input` on model inputs held in
 memory, in full batches across studies as the command runs them) and the fp32 compute
 floor (FLOPs / this machine's ``torch.mm`` rate, as in section 1), and scores each path
@@ -115,29 +115,47 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- measurements
 
 
-def _tree_pss(pid: int) -> int:
-    """Proportional set size of ``pid`` and every descendant, in bytes (Linux /proc).
-
-    PSS splits each shared page between the processes that map it, so forked readers
-    sharing the parent's libraries are not counted twice (a sum of RSS would be).
-    """
-    total, stack = 0, [pid]
+def _tree_pids(pid: int) -> list[int]:
+    """``pid`` and every live descendant (Linux /proc)."""
+    found, stack = [], [pid]
     while stack:
         p = stack.pop()
+        found.append(p)
         try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
             for task in Path(f"/proc/{p}/task").iterdir():
                 stack += [int(k) for k in (task / "children").read_text().split()]
         except (OSError, ValueError):
             continue
-    return total
+    return found
+
+
+def _peak_rss(pid: int) -> int | None:
+    """The kernel's high-water mark of ``pid``'s resident set (VmHWM), in bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+#: Seconds between looks at the command's process tree. Each look reads a few counters
+#: (microseconds); the proportional set size read before (smaps_rollup) walked every page
+#: table and took 28 ms of CPU per look, a fifth of a core at 10 looks a second, taken
+#: from the CNN it was measuring (measured on the 2-core EPYC).
+SAMPLE_S = 0.5
 
 
 def run_cli(data: Path, weights: Path, out: Path, precision: str,
             workers: int) -> dict[str, Any]:
-    """The real command as a child process: wall time, pipeline rate, peak tree RSS."""
+    """The real command as a child process: wall time, pipeline rate, peak memory.
+
+    Peak memory: the sum over the command and its reader processes of each one's own peak
+    resident set (the kernel's high-water mark; the command's exact, from ``wait4``; a
+    reader's as last seen, every `SAMPLE_S`). Pages shared between processes count in
+    each, so the sum is an upper bound of the tree's peak.
+    """
     cmd = [sys.executable, "-m", "hohoho_core", "predict", str(data), "--weights", str(weights),
            "--out", str(out), "--precision", precision, "--workers", str(workers),
            "--progress-every", "1e9"]
@@ -145,27 +163,35 @@ def run_cli(data: Path, weights: Path, out: Path, precision: str,
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _tree_pss(proc.pid))
-            stop.wait(0.1)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
+    peaks: dict[int, int] = {}
+    texts: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda k=k, f=f: texts.__setitem__(k, f.read()),
+                                daemon=True)
+               for k, f in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in readers:
+        t.start()
+    while True:
+        for p in _tree_pids(proc.pid)[1:]:
+            seen = _peak_rss(p)
+            if seen is not None:
+                peaks[p] = max(peaks.get(p, 0), seen)
+        if not any(t.is_alive() for t in readers):
+            break  # the command closed its pipes: it is exiting
+        time.sleep(SAMPLE_S)
+    for t in readers:
+        t.join()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    stop.set()
-    sampler.join()
+    stdout, stderr = texts["out"], texts["err"]
+    peak = usage.ru_maxrss * 1024 + sum(peaks.values())  # ru_maxrss: KiB on Linux
     if proc.returncode != 0:
         raise RuntimeError(f"predict --precision {precision} failed: {stderr[-800:]}")
     last = [ln for ln in stderr.splitlines() if ln.startswith("predict: ")][-1]
     rate = float(re.search(r"([\d.]+) slices/s", last).group(1))  # type: ignore[union-attr]
     slices = int(re.search(r"([\d,]+) slices", last).group(1).replace(",", ""))  # type: ignore[union-attr]
-    ran = re.search(r"precision: (\S+)", stderr)
-    return {"wall_s": wall, "rate": rate, "slices": slices, "peak_bytes": peak[0],
+    ran = re.search(r"precision: (\S+)", stdout + stderr)
+    return {"wall_s": wall, "rate": rate, "slices": slices, "peak_bytes": peak,
             "progress": last, "ran": ran.group(1) if ran else "?", "stdout": stdout.strip()}
 
 
@@ -358,7 +384,8 @@ def run(args: argparse.Namespace) -> Section:
             sec.add(f"{name}:   time per slice / fp32 floor",
                     ratio(1.0 / e2e["rate"], floor_slice), "x")
             sec.add(f"{name}:   peak memory", e2e["peak_bytes"] / 2**30, "GiB",
-                    "PSS of the command and its reader processes, summed, sampled every 0.1 s")
+                    "peak resident set of the command plus each reader process's, summed (shared "
+                    "pages counted in each: an upper bound)")
 
         # The other choice of reader processes, fp32 on the same folder, in the same run:
         # what `default_workers` decides between on this machine.

@@ -379,3 +379,27 @@ def test_pages_open_directly_without_the_viewer(env) -> None:
         if page == SALIENCY:
             caption = [c for img in at.image for c in img.captions][1]
             assert caption.endswith(f"p = {pred.prob[0, CLASSES.index('any')]:.2f}")
+
+
+def test_pages_need_no_magic_and_the_app_turns_it_off() -> None:
+    """.streamlit/config.toml turns Streamlit's "magic" off (scripts then compile from their
+    text, never through AST objects, which CPython 3.11 can corrupt across threads); that is
+    safe only while no page writes a bare expression to the screen."""
+    import ast
+
+    from streamlit import config
+
+    repo = Path(__file__).resolve().parents[1]
+    assert config.get_option("runner.magicEnabled") is False
+    bare = []
+    for path in [repo / "app.py", *sorted((repo / "pages").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            body = getattr(node, "body", None)
+            for i, stmt in enumerate(body if isinstance(body, list) else []):
+                if not isinstance(stmt, ast.Expr) or isinstance(
+                        stmt.value, ast.Call | ast.Await | ast.Yield | ast.YieldFrom):
+                    continue
+                if i == 0 and isinstance(stmt.value, ast.Constant):
+                    continue  # a docstring: magic would not show it either
+                bare.append(f"{path.name}:{stmt.lineno}")
+    assert bare == []
