@@ -125,7 +125,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from hohoho_core import distributed as D
     from hohoho_core.batch import Progress, SkipTally, default_workers
-    from hohoho_core.predict import Predictor, resolve_folder_precision, write_predictions
+    from hohoho_core.predict import (
+        CnnTiming,
+        Predictor,
+        resolve_folder_precision,
+        write_predictions,
+    )
     from hohoho_core.resultlog import ResultLog, rank_log_path
     from hohoho_core.runtime import configure_torch
     from hohoho_core.system import available_cores
@@ -178,12 +183,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         results.repair()
         done = results.done()
         tally = SkipTally()  # over every study of this rank
+        timing = CnnTiming()
         progress = Progress(0, done_before=len(done), enabled=is_main and not args.quiet,
-                            interval=args.progress_every)
+                            interval=args.progress_every, cnn=timing)
         try:
             with _stop_on_sigterm():
                 n_new = _predict_sources(sources, args, predictor, results, done, info,
-                                         workers, tally, progress)
+                                         workers, tally, progress, timing)
         except KeyboardInterrupt:
             # Every finished study is in the log (fsync per study); the pipeline's workers
             # were joined when its iterator closed.
@@ -271,7 +277,7 @@ def _stop_on_sigterm() -> Iterator[None]:
 
 def _predict_sources(sources: Sequence[Path], args: argparse.Namespace, predictor: Any,
                      results: Any, done: set[str], info: Any, workers: int, tally: Any,
-                     progress: Any) -> int:
+                     progress: Any, timing: Any = None) -> int:
     """Predict this rank's series of every source into ``results``; returns how many."""
     from hohoho_core.batch import prepared_studies
     from hohoho_core.dicom import StudyLoadError, scan_source
@@ -315,7 +321,7 @@ def _predict_sources(sources: Sequence[Path], args: argparse.Namespace, predicto
                     try:
                         # The CNN's batches span studies (predict_stream); a study is
                         # written as soon as its last slice has run.
-                        for item, pred in predictor.predict_stream(items):
+                        for item, pred in predictor.predict_stream(items, timing=timing):
                             for name, why in item.skipped:
                                 if _worth_listing(name, why):
                                     tally.add(name, why)

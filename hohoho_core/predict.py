@@ -25,6 +25,7 @@ import csv
 import json
 import logging
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -49,6 +50,7 @@ from hohoho_core.weights import ModelConfig, WeightsError, load_calibration, loa
 
 __all__ = [
     "PRECISIONS",
+    "CnnTiming",
     "PreparedInput",
     "Predictor",
     "StudyPrediction",
@@ -276,6 +278,19 @@ def calibration_input(studies: Sequence[np.ndarray], cfg: PreprocessConfig) -> n
     return np.concatenate([make_input(np.asarray(hu, dtype=np.float32), cfg) for hu in studies])
 
 
+@dataclass
+class CnnTiming:
+    """Seconds spent in the CNN's forward passes and the (real, unpadded) slices they ran."""
+
+    seconds: float = 0.0
+    slices: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Slices per second while the CNN ran (0 before any)."""
+        return self.slices / self.seconds if self.seconds > 0 else 0.0
+
+
 class PreparedInput(Protocol):
     """What `Predictor.predict_stream` needs of an item (`batch.PreparedStudy` has it)."""
 
@@ -430,7 +445,9 @@ class Predictor:
                 e, lg = model(chunk)
             return e.float().cpu(), lg.float().cpu()
 
-    def predict_stream(self, items: Iterable[_P]) -> Iterator[tuple[_P, StudyPrediction | None]]:
+    def predict_stream(
+        self, items: Iterable[_P], *, timing: CnnTiming | None = None
+    ) -> Iterator[tuple[_P, StudyPrediction | None]]:
         """``(item, prediction)`` for each prepared study of ``items``, in their order.
 
         The batch path (``python -m hohoho_core predict``): the CNN runs over full batches
@@ -444,7 +461,8 @@ class Predictor:
 
         An item with ``x is None`` (a series with no usable slice) yields ``None`` in its
         place. A study is yielded once all of its slices have run; at most the studies of
-        one batch are held.
+        one batch are held. ``timing``, when given, adds up the seconds spent in the CNN's
+        forward passes and the slices they ran (the run's own "CNN alone" rate).
         """
         b = self.batch_size
         pending: deque[_Pending[_P]] = deque()
@@ -458,7 +476,11 @@ class Predictor:
             x = torch.cat([c for _, c in chunks])
             if len(x) < b:  # the stream's last batch: same size as all the others
                 x = torch.cat([x, x.new_zeros((b - len(x), *x.shape[1:]))])
+            start = time.perf_counter()
             e, lg = self._forward(model, x)
+            if timing is not None:
+                timing.seconds += time.perf_counter() - start
+                timing.slices += filled
             at = 0
             for entry, c in chunks:
                 entry.embs.append(e[at : at + len(c)])

@@ -6,6 +6,7 @@ import functools
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from hohoho_core.precision import (
     resolve_precision,
     write_table,
 )
-from hohoho_core.predict import Predictor
+from hohoho_core.predict import CnnTiming, Predictor
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.runtime import cpu_flags
 from tests.test_predict import make_weights
@@ -101,6 +102,7 @@ def test_pipelined_output_is_the_serial_output(folder: tuple[Path, Path], tmp_pa
     # The last progress line: 5 series (one unloadable), every slice, a rate.
     last = [ln for ln in err2.splitlines() if ln.startswith("predict: ")][-1]
     assert last.startswith("predict: 6/6 studies, ") and "slices/s, done in" in last
+    assert re.search(r", CNN \d+\.\d% of the time, [\d.]+ slices/s$", last), last
     rc, quiet = _run(weights, data, tmp_path / "quiet.csv", "--quiet")
     assert rc == 0 and "predict: " not in quiet and "precision: fp32" in quiet
 
@@ -166,6 +168,10 @@ def test_progress_line_has_rate_count_and_time_left() -> None:
     line = out.getvalue().strip()
     # 4/10 studies, 80 slices in 8 s; 6 left at 4 s each.
     assert line == "predict: 4/10 studies, 80 slices, 10.0 slices/s, about 24s left"
+    # With the run's CNN timing: the share of the same seconds spent in the CNN, its rate.
+    timing = CnnTiming(seconds=6.0, slices=80)
+    p.cnn = timing
+    assert p.line().endswith("about 24s left, CNN 75.0% of the time, 13.3 slices/s")
     quiet = io.StringIO()
     q = Progress(1, stream=quiet, interval=0.0, enabled=False)
     q.update(3)
@@ -309,8 +315,10 @@ def test_stream_spans_studies_and_keeps_their_order(tmp_path: Path) -> None:
     input order, with a series that had no usable slice in its place."""
     predictor = Predictor.from_folder(make_weights(tmp_path / "w", size=32), batch_size=8)
     items = _stream_items([11, 3, None, 20, 6, 1])
-    out = list(predictor.predict_stream(items))
+    timing = CnnTiming()
+    out = list(predictor.predict_stream(items, timing=timing))
     assert [item for item, _ in out] == items
+    assert timing.slices == 41 and timing.seconds > 0  # real slices, not the padding
     assert out[2][1] is None
     for item, pred in out:
         if item.x is None:
