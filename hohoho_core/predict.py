@@ -452,8 +452,10 @@ class Predictor:
 
         The batch path (``python -m hohoho_core predict``): the CNN runs over full batches
         of ``batch_size`` slices that may span studies, instead of one study at a time with
-        a small last batch per study (a batch of 3 costs about 1.4x a batch of 16 per slice
-        here). The last batch of the stream is padded with zeros to ``batch_size``, so every
+        a small last batch per study, so a GPU can take batches larger than any study. (On
+        the 2-core CPU a batch of 3 costs 1.4x a batch of 16 per slice, yet end to end the
+        two ways ran within the machine's noise of each other.) The last batch of the
+        stream is padded with zeros to ``batch_size``, so every
         slice goes through a batch of the same size: a slice's output then does not depend
         on which studies came before it, and a resumed run writes what an uninterrupted one
         writes (tests/test_predict_resume.py). Results may differ from per-study `predict`
