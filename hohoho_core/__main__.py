@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -275,76 +276,129 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclasses.dataclass
+class _Numbered:
+    """A prepared series and its number in the input order (restores it at the merge)."""
+
+    study_uid: str
+    series_uid: str
+    image_ids: list[str]
+    x: Any
+    skipped: list[tuple[str, str]]
+    order: int
+
+
+class _SourceItems:
+    """This rank's prepared series of every source, one source after the other, as one
+    iterable, so that the CNN's batches span sources too (`predict.Predictor.predict_stream`).
+
+    A source that cannot be used ends the iteration and is kept in ``error`` (raised by the
+    caller once the studies already prepared are written), never raised mid-stream."""
+
+    def __init__(self, sources: Sequence[Path], args: argparse.Namespace, predictor: Any,
+                 done: set[str], info: Any, workers: int, tally: Any, progress: Any) -> None:
+        self.sources, self.args, self.predictor = sources, args, predictor
+        self.done, self.info, self.workers = done, info, workers
+        self.tally, self.progress = tally, progress
+        self.error: CliError | None = None
+
+    def __iter__(self) -> Iterator[_Numbered]:
+        from hohoho_core.dicom import StudyLoadError
+
+        order = [0]  # series numbered so far, over every source
+        for src in self.sources:
+            try:
+                yield from self._one(src, order)
+            except CliError as err:
+                self.error = err
+            except StudyLoadError as err:
+                self.error = CliError(f"{src}: {err}")
+            if self.error is not None:
+                return
+
+    def _one(self, src: Path, order: list[int]) -> Iterator[_Numbered]:
+        from hohoho_core.batch import prepared_studies
+        from hohoho_core.dicom import scan_source
+        from hohoho_core.dicom.series import choose_series
+        from hohoho_core.resultlog import study_key
+
+        args, info, tally = self.args, self.info, self.tally
+        with scan_source(src) as scan:
+            # Every rank numbers the series the same way and takes every world_size-th;
+            # the number restores the input order at the merge.
+            owned: dict[str, int] = {}
+            chosen = choose_series(scan.series, description=args.series_description,
+                                   rule=args.series)
+            loadable = scan.loadable_series()
+            if not chosen and loadable:
+                raise CliError(
+                    f"{src}: no axial series matches --series-description "
+                    f"{args.series_description!r} (descriptions found: "
+                    + ", ".join(sorted({repr(s.description) for s in scan.series}))[:300]
+                    + ")"
+                )
+            for s in chosen:
+                if order[0] % info.world_size == info.rank:
+                    owned[study_key(s.study_uid, s.series_uid)] = order[0]
+                order[0] += 1
+            for sk in scan.report.skipped:
+                if _worth_listing(sk.source, sk.reason.value):
+                    tally.add(sk.source, sk.reason.value)
+            keys = [study_key(s.study_uid, s.series_uid) for s in loadable]
+            jobs = [(s.study_uid, s.series_uid) for s, k in zip(loadable, keys, strict=True)
+                    if k in owned and k not in self.done]
+            self.progress.add_total(sum(k in owned for k in keys))
+            loaded = 0
+            if jobs:
+                items = prepared_studies(scan, jobs, self.predictor.preprocess_config,
+                                         workers=self.workers)
+                try:
+                    for item in items:
+                        loaded += item.x is not None
+                        yield _Numbered(item.study_uid, item.series_uid, item.image_ids,
+                                        item.x, item.skipped, owned[item.key])
+                finally:
+                    items.close()  # stops and joins the reader processes
+            if loaded == 0 and len(jobs) == len(loadable):
+                if not jobs:
+                    list(scan.iter_studies())  # raises the reader's own "no usable" error
+                else:
+                    raise CliError(f"{src}: none of its {len(jobs)} series has a usable "
+                                   f"slice ({tally.summary()})")
+
+
 def _predict_sources(sources: Sequence[Path], args: argparse.Namespace, predictor: Any,
                      results: Any, done: set[str], info: Any, workers: int, tally: Any,
                      progress: Any, timing: Any = None) -> int:
     """Predict this rank's series of every source into ``results``; returns how many."""
-    from hohoho_core.batch import prepared_studies
-    from hohoho_core.dicom import StudyLoadError, scan_source
-    from hohoho_core.dicom.series import choose_series
     from hohoho_core.predict import prediction_record
-    from hohoho_core.resultlog import study_key
 
-    order = 0
     n_new = 0
-    for src in sources:
-        try:
-            with scan_source(src) as scan:
-                # Every rank numbers the series the same way and takes every world_size-th;
-                # the number restores the input order at the merge.
-                owned: dict[str, int] = {}
-                chosen = choose_series(scan.series, description=args.series_description,
-                                       rule=args.series)
-                loadable = scan.loadable_series()
-                if not chosen and loadable:
-                    raise CliError(
-                        f"{src}: no axial series matches --series-description "
-                        f"{args.series_description!r} (descriptions found: "
-                        + ", ".join(sorted({repr(s.description) for s in scan.series}))[:300]
-                        + ")"
-                    )
-                for s in chosen:
-                    if order % info.world_size == info.rank:
-                        owned[study_key(s.study_uid, s.series_uid)] = order
-                    order += 1
-                for sk in scan.report.skipped:
-                    if _worth_listing(sk.source, sk.reason.value):
-                        tally.add(sk.source, sk.reason.value)
-                keys = [study_key(s.study_uid, s.series_uid) for s in loadable]
-                jobs = [(s.study_uid, s.series_uid) for s, k in zip(loadable, keys, strict=True)
-                        if k in owned and k not in done]
-                progress.add_total(sum(k in owned for k in keys))
-                loaded = 0
-                if jobs:
-                    items = prepared_studies(scan, jobs, predictor.preprocess_config,
-                                             workers=workers)
-                    try:
-                        # The CNN's batches span studies (predict_stream); a study is
-                        # written as soon as its last slice has run.
-                        for item, pred in predictor.predict_stream(items, timing=timing):
-                            for name, why in item.skipped:
-                                if _worth_listing(name, why):
-                                    tally.add(name, why)
-                            if pred is None:
-                                tally.series += 1
-                                progress.update(0)
-                                continue
-                            rec = prediction_record(pred)
-                            rec["order"] = owned[item.key]
-                            results.append(rec)
-                            loaded += 1
-                            n_new += 1
-                            progress.update(len(item.image_ids))
-                    finally:
-                        items.close()  # stops and joins the reader processes
-                if loaded == 0 and len(jobs) == len(loadable):
-                    if not jobs:
-                        list(scan.iter_studies())  # raises the reader's own "no usable" error
-                    else:
-                        raise CliError(f"{src}: none of its {len(jobs)} series has a usable "
-                                       f"slice ({tally.summary()})")
-        except StudyLoadError as err:
-            raise CliError(f"{src}: {err}") from None
+    items = _SourceItems(sources, args, predictor, done, info, workers, tally, progress)
+    source = iter(items)
+    # One stream over every source: the CNN's batches span studies and sources, and a
+    # study is written as soon as its last slice has run.
+    stream = predictor.predict_stream(source, timing=timing)
+    try:
+        for item, pred in stream:
+            for name, why in item.skipped:
+                if _worth_listing(name, why):
+                    tally.add(name, why)
+            if pred is None:
+                tally.series += 1
+                progress.update(0)
+                continue
+            rec = prediction_record(pred)
+            rec["order"] = item.order
+            results.append(rec)
+            n_new += 1
+            progress.update(len(item.image_ids))
+    finally:
+        # On Ctrl-C or an error: the reader processes are stopped and joined here.
+        stream.close()
+        source.close()  # type: ignore[attr-defined]
+    if items.error is not None:
+        raise items.error
     return n_new
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.encaps import encapsulate
@@ -357,3 +358,28 @@ def test_stream_rejects_bad_input(tmp_path: Path) -> None:
     wrong = _Item("1", "1.1", ["a"], np.zeros((1, 5, 32, 32), np.float32))
     with pytest.raises(ValueError, match=r"expected input \[S, 3, H, W\]"):
         list(predictor.predict_stream([wrong]))
+
+
+def test_batches_span_the_paths_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`predict A B` runs one stream over both folders: two 8-slice studies share one
+    batch of 16 instead of one padded batch each."""
+    from hohoho_core import predict as predict_mod
+    from hohoho_core.synthetic import generate_dataset
+
+    weights = make_weights(tmp_path / "w", size=32)
+    for name, seed in (("a", 31), ("b", 32)):
+        generate_dataset(tmp_path / name, n_studies=1, seed=seed, size=64, slices=(8, 8))
+    sizes: list[int] = []
+    forward = predict_mod.Predictor._forward
+
+    def spy(self: Predictor, model: object, chunk: object) -> object:
+        sizes.append(len(chunk))  # type: ignore[arg-type]
+        return forward(self, model, chunk)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predict_mod.Predictor, "_forward", spy)
+    out = tmp_path / "p.csv"
+    rc = main(["predict", str(tmp_path / "a"), str(tmp_path / "b"), "--weights", str(weights),
+               "--out", str(out), "--batch-size", "16", "--workers", "0", "--quiet"])
+    assert rc == 0
+    assert sizes == [16]
+    assert len(pd.read_csv(out)) == 16 * 6  # every slice of both studies, six classes

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -197,7 +198,12 @@ def test_write_failure_after_predicting_is_one_line(
 
     monkeypatch.setattr(dicom, "scan_source", lambda src: NoStudies())
     monkeypatch.setattr(predict_mod, "write_predictions", full_disk)
-    monkeypatch.setattr(predict_mod.Predictor, "from_folder", classmethod(lambda *a, **k: None))
+    class NoModel:  # there is nothing to predict: the stream passes the (no) items through
+        def predict_stream(self, items: Any, timing: object = None) -> Any:
+            return ((item, None) for item in items)
+
+    monkeypatch.setattr(predict_mod.Predictor, "from_folder",
+                        classmethod(lambda *a, **k: NoModel()))
     src = tmp_path / "a.dcm"
     src.write_bytes(b"x")
     weights = tmp_path / "w"
