@@ -308,8 +308,7 @@ class _Pending(Generic[_P]):
     """A study of the stream whose slices are still (partly) waiting for the CNN."""
 
     item: _P
-    x: torch.Tensor | None
-    left: int
+    left: int  # slices not yet through the CNN
     embs: list[torch.Tensor] = field(default_factory=list)
     logits: list[torch.Tensor] = field(default_factory=list)
 
@@ -452,14 +451,14 @@ class Predictor:
 
         The batch path (``python -m hohoho_core predict``): the CNN runs over full batches
         of ``batch_size`` slices that may span studies, instead of one study at a time with
-        a small last batch per study, so a GPU can take batches larger than any study. (On
-        the 2-core CPU a batch of 3 costs 1.4x a batch of 16 per slice, yet end to end the
-        two ways ran within the machine's noise of each other.) The last batch of the
-        stream is padded with zeros to ``batch_size``, so every
-        slice goes through a batch of the same size: a slice's output then does not depend
-        on which studies came before it, and a resumed run writes what an uninterrupted one
-        writes (tests/test_predict_resume.py). Results may differ from per-study `predict`
-        by float rounding (about 1e-7) where its last batch was very small.
+        a small last batch per study, so a GPU can take batches larger than any study. The
+        last batch of the stream is padded with zeros to ``batch_size``, so every slice
+        goes through a batch of the same size: a slice's output then does not depend on
+        which studies came before it (CPU kernels for batches of 1-3 round differently), and
+        a resumed run writes what an uninterrupted one writes
+        (tests/test_batch.py::test_stream_output_does_not_depend_on_the_studies_before).
+        Results may differ from per-study `predict` by float rounding (about 1e-7) where
+        its last batch was very small.
 
         An item with ``x is None`` (a series with no usable slice) yields ``None`` in its
         place. A study is yielded once all of its slices have run; at most the studies of
@@ -495,7 +494,7 @@ class Predictor:
         def finished() -> Iterator[tuple[_P, StudyPrediction | None]]:
             while pending and pending[0].left == 0:
                 entry = pending.popleft()
-                if entry.x is None:
+                if entry.item.x is None:
                     yield entry.item, None
                     continue
                 emb = torch.cat(entry.embs).numpy()
@@ -506,7 +505,7 @@ class Predictor:
 
         for item in items:
             if item.x is None:
-                pending.append(_Pending(item, None, 0))
+                pending.append(_Pending(item, 0))
                 yield from finished()
                 continue
             t = self._checked_input(item.x)
@@ -516,7 +515,7 @@ class Predictor:
                 raise ValueError("input has no slices")
             if model is None:
                 model = self._cnn_for(t)
-            entry = _Pending(item, t, len(t))
+            entry = _Pending(item, len(t))
             pending.append(entry)
             at = 0
             while at < len(t):
