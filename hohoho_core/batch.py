@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -39,6 +39,7 @@ from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.resultlog import study_key
 
 __all__ = [
+    "CnnSeconds",
     "PreparedStudy",
     "Progress",
     "SkipTally",
@@ -249,6 +250,15 @@ def _duration(seconds: float) -> str:
     return f"{s}s"
 
 
+class CnnSeconds(Protocol):
+    """What `Progress` reads of a run's CNN timing (`predict.CnnTiming` has it)."""
+
+    seconds: float
+
+    @property
+    def rate(self) -> float: ...
+
+
 class Progress:
     """One line of progress on ``stream`` at most every ``interval`` seconds, and at the end.
 
@@ -262,7 +272,7 @@ class Progress:
 
     def __init__(self, total: int, *, done_before: int = 0, stream: IO[str] | None = None,
                  interval: float = 5.0, clock: Callable[[], float] = time.monotonic,
-                 enabled: bool = True, cnn: Any = None) -> None:
+                 enabled: bool = True, cnn: CnnSeconds | None = None) -> None:
         self.total = total
         self.done_before = done_before
         self.studies = 0

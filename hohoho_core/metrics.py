@@ -25,6 +25,7 @@ from hohoho_core.labels import ANY_INDEX, CLASSES
 
 __all__ = [
     "f2_report",
+    "fbeta_at_cuts",
     "fbeta_per_class",
     "rsna_log_loss",
     "roc_auc_per_class",
@@ -96,6 +97,28 @@ def _sorted_counts(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray
     ps = p[order]
     ctp = np.cumsum(y[order].astype(np.int64))
     return ps, ctp, int(ctp[-1]) if len(ctp) else 0
+
+
+def fbeta_at_cuts(y_true: np.ndarray, prob: np.ndarray, cuts: Sequence[float] | np.ndarray,
+                  beta: float = 2.0) -> np.ndarray:
+    """``(G, K)``: F-beta of each class when every probability ``>= cuts[g]`` is positive.
+
+    Row ``g`` equals ``fbeta_per_class(y_true, prob >= cuts[g], beta)``, from one sort per
+    class instead of a pass over the data per cut (a threshold search over a grid).
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    y, p = _pair(y_true, prob, "prob")
+    if not np.isfinite(p).all():
+        raise ValueError("prob must be finite")
+    grid = np.asarray(cuts, dtype=np.float64).ravel()
+    out = np.empty((len(grid), y.shape[1]))
+    for c in range(y.shape[1]):
+        ps, ctp, pos = _sorted_counts(y[:, c], p[:, c])
+        n_pred = np.searchsorted(-ps, -grid, side="right")  # how many p >= cut
+        tp = np.concatenate([[0], ctp])[n_pred]
+        out[:, c] = _fbeta_from_counts(tp, n_pred - tp, pos - tp, beta)
+    return out
 
 
 def search_thresholds(

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from hohoho_core.metrics import _fbeta_from_counts, fbeta_per_class, search_thresholds
+from hohoho_core.metrics import fbeta_at_cuts, fbeta_per_class, search_thresholds
 
 __all__ = ["PERTURBATIONS", "RULES", "View", "leave_one_view_out", "macro_at", "perturb_hu",
            "pick_thresholds"]
@@ -103,13 +103,13 @@ def _grid(views: Sequence[View]) -> np.ndarray:
 def _by_score(views: Sequence[View], beta: float, combine: Callable[[np.ndarray], np.ndarray]
               ) -> np.ndarray:
     """Per class, the grid cut whose F-beta over the views, combined by ``combine`` (a
-    masked ``(V, K)`` array -> ``(K,)``), is highest. A view without positives of a class
+    masked ``(V, G, K)`` array -> ``(G, K)``: views x cuts x classes), is highest. A view without positives of a class
     says nothing about its cut and is left out for that class; a class without positives
     in any view gets 0.5, as `metrics.search_thresholds` gives it."""
     grid = _grid(views)[::-1]  # high to low: ties keep the higher threshold
     k = views[0].labels.shape[1]
     has_pos = np.stack([np.asarray(v.labels).sum(axis=0) > 0 for v in views])  # (V, K)
-    scores = np.stack([_f_grid(v, grid, beta) for v in views])  # (V, G, K)
+    scores = np.stack([fbeta_at_cuts(v.labels, v.prob, grid, beta) for v in views])  # (V, G, K)
     mask = np.broadcast_to(~has_pos[:, None, :], scores.shape)
     combined = np.ma.filled(combine(np.ma.masked_array(scores, mask=mask)), -1.0)  # (G, K)
     best, best_t = np.full(k, -1.0), np.full(k, 0.5)
@@ -118,21 +118,6 @@ def _by_score(views: Sequence[View], beta: float, combine: Callable[[np.ndarray]
         best[better], best_t[better] = s[better], t
     best_t[~has_pos.any(axis=0)] = 0.5
     return best_t
-
-
-def _f_grid(view: View, grid: np.ndarray, beta: float) -> np.ndarray:
-    """``(G, K)``: F-beta of each class when every probability ``>= grid[g]`` is positive;
-    the same numbers as `_f` at each cut, from one sort per class instead of a pass per cut."""
-    y = np.asarray(view.labels).astype(bool)
-    out = np.empty((len(grid), y.shape[1]))
-    for c in range(y.shape[1]):
-        order = np.argsort(view.prob[:, c], kind="stable")
-        p_up = view.prob[order, c]
-        pos_from_top = np.concatenate([[0], np.cumsum(y[order[::-1], c])])
-        n_pred = len(p_up) - np.searchsorted(p_up, grid, side="left")  # count of p >= cut
-        tp = pos_from_top[n_pred]
-        out[:, c] = _fbeta_from_counts(tp, n_pred - tp, pos_from_top[-1] - tp, beta)
-    return out
 
 
 def _pooled(views: Sequence[View], beta: float) -> np.ndarray:

@@ -386,20 +386,21 @@ def test_pages_need_no_magic_and_the_app_turns_it_off() -> None:
     text, never through AST objects, which CPython 3.11 can corrupt across threads); that is
     safe only while no page writes a bare expression to the screen."""
     import ast
-
-    from streamlit import config
+    import tomllib
 
     repo = Path(__file__).resolve().parents[1]
-    assert config.get_option("runner.magicEnabled") is False
+    config = tomllib.loads((repo / ".streamlit" / "config.toml").read_text(encoding="utf-8"))
+    assert config["runner"]["magicEnabled"] is False
     bare = []
     for path in [repo / "app.py", *sorted((repo / "pages").glob("*.py"))]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            body = getattr(node, "body", None)
-            for i, stmt in enumerate(body if isinstance(body, list) else []):
-                if not isinstance(stmt, ast.Expr) or isinstance(
-                        stmt.value, ast.Call | ast.Await | ast.Yield | ast.YieldFrom):
-                    continue
-                if i == 0 and isinstance(stmt.value, ast.Constant):
-                    continue  # a docstring: magic would not show it either
-                bare.append(f"{path.name}:{stmt.lineno}")
+            for field in ("body", "orelse", "finalbody"):
+                stmts = getattr(node, field, None)
+                for i, stmt in enumerate(stmts if isinstance(stmts, list) else []):
+                    if not isinstance(stmt, ast.Expr) or isinstance(
+                            stmt.value, ast.Call | ast.Await | ast.Yield | ast.YieldFrom):
+                        continue
+                    if field == "body" and i == 0 and isinstance(stmt.value, ast.Constant):
+                        continue  # a docstring: magic would not show it either
+                    bare.append(f"{path.name}:{stmt.lineno}")
     assert bare == []

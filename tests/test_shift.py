@@ -149,9 +149,11 @@ def test_a_view_without_positives_does_not_decide_the_cut(rule: str) -> None:
 
 
 def test_scores_at_every_cut_equal_scoring_each_cut() -> None:
-    """The mean/worst rules score every cut from one sort per class (`_f_grid`): the same
-    F-beta as thresholding at each cut, ties and the grid's own values included."""
-    from hohoho_core.shift import _f, _f_grid, _grid
+    """The mean/worst rules score every cut from one sort per class
+    (`metrics.fbeta_at_cuts`): the same F-beta as thresholding at each cut, ties and the
+    grid's own values included; a non-finite probability is refused."""
+    from hohoho_core.metrics import fbeta_at_cuts
+    from hohoho_core.shift import _f, _grid
 
     rng = np.random.default_rng(3)
     labels = (rng.random((300, 6)) < 0.2).astype(int)
@@ -159,6 +161,9 @@ def test_scores_at_every_cut_equal_scoring_each_cut() -> None:
     prob = np.round(rng.random((300, 6)), 2)  # many ties
     view = View("v", labels, prob)
     grid = np.concatenate([_grid([view]), [0.0, 1.0, 1.5]])
-    fast = _f_grid(view, grid, 2.0)
+    fast = fbeta_at_cuts(labels, prob, grid, 2.0)
     for g, cut in enumerate(grid):
         np.testing.assert_allclose(fast[g], _f(view, np.full(6, cut), 2.0), rtol=0, atol=1e-12)
+    prob[0, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        fbeta_at_cuts(labels, prob, grid)

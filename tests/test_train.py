@@ -293,6 +293,8 @@ TRAIN_SCRIPTS = ("train_cnn", "extract_embeddings", "train_lstm", "pretrain_simc
 
 #: Runs each ``train.<script> --help`` as ``python -m`` would (runpy, ``__main__``), in one
 #: process: seven interpreters importing torch took 30 s of the test budget on 2 cores.
+#: Module state carries from one script to the next, which ``--help`` cannot feel: it
+#: exits in argparse, before any script's own code runs.
 AS_MODULES = """
 import json, runpy, sys
 codes = {}
