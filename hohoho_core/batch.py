@@ -83,10 +83,11 @@ def default_workers(cores: int) -> int:
     On two cores or fewer none: a reader process there takes its CPU from the CNN's
     threads, and the CNN's parallel sections wait for the thread that lost its core, so
     overlapping costs more than it saves (bench/results.md section 9 measures both in each
-    run: on a 2-core EPYC, 200 studies, two runs, 45.7 and 47.4 slices/s with no reader
-    process against 42.5 and 42.3 with one). Beyond that, reading and preprocessing cost about a fifth of the CNN's
-    time per slice, so one worker keeps up with the CNN on up to about four cores, then one
-    more per four cores, at most 8.
+    run: on a 2-core EPYC, 200 studies, one reader ran at 0.89-0.98x the in-process rate in
+    five of six runs, and 1.21x in one, so the evidence leans to none, not by much).
+    Beyond that, reading and preprocessing cost about a fifth of the CNN's time per slice,
+    so one worker keeps up with the CNN on up to about four cores, then one more per four
+    cores, at most 8.
     """
     if cores <= 2:
         return 0
