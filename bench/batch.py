@@ -178,18 +178,18 @@ def run_cli(data: Path, weights: Path, out: Path, precision: str,
         finally:
             stream.close()
 
-    readers = [threading.Thread(target=drain, args=(k, f), daemon=True)
-               for k, f in (("out", proc.stdout), ("err", proc.stderr))]
-    for t in readers:
+    pipes = [threading.Thread(target=drain, args=(k, f), daemon=True)
+             for k, f in (("out", proc.stdout), ("err", proc.stderr))]
+    for t in pipes:
         t.start()
-    while any(t.is_alive() for t in readers):  # pipes open: the command runs
+    while any(t.is_alive() for t in pipes):  # pipes open: the command runs
         if workers:
             for p in _tree_pids(proc.pid)[1:]:
                 seen = _private_bytes(p)
                 if seen is not None:
                     private[p] = max(private.get(p, 0), seen)
-        next(t for t in readers if t.is_alive()).join(SAMPLE_S)
-    for t in readers:
+        next(t for t in pipes if t.is_alive()).join(SAMPLE_S)
+    for t in pipes:
         t.join()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -37,7 +37,10 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the CLI imports torch lazily, after parsing its arguments
+    from hohoho_core.predict import CnnTiming
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: the partial log is kept for --resume
@@ -369,7 +372,7 @@ class _SourceItems:
 
 def _predict_sources(sources: Sequence[Path], args: argparse.Namespace, predictor: Any,
                      results: Any, done: set[str], info: Any, workers: int, tally: Any,
-                     progress: Any, timing: Any = None) -> int:
+                     progress: Any, timing: CnnTiming | None = None) -> int:
     """Predict this rank's series of every source into ``results``; returns how many."""
     from hohoho_core.predict import prediction_record
 

@@ -454,7 +454,8 @@ class Predictor:
         a small last batch per study, so a GPU can take batches larger than any study. The
         last batch of the stream is padded with zeros to ``batch_size``, so every slice
         goes through a batch of the same size: a slice's output then does not depend on
-        which studies came before it (CPU kernels for batches of 1-3 round differently), and
+        which studies came before it (this CPU's kernels for batches of 1 and 3 slices round
+        differently from those for 16), and
         a resumed run writes what an uninterrupted one writes
         (tests/test_batch.py::test_stream_output_does_not_depend_on_the_studies_before).
         Results may differ from per-study `predict` by float rounding (about 1e-7) where

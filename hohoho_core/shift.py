@@ -103,13 +103,13 @@ def _grid(views: Sequence[View]) -> np.ndarray:
 def _by_score(views: Sequence[View], beta: float, combine: Callable[[np.ndarray], np.ndarray]
               ) -> np.ndarray:
     """Per class, the grid cut whose F-beta over the views, combined by ``combine`` (a
-    masked ``(V, G, K)`` array -> ``(G, K)``: views x cuts x classes), is highest. A view without positives of a class
-    says nothing about its cut and is left out for that class; a class without positives
-    in any view gets 0.5, as `metrics.search_thresholds` gives it."""
+    masked ``(V, G, K)`` array -> ``(G, K)``: views x cuts x classes), is highest. A view
+    without positives of a class says nothing about its cut and is left out for that class;
+    a class without positives in any view gets 0.5, as `metrics.search_thresholds` gives it."""
     grid = _grid(views)[::-1]  # high to low: ties keep the higher threshold
     k = views[0].labels.shape[1]
     has_pos = np.stack([np.asarray(v.labels).sum(axis=0) > 0 for v in views])  # (V, K)
-    scores = np.stack([fbeta_at_cuts(v.labels, v.prob, grid, beta) for v in views])  # (V, G, K)
+    scores = np.stack([fbeta_at_cuts(v.labels, v.prob, grid, beta) for v in views])  # V, G, K
     mask = np.broadcast_to(~has_pos[:, None, :], scores.shape)
     combined = np.ma.filled(combine(np.ma.masked_array(scores, mask=mask)), -1.0)  # (G, K)
     best, best_t = np.full(k, -1.0), np.full(k, 0.5)

@@ -337,8 +337,9 @@ def test_stream_output_does_not_depend_on_the_studies_before(tmp_path: Path) -> 
     """What --resume relies on: leaving out the studies already done shifts every batch
     boundary, and the remaining studies' outputs stay bit-identical (every batch, the last
     one padded, has the same size). The shipped model at its own input size: its kernels
-    for batches of 1-3 slices round differently from those for 8 (unlike a tiny model's),
-    and the tails below end in batches of 4, 7, 2, 3 and 1 slices."""
+    for the smallest batches round differently from those for full ones (unlike a tiny
+    model's; the test fails with the padding removed), and the tails below end in batches
+    of 4, 7, 2, 3 and 1 slices."""
     predictor = Predictor.from_folder(REPO / "weights", precision="fp32", batch_size=8)
     items = _stream_items([10, 5, 13, 7, 2, 9], size=predictor.preprocess_config.size)
     whole = {i.study_uid: p for i, p in predictor.predict_stream(items)}
