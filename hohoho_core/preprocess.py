@@ -50,17 +50,27 @@ Mode = Literal["stacked", "gray", "windows", "stacked_windows"]
 MODES: tuple[str, ...] = get_args(Mode)
 
 
-def window_hu(hu: np.ndarray, centre: float, width: float) -> np.ndarray:
+def window_hu(
+    hu: np.ndarray, centre: float, width: float, out: np.ndarray | None = None
+) -> np.ndarray:
     """Map ``[centre - width/2, centre + width/2]`` HU linearly to [0, 1], clipping outside.
 
     Works on any shape (and any numeric dtype, e.g. the int16 cache); returns float32 of
-    the same shape.
+    the same shape, written into ``out`` when given (a float32 array or view of that
+    shape: the model input's channel, so no temporary is made).
     """
     if not np.isfinite(width) or width <= 0:
         raise ValueError(f"window width must be a positive number, got {width}")
     lo = np.float32(centre - width / 2.0)
     scale = np.float32(1.0 / width)
-    out = (np.asarray(hu, dtype=np.float32) - lo) * scale
+    if out is None:
+        out = np.empty(np.shape(hu), dtype=np.float32)
+    elif out.shape != np.shape(hu) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {np.shape(hu)}, got {out.dtype} "
+                         f"{out.shape}")
+    # In place, one pass per operation: the same float32 arithmetic as (hu - lo) * scale.
+    np.subtract(hu, lo, out=out, dtype=np.float32)
+    np.multiply(out, scale, out=out)
     return np.clip(out, 0.0, 1.0, out=out)
 
 
@@ -264,7 +274,11 @@ def input_from_resized_hu(hu_small: np.ndarray, cfg: PreprocessConfig) -> np.nda
     if hu_small.ndim != 3 or hu_small.shape[0] == 0:
         raise ValueError(f"expected a non-empty HU volume [S, H, W], got shape {hu_small.shape}")
     if cfg.mode == "windows":
-        return np.stack([window_hu(hu_small, *WINDOWS[n]) for n in cfg.windows], axis=1)
+        s, h, w = hu_small.shape
+        out = np.empty((s, 3, h, w), dtype=np.float32)
+        for k, name in enumerate(cfg.windows):
+            window_hu(hu_small, *WINDOWS[name], out=out[:, k])
+        return out
     if cfg.mode == "stacked_windows":
         return np.concatenate(
             [stack_neighbours(window_hu(hu_small, *WINDOWS[n])) for n in cfg.windows], axis=1

@@ -416,6 +416,20 @@ def test_gantry_tilt_sorted_along_the_normal(tmp_path, write_ct_series):
     assert study.report.warnings == []
 
 
+def test_slice_normal_is_computed_once_and_read_only(tmp_path, write_ct_series):
+    # The scan and every load ask each record for its normal; it is cached, so it must
+    # not be writable by a caller (that would change every later answer).
+    series = write_ct_series(tmp_path, n_slices=2, tilt_deg=25.0)
+    rec = read_header(series.paths[0])
+    n = rec.normal
+    assert n is rec.normal
+    o = np.asarray(rec.orientation, dtype=np.float64)
+    expected = np.cross(o[:3], o[3:])
+    np.testing.assert_allclose(n, expected / np.linalg.norm(expected), atol=1e-12)
+    with pytest.raises(ValueError, match="read-only"):
+        n[0] = 0.0
+
+
 def test_fallback_sorting_by_instance_number_then_file_name(tmp_path, write_ct_series):
     n = 5
     names = ["IM10.dcm", "IM2.dcm", "IM33.dcm", "IM4.dcm", "IM5.dcm"]

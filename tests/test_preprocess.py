@@ -64,6 +64,26 @@ def test_window_any_shape_and_int16() -> None:
     np.testing.assert_allclose(out, 0.6, atol=1e-6)
 
 
+def test_window_into_a_channel_view_matches_the_plain_call() -> None:
+    # make_input writes each window straight into its channel of the model input.
+    hu = np.random.default_rng(3).normal(40, 400, (4, 6, 7)).astype(np.float32)
+    x = np.full((4, 3, 6, 7), np.nan, np.float32)
+    got = window_hu(hu, 80, 200, out=x[:, 1])
+    assert got.base is x or got is x[:, 1] or np.shares_memory(got, x)
+    np.testing.assert_array_equal(x[:, 1], window_hu(hu, 80, 200))
+    assert np.isnan(x[:, 0]).all() and np.isnan(x[:, 2]).all()  # other channels untouched
+    # the int16 cache goes through the same float32 arithmetic
+    hu16 = np.round(hu).astype(np.int16)
+    np.testing.assert_array_equal(window_hu(hu16, 40, 80, out=np.empty((4, 6, 7), np.float32)),
+                                  window_hu(hu16.astype(np.float32), 40, 80))
+
+
+@pytest.mark.parametrize("out", [np.empty((4, 6), np.float32), np.empty((4, 6, 7), np.float64)])
+def test_window_rejects_an_out_of_another_shape_or_type(out: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="out must be float32"):
+        window_hu(np.zeros((4, 6, 7), np.float32), 40, 80, out=out)
+
+
 @pytest.mark.parametrize("width", [0, -10, float("nan")])
 def test_window_rejects_bad_width(width: float) -> None:
     with pytest.raises(ValueError, match="width"):

@@ -20,7 +20,7 @@ import struct
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -150,10 +150,17 @@ class HeaderRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     identifiers: dict[str, str] = field(default_factory=dict, repr=False)
 
-    @property
+    @cached_property
     def normal(self) -> np.ndarray | None:
-        """Unit slice normal ``(3,)``: row cosines x column cosines, or None."""
-        return _normal(self.orientation)
+        """Unit slice normal ``(3,)``: row cosines x column cosines, or None (read-only).
+
+        Computed once per record: the scan and every load ask for it, and small-array NumPy
+        calls cost more than the pixels' own conversion (measured on 256 px slices).
+        """
+        n = _normal(self.orientation)
+        if n is not None:
+            n.setflags(write=False)
+        return n
 
 
 def _f(value: Any) -> float | None:

