@@ -233,15 +233,26 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
             page.mouse.wheel(0, 120)  # the wheel over the image scrolls too
             expect(heading).to_have_text(f"Slice 3 / {n2}")
 
-            # Window presets, invert and zoom are drawn in the browser as well.
+            # Window presets, invert and zoom are drawn in the browser as well. The canvas
+            # holds the slice at its own resolution, and windowed slices are cached: a
+            # window change must redraw, and coming back must give the first pixels again.
             body = viewer.locator("body")
+            canvas = viewer.locator("#slice")
+            row = """c => Array.from(c.getContext('2d').getImageData(
+                0, c.height >> 1, c.width, 1).data.filter((_, k) => k % 4 === 0))"""
+            brain = canvas.evaluate(row)
+            assert canvas.evaluate("c => c.width") == len(brain) and len(set(brain)) > 2
             page.keyboard.press("3")
             expect(body).to_have_attribute("data-window", "bone")
+            bone = canvas.evaluate(row)
+            assert bone != brain
             page.keyboard.press("i")
             expect(body).to_have_attribute("data-invert", "1")
+            assert canvas.evaluate(row) == [255 - v for v in bone]
             page.keyboard.press("i")
             page.keyboard.press("1")
             expect(body).to_have_attribute("data-window", "brain")
+            assert canvas.evaluate(row) == brain
             page.keyboard.press("+")
             expect(body).to_have_attribute("data-zoom", "1.250")
             page.keyboard.press("r")  # also Streamlit's "rerun" key: the viewer keeps it
