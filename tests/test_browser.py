@@ -240,15 +240,27 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
             canvas = viewer.locator("#slice")
             row = """c => Array.from(c.getContext('2d').getImageData(
                 0, c.height >> 1, c.width, 1).data.filter((_, k) => k % 4 === 0))"""
+            # What the canvas must show: the current slice of the current study's volume
+            # through the current window, computed here from the viewer's own data.
+            expected = """c => { const S = window.__hohoho, y = c.height >> 1, out = [];
+                for (let x = 0; x < S.w; x++) {
+                    const hu = S.vol[S.slice * S.w * S.h + y * S.w + x];
+                    let v = Math.round((hu - (S.centre - S.width / 2)) / S.width * 255);
+                    v = v < 0 ? 0 : v > 255 ? 255 : v;
+                    out.push(S.invert ? 255 - v : v);
+                }
+                return out; }"""
             brain = canvas.evaluate(row)
-            assert canvas.evaluate("c => c.width") == len(brain) and len(set(brain)) > 2
+            assert canvas.evaluate("c => [c.width, c.height]") == viewer.locator("body").evaluate(
+                "() => [window.__hohoho.w, window.__hohoho.h]")  # the slice's own pixels
+            assert brain == canvas.evaluate(expected) and len(set(brain)) > 2
             page.keyboard.press("3")
             expect(body).to_have_attribute("data-window", "bone")
             bone = canvas.evaluate(row)
-            assert bone != brain
+            assert bone != brain and bone == canvas.evaluate(expected)
             page.keyboard.press("i")
             expect(body).to_have_attribute("data-invert", "1")
-            assert canvas.evaluate(row) == [255 - v for v in bone]
+            assert canvas.evaluate(row) == [255 - v for v in bone] == canvas.evaluate(expected)
             page.keyboard.press("i")
             page.keyboard.press("1")
             expect(body).to_have_attribute("data-window", "brain")

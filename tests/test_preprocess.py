@@ -69,13 +69,17 @@ def test_window_into_a_channel_view_matches_the_plain_call() -> None:
     hu = np.random.default_rng(3).normal(40, 400, (4, 6, 7)).astype(np.float32)
     x = np.full((4, 3, 6, 7), np.nan, np.float32)
     got = window_hu(hu, 80, 200, out=x[:, 1])
-    assert got.base is x or got is x[:, 1] or np.shares_memory(got, x)
-    np.testing.assert_array_equal(x[:, 1], window_hu(hu, 80, 200))
+    assert np.shares_memory(got, x)
+    # the float32 formula, written out: (hu - lo) * (1 / width), clipped to [0, 1]
+    by_hand = np.clip((hu - np.float32(80 - 100)) * np.float32(1 / 200), 0, 1)
+    np.testing.assert_array_equal(x[:, 1], by_hand)
+    np.testing.assert_array_equal(window_hu(hu, 80, 200), by_hand)
     assert np.isnan(x[:, 0]).all() and np.isnan(x[:, 2]).all()  # other channels untouched
     # the int16 cache goes through the same float32 arithmetic
     hu16 = np.round(hu).astype(np.int16)
-    np.testing.assert_array_equal(window_hu(hu16, 40, 80, out=np.empty((4, 6, 7), np.float32)),
-                                  window_hu(hu16.astype(np.float32), 40, 80))
+    np.testing.assert_array_equal(
+        window_hu(hu16, 40, 80, out=np.empty((4, 6, 7), np.float32)),
+        np.clip((hu16.astype(np.float32) - np.float32(0)) * np.float32(1 / 80), 0, 1))
 
 
 @pytest.mark.parametrize("out", [np.empty((4, 6), np.float32), np.empty((4, 6, 7), np.float64)])

@@ -145,7 +145,7 @@ function fmt(p) { return p === null || p === undefined || !Number.isFinite(p) ? 
 function finalProb() { return S.meta.lstm || S.meta.cnn; }
 
 function buildLut() {
-  const k = `${S.centre}|${S.width}|${S.invert}|${S.meta.hu_min}`; // per study: hu_min
+  const k = `${S.centre}|${S.width}|${S.invert}`;
   if (k === S.lutKey) return;
   const lut = new Uint32Array(4096), lo = S.centre - S.width / 2;
   for (let i = 0; i < 4096; i++) {
@@ -181,6 +181,8 @@ function windowed(i) {
   cache.set(i, data);
   return data;
 }
+// A lost and restored 2D context comes back blank: draw the slice again.
+$("slice").addEventListener("contextrestored", () => { shown = { slice: -1, lut: "" }; draw(); });
 function drawImage() {
   buildLut();
   if (shown.slice !== S.slice || shown.lut !== S.lutKey) {
