@@ -54,7 +54,7 @@ from bench.common import (
 from bench.context import FULL, REPO_ROOT, SHIPPED_WEIGHTS, BenchContext, generate_once
 from bench.int8 import test_split_root
 from bench.report import render_markdown
-from hohoho_core.batch import PreparedStudy, default_workers
+from hohoho_core.batch import PreparedStudy, default_workers, prepared_studies
 from hohoho_core.dicom import scan_source
 from hohoho_core.evaluate import predict_index, score
 from hohoho_core.precision import (
@@ -239,14 +239,28 @@ def cnn_inputs(data: Path, predictor: Predictor, n: int) -> list[np.ndarray]:
     return out
 
 
-def reading_rate(folder: Path, predictor: Predictor) -> tuple[float, int]:
-    """(slices per second, slices) of reading and preprocessing ``folder`` in this process,
-    one core (what a reader process does per slice), after its header scan."""
-    with scan_source(folder) as scan:
-        t0, n = time.perf_counter(), 0
-        for study in scan.iter_studies():
-            n += len(predictor.preprocess(study))
-        seconds = time.perf_counter() - t0
+def reading_rate(folder: Path, predictor: Predictor, threads: int) -> tuple[float, int]:
+    """(slices per second, slices) of reading and preprocessing ``folder`` in this process
+    with ``threads`` torch threads, after its header scan: `batch.prepared_studies` without
+    reader processes, the code both a reader process (1 thread) and the command's own
+    in-process reading (all its threads) run. Best of three passes after one to warm up."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with scan_source(folder) as scan:
+            jobs = [(s.study_uid, s.series_uid) for s in scan.loadable_series()]
+            cfg = predictor.preprocess_config
+
+            def one_pass() -> tuple[float, int]:
+                t0, n = time.perf_counter(), 0
+                for item in prepared_studies(scan, jobs, cfg, workers=0):
+                    n += 0 if item.x is None else len(item.x)
+                return time.perf_counter() - t0, n
+
+            one_pass()
+            seconds, n = min(one_pass() for _ in range(3))
+    finally:
+        torch.set_num_threads(before)
     return n / seconds, n
 
 
@@ -364,17 +378,18 @@ def run(args: argparse.Namespace) -> Section:
     predictors = {p: Predictor.from_folder(weights, precision=p) for p in PRECISIONS}
     held = cnn_inputs(data, predictors["fp32"], args.cnn_studies)
     # Reading costs CPU the CNN could have had: the measured ceiling of the pipeline's
-    # efficiency on these cores is t_cnn / (t_cnn + t_read / cores).
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in a reader process
-    try:
-        read_rate, n_read = reading_rate(subset_folder(data, args.cnn_studies, work),
-                                         predictors["fp32"])
-    finally:
-        torch.set_num_threads(torch_threads)
+    # efficiency on these cores is t_cnn / (t_cnn + t_read / cores) with reader processes
+    # (one thread each), t_cnn / (t_cnn + t_read) when the command reads between batches
+    # (with its own threads, as measured here).
+    read_threads = 1 if workers else threads
+    read_rate, n_read = reading_rate(subset_folder(data, args.cnn_studies, work),
+                                     predictors["fp32"], read_threads)
     sec.add("reading + preprocessing alone", read_rate, "slices/s",
-            f"{n_read} slices of the folder's first {args.cnn_studies} studies, one process "
-            "on one core, after the header scan (what each reader process does)")
+            f"{n_read} slices of the folder's first {args.cnn_studies} studies, after the "
+            f"header scan, {read_threads} torch thread(s): "
+            + ("what each reader process does" if workers else
+               "what the command does between the CNN's batches")
+            + "; best of 3 passes after one to warm up")
     measured: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in PRECISIONS:
@@ -402,14 +417,14 @@ def run(args: argparse.Namespace) -> Section:
                     "(3 before and 3 after the end-to-end run, each after one to warm up)",
                     samples=t_alone)
             # Reader processes can spread reading over every core; in-process reading runs
-            # between the CNN's batches at (about) the one-core rate measured above.
+            # between the CNN's batches at the rate measured above.
             ceiling = ((1 / alone) / (1 / alone + 1 / (read_rate * threads)) if workers
                        else (1 / alone) / (1 / alone + 1 / read_rate))
             measured[name]["ceiling"] = ceiling
             sec.add(f"{name}:   pipeline efficiency", ratio(e2e["rate"], alone), "x",
                     f"end to end / CNN alone; the ceiling on {threads} cores, where reading "
                     f"takes its CPU from the CNN: {ceiling:.2f}"
-                    + ("" if workers else " (reading between batches, one core)"))
+                    + ("" if workers else " (reading between batches)"))
             if e2e["cnn_rate_in_run"]:
                 in_run = e2e["cnn_rate_in_run"]
                 measured[name]["in_run"] = in_run

@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import Section, cpu_snapshot, machine_info, other_load, stop_process_group
+from bench.common import (
+    Section,
+    cpu_snapshot,
+    machine_info,
+    machine_line,
+    other_load,
+    stop_process_group,
+)
 from bench.context import FULL, REPO_ROOT, BenchContext, generate_once
 
 __all__ = ["GOAL_STEP_S", "run"]
@@ -273,7 +280,8 @@ def run(ctx: BenchContext, users: int = USERS, passes: int = PASSES,
             f"{n_studies} studies of {STUDY_SLICES} x {STUDY_PX} px read and analysed in "
             f"{seconds:.1f} s (WorklistRun: one background thread, torch on every core)")
     vol_b, json_b, raw_b = _payload_bytes(demo)
-    sec.params.update(model=bundle.source, study=f"1 synthetic study, {STUDY_SLICES} slices of "
+    # Run on its own, this section may come from another machine than the file's header.
+    sec.params.update(machine=machine_line(machine_info()), model=bundle.source, study=f"1 synthetic study, {STUDY_SLICES} slices of "
                       f"{STUDY_PX} px", users=users, browser="headless Chromium, same machine",
                       steps=f"{passes} passes through the study (Down, Up, ...)")
     sec.add("study payload, sent once", (vol_b + json_b) / 1e6, "MB",
