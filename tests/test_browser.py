@@ -233,16 +233,16 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
             page.mouse.wheel(0, 120)  # the wheel over the image scrolls too
             expect(heading).to_have_text(f"Slice 3 / {n2}")
 
-            # Window presets, invert and zoom are drawn in the browser as well. The canvas
-            # holds the slice at its own resolution, and windowed slices are cached: a
-            # window change must redraw, and coming back must give the first pixels again.
+            # Window presets, invert and zoom are drawn in the browser as well: a window
+            # change must redraw, and coming back must give the first pixels again.
             body = viewer.locator("body")
-            canvas = viewer.locator("#slice")
-            row = """c => Array.from(c.getContext('2d').getImageData(
-                0, c.height >> 1, c.width, 1).data.filter((_, k) => k % 4 === 0))"""
+            # The windowed slice at its own resolution (main.js draws it scaled from there).
+            canvas = viewer.locator("body")
+            row = """() => { const c = window.__hohoho.img; return Array.from(c.getContext('2d')
+                .getImageData(0, c.height >> 1, c.width, 1).data.filter((_, k) => k % 4 === 0)); }"""
             # What the canvas must show: the current slice of the current study's volume
             # through the current window, computed here from the viewer's own data.
-            expected = """c => { const S = window.__hohoho, y = c.height >> 1, out = [];
+            expected = """() => { const S = window.__hohoho, y = S.h >> 1, out = [];
                 for (let x = 0; x < S.w; x++) {
                     const hu = S.vol[S.slice * S.w * S.h + y * S.w + x];
                     let v = Math.round((hu - (S.centre - S.width / 2)) / S.width * 255);
@@ -251,8 +251,8 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
                 }
                 return out; }"""
             brain = canvas.evaluate(row)
-            assert canvas.evaluate("c => [c.width, c.height]") == viewer.locator("body").evaluate(
-                "() => [window.__hohoho.w, window.__hohoho.h]")  # the slice's own pixels
+            assert canvas.evaluate("() => [window.__hohoho.img.width, window.__hohoho.img.height]"
+                                   ) == canvas.evaluate("() => [window.__hohoho.w, window.__hohoho.h]")
             assert brain == canvas.evaluate(expected) and len(set(brain)) > 2
             page.keyboard.press("3")
             expect(body).to_have_attribute("data-window", "bone")
