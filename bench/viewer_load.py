@@ -4,9 +4,9 @@ The real app (``streamlit run``) on a free loopback port and headless Chromium (
 ``/usr/bin/chromium``) on the same machine, one browser process per user, as each user has
 a browser of their own (each its own Streamlit session). All users in one browser, one
 context each, is run once more for comparison: there every page's frames go through that
-browser's single compositor thread, which no deployment shares between users (measured on
-the 2-core Xeon, same server, alternating: worst p90 87.5 and 74.4 ms in one browser,
-35.6 and 42.4 ms with one browser per user, at the same 94-107 steps per second). Every
+browser's single compositor thread, which no deployment shares between users (on the
+2-core Xeon, 2026-12-01, alternating: one browser's worst p90 about twice the per-user
+one at the same steps per second; the section's comparison row gives its run's). Every
 user opens the same demo study, then presses Down / Up through it as fast as the viewer
 follows (the next key once the slice is drawn). Measured:
 
