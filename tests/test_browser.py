@@ -236,8 +236,8 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
             # Window presets, invert and zoom are drawn in the browser as well: a window
             # change must redraw, and coming back must give the first pixels again.
             body = viewer.locator("body")
-            # The windowed slice at its own resolution (main.js draws it scaled from there).
-            canvas = viewer.locator("body")
+            # The windowed slice at its own resolution (main.js draws it scaled from there),
+            # read through the viewer's page.
             row = """() => { const c = window.__hohoho.img; return Array.from(c.getContext('2d')
                 .getImageData(0, c.height >> 1, c.width, 1).data.filter((_, k) => k % 4 === 0)); }"""
             # What the canvas must show: the current slice of the current study's volume
@@ -250,21 +250,21 @@ def test_end_to_end_in_chromium(server: tuple[str, Path, AppData], tmp_path: Pat
                     out.push(S.invert ? 255 - v : v);
                 }
                 return out; }"""
-            brain = canvas.evaluate(row)
-            assert canvas.evaluate("() => [window.__hohoho.img.width, window.__hohoho.img.height]"
-                                   ) == canvas.evaluate("() => [window.__hohoho.w, window.__hohoho.h]")
-            assert brain == canvas.evaluate(expected) and len(set(brain)) > 2
+            brain = body.evaluate(row)
+            assert body.evaluate("() => [window.__hohoho.img.width, window.__hohoho.img.height]"
+                                   ) == body.evaluate("() => [window.__hohoho.w, window.__hohoho.h]")
+            assert brain == body.evaluate(expected) and len(set(brain)) > 2
             page.keyboard.press("3")
             expect(body).to_have_attribute("data-window", "bone")
-            bone = canvas.evaluate(row)
-            assert bone != brain and bone == canvas.evaluate(expected)
+            bone = body.evaluate(row)
+            assert bone != brain and bone == body.evaluate(expected)
             page.keyboard.press("i")
             expect(body).to_have_attribute("data-invert", "1")
-            assert canvas.evaluate(row) == [255 - v for v in bone] == canvas.evaluate(expected)
+            assert body.evaluate(row) == [255 - v for v in bone] == body.evaluate(expected)
             page.keyboard.press("i")
             page.keyboard.press("1")
             expect(body).to_have_attribute("data-window", "brain")
-            assert canvas.evaluate(row) == brain
+            assert body.evaluate(row) == brain
             page.keyboard.press("+")
             expect(body).to_have_attribute("data-zoom", "1.250")
             page.keyboard.press("r")  # also Streamlit's "rerun" key: the viewer keeps it

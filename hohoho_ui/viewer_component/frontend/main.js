@@ -158,9 +158,9 @@ function buildLut() {
 }
 
 // Measured and not kept (2026-12-01, 8 users, a browser each, 2-core Xeon): the canvas at
-// the slice's own resolution, scaled, zoomed and panned by a CSS transform (worst p90 31-46
-// ms against 25-33 for this path: the compositor then redraws the scaled layer every frame),
-// and a cache of windowed slices (no gain: the LUT pass is cheap).
+// the slice's own resolution, scaled, zoomed and panned by a CSS transform, with a cache of
+// windowed slices (worst p90 35 and 46 ms against 25-33 for this path: the compositor then
+// redraws the scaled layer every frame), and the cache alone on this path (31-45 ms: no gain).
 function drawImage() {
   buildLut();
   const lut = S.lut, off = -S.meta.hu_min, n = S.w * S.h, base = S.slice * n, vol = S.vol;
