@@ -158,19 +158,28 @@ def _random_weights(folder: Path, size: int) -> Path:
 
 
 def generate_once(folder: Path, n_studies: int, seed: int, size: int,
-                  slices: tuple[int, int], workers: int = 1) -> Path:
-    """``generate_dataset`` once per setting; a marker file records what is there."""
+                  slices: tuple[int, int], workers: int = 1,
+                  randomise: bool | float = False) -> Path:
+    """``generate_dataset`` once per setting; a marker file records what is there.
+
+    ``randomise`` as `generate_dataset` takes it; a plain set's marker leaves it out, so
+    folders generated before it existed are still reused.
+    """
     from hohoho_core.synthetic import generate_dataset
 
     marker = folder / "bench_generated.json"
-    want = {"n_studies": n_studies, "seed": seed, "size": size, "slices": list(slices)}
+    want: dict[str, Any] = {"n_studies": n_studies, "seed": seed, "size": size,
+                            "slices": list(slices)}
+    if randomise:
+        want["randomise"] = randomise
     if marker.is_file():
         meta = json.loads(marker.read_text(encoding="utf-8"))
-        if all(meta.get(k) == v for k, v in want.items()):
+        if (all(meta.get(k) == v for k, v in want.items())
+                and bool(meta.get("randomise", False)) == bool(randomise)):
             return folder
     log.info("generating %d synthetic studies (%d px) in %s", n_studies, size, folder)
     truth = generate_dataset(folder, n_studies, seed, size=size, slices=slices,
-                             workers=workers)
+                             workers=workers, randomise=randomise)
     want["encodings"] = list(truth.studies["encoding"])
     marker.write_text(json.dumps(want), encoding="utf-8")
     return folder

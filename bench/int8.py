@@ -20,7 +20,7 @@ from hohoho_core.evaluate import predict_index, score
 from hohoho_core.predict import Predictor
 from hohoho_core.rsna import build_index
 
-__all__ = ["GOAL_F2_DELTA", "split_f2", "test_split_root"]
+__all__ = ["GOAL_F2_DELTA", "split_f2", "split_randomise", "test_split_root"]
 
 GOAL_F2_DELTA = 0.005
 
@@ -49,10 +49,25 @@ def test_split_root(ctx: BenchContext, data: dict[str, Any]) -> Path | None:
             return root
     if float(spec.get("label_noise", 0.0)) != 0.0:
         return None  # generate_once makes clean labels only
-    folder = ctx.work / f"test_split_seed{spec['seed']}_{spec['studies']}x{spec['size']}"
+    randomise = split_randomise(spec)
+    folder = ctx.work / (f"test_split_seed{spec['seed']}_{spec['studies']}x{spec['size']}"
+                         + (f"_rand{float(randomise):g}" if randomise else ""))
     return generate_once(folder, int(spec["studies"]), int(spec["seed"]), int(spec["size"]),
                          (int(spec["slices"][0]), int(spec["slices"][1])),
-                         workers=ctx.threads)
+                         workers=ctx.threads, randomise=randomise)
+
+
+def split_randomise(spec: dict[str, Any]) -> bool | float:
+    """The ``randomise`` argument of `generate_dataset` that made a split of the config.
+
+    ``make_demo_weights`` records ``"randomise": true`` and, for a mixed split,
+    ``"randomise_fraction"``; regenerating without them would score a plain split under
+    the randomised split's name.
+    """
+    if not spec.get("randomise"):
+        return False
+    fraction = float(spec.get("randomise_fraction", 1.0))
+    return True if fraction >= 1.0 else fraction
 
 
 def split_f2(predictors: dict[str, Predictor], root: Path) -> dict[str, dict[str, float]]:

@@ -279,3 +279,38 @@ def test_run_all_quick_writes_consistent_results(
     assert again["sections"]["study"] == results["sections"]["study"]
     assert again["command"].endswith("--threads 1") and "--only tsne" in again["command"]
     assert again["command"].startswith("python -m bench.run_all ")  # how the bench is run now
+
+
+def test_test_split_is_regenerated_as_the_weights_made_it(tmp_path: Path) -> None:
+    """A randomised test split recorded in a weights config comes back randomised.
+
+    Regression: ``test_split_root`` regenerated every split plain, so the precision
+    check scored a plain split under the randomised split's name.
+    """
+    from bench.context import FULL, BenchContext
+    from bench.int8 import split_randomise, test_split_root
+    from hohoho_core.synthetic import generate_dataset
+
+    spec = {"studies": 2, "seed": 77, "size": 48, "slices": [8, 8], "label_noise": 0.0,
+            "root": str(tmp_path / "absent"), "randomise": True}
+    assert split_randomise(spec) is True
+    assert split_randomise({**spec, "randomise_fraction": 0.5}) == 0.5
+    assert split_randomise({k: v for k, v in spec.items() if k != "randomise"}) is False
+
+    ctx = BenchContext(FULL, tmp_path / "work", threads=1)
+    root = test_split_root(ctx, {"sets": {"test": spec}})
+    assert root is not None and root.name.endswith("_rand1")
+    generate_dataset(tmp_path / "plain", 2, 77, size=48, slices=(8, 8))
+    generate_dataset(tmp_path / "rand", 2, 77, size=48, slices=(8, 8),
+                     randomise=True)
+
+    def pixels(folder: Path) -> list[bytes]:
+        return [p.read_bytes() for p in sorted((folder / "stage_2_train").glob("*.dcm"))]
+
+    got = pixels(root)
+    assert got == pixels(tmp_path / "rand")
+    assert got != pixels(tmp_path / "plain")
+    # The cached folder is reused: same marker, no second generation.
+    stamp = {p: p.stat().st_mtime_ns for p in (root / "stage_2_train").glob("*.dcm")}
+    assert test_split_root(ctx, {"sets": {"test": spec}}) == root
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
