@@ -199,6 +199,39 @@ def test_int8_predictor_is_close_to_fp32_and_checks_its_arguments() -> None:
         Predictor(cnn, lstm, config, device="cuda", precision="int8")
 
 
+def test_int8_observers_follow_the_cpu() -> None:
+    """Full 8-bit min-max activations only where VNNI sums in 32 bits; torch's default else."""
+    from torch.ao.quantization.observer import HistogramObserver, MinMaxObserver
+
+    from hohoho_core.predict import int8_qconfig_mapping, quantize_int8
+    from hohoho_core.runtime import best_quantized_engine
+
+    def activation(flags: set[str], engine: str = "x86") -> object:
+        mapping = int8_qconfig_mapping(engine, frozenset(flags))
+        return mapping.global_qconfig.activation()
+
+    vnni = activation({"avx2", "avx512f", "avx512_vnni"})
+    assert isinstance(vnni, MinMaxObserver) and not vnni.reduce_range
+    assert isinstance(activation({"avx2", "avx_vnni"}), MinMaxObserver)
+    plain = activation({"avx2", "avx512f"})
+    assert isinstance(plain, HistogramObserver) and plain.reduce_range
+    assert not isinstance(activation({"avx512_vnni"}, "qnnpack"), MinMaxObserver)
+
+    cnn, _, config = _tiny_predictor_parts()
+    calib = torch.as_tensor(_phantom_input(config.preprocess, seed=0))
+    engine = best_quantized_engine()
+    if engine == "qnnpack":
+        return  # ARM: one recipe only, nothing to compare
+    x = calib[:8]
+    with torch.inference_mode():
+        ref = cnn.eval()(x)[1]
+        outs = [quantize_int8(cnn, calib, flags=frozenset(f))(x)[1]
+                for f in ({"avx2"}, {"avx2", "avx512_vnni"})]
+    assert not torch.equal(outs[0], outs[1])  # the flags choose the recipe
+    for out in outs:
+        assert (torch.sigmoid(out) - torch.sigmoid(ref)).abs().max() < 0.1
+
+
 # --------------------------------------------------------------------------- end to end
 
 
