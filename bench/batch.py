@@ -151,7 +151,7 @@ SAMPLE_S = 2.0
 
 
 def run_cli(data: Path, weights: Path, out: Path, precision: str,
-            workers: int) -> dict[str, Any]:
+            workers: int, engine: str = "auto") -> dict[str, Any]:
     """The real command as a child process: wall time, pipeline rate, peak memory.
 
     Peak memory: the command's peak resident set (``ru_maxrss`` from ``wait4``: the largest
@@ -162,7 +162,7 @@ def run_cli(data: Path, weights: Path, out: Path, precision: str,
     """
     cmd = [sys.executable, "-m", "hohoho_core", "predict", str(data), "--weights", str(weights),
            "--out", str(out), "--precision", precision, "--workers", str(workers),
-           "--progress-every", "1e9"]
+           "--engine", engine, "--progress-every", "1e9"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
@@ -361,6 +361,7 @@ def run(args: argparse.Namespace) -> Section:
         "threads": f"{threads} torch threads in the command (all usable cores), "
                    f"{workers} reader process(es)",
         "CPU class": klass,
+        "fp32 CNN engine": _engine_line(),
         "load average at start": f"{os.getloadavg()[0]:.2f}",
     })
 
@@ -453,6 +454,26 @@ def run(args: argparse.Namespace) -> Section:
                 f"{ratio(alt_e2e['rate'], measured['fp32']['e2e']['rate']):.2f}x the default "
                 f"({workers} reader process(es) on {threads} cores)")
 
+        # The same fp32 arithmetic with torch running the CNN instead of ONNX Runtime, on
+        # the same folder in the same run: what the engine buys.
+        if predictors["fp32"].engine != "torch":
+            in_torch = Predictor.from_folder(weights, precision="fp32", engine="torch")
+            torch_alone, t_torch = cnn_alone_rate(in_torch, held)
+            torch_e2e = run_cli(data, weights, Path(tmp) / "fp32_torch.csv", "fp32", workers,
+                                engine="torch")
+            measured["fp32"]["torch"] = {"e2e": torch_e2e, "alone": torch_alone}
+            default_rate = measured["fp32"]["e2e"]["rate"]
+            sec.add("fp32 run by torch: end to end", torch_e2e["rate"], "slices/s",
+                    f"the same {torch_e2e['slices']:,} slices with --engine torch, for "
+                    f"comparison: the default ({predictors['fp32'].engine}) ran "
+                    f"{ratio(default_rate, torch_e2e['rate']):.2f}x as fast")
+            sec.add("fp32 run by torch:   CNN alone", torch_alone, "slices/s",
+                    f"as above, median of 3 passes: the default's CNN alone is "
+                    f"{ratio(measured['fp32']['alone'], torch_alone):.2f}x this",
+                    samples=t_torch)
+            sec.add("fp32 run by torch:   time per slice / fp32 floor",
+                    ratio(1.0 / torch_e2e["rate"], floor_slice), "x")
+
     subset = {} if native_bf16 else {"bf16": args.bf16_studies}
     scores = (split_scores(predictors, test_root, subset, args.split_studies or None)
               if test_root is not None else {})
@@ -517,6 +538,17 @@ def run(args: argparse.Namespace) -> Section:
             + ("within both bars" if ok else "outside the bars, so never the default"))
     sec.params["load average at end"] = f"{os.getloadavg()[0]:.2f}"
     return sec
+
+
+def _engine_line() -> str:
+    """What runs the default fp32 CNN here (`Predictor`'s ``engine="auto"``)."""
+    from hohoho_core.onnx_cnn import onnx_available
+
+    if not onnx_available():
+        return "torch (onnxruntime not installed)"
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__} (CPU provider) where it exports the model"
 
 
 def splice_section(old_md: str, rendered: str) -> str:

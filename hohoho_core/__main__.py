@@ -164,15 +164,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 device=device,
                 batch_size=args.batch_size,
                 precision=resolution.precision,
+                engine=args.engine,
             )
         except WeightsError as err:
             raise CliError(f"weights {weights}: {err}") from None
+        except ValueError as err:  # --engine onnxruntime where it cannot run
+            raise CliError(str(err)) from None
         is_main = info.rank == 0
         if is_main:
             readers = (f"{workers} reader process(es)" if workers else
                        "reading in this process" + ("" if args.workers == 0 else
                                                     f" (no reader process on {cores} cores)"))
-            print(f"precision: {resolution.describe()}; {readers}")
+            print(f"precision: {predictor.path_note}; {readers}")
 
         # Results go to disk study by study (hohoho_core.resultlog): a stopped run keeps
         # every finished study, and --resume goes on from there.
@@ -673,6 +676,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         "measured within 0.005 macro F2 and 0.02 probability of fp32 on this CPU class, "
         "else fp32 (see bench/README.md); bf16 is fast only with avx512_bf16/AMX; int8 is "
         "a statically quantised CNN. The path that ran is printed",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("auto", "torch", "onnxruntime"),
+        default="auto",
+        help="what runs the fp32 CNN on the CPU. auto (default): ONNX Runtime where it is "
+        "installed (the same fp32 arithmetic, faster kernels), else torch. bf16, int8 and "
+        "GPUs run in torch. The engine that ran is printed",
     )
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="processes reading and preprocessing studies while the CNN runs "

@@ -41,6 +41,7 @@ from hohoho_core.atomic import atomic_open
 from hohoho_core.csvsafe import safe_cell
 from hohoho_core.labels import CLASSES
 from hohoho_core.models import SequenceModel, SliceClassifier
+from hohoho_core.onnx_cnn import ENGINES, OnnxCnn, onnx_cnn
 from hohoho_core.precision import PRECISIONS, Resolution, read_table, resolve_precision
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.rsna_csv import row_id, write_rsna_csv
@@ -358,6 +359,10 @@ class Predictor:
             bench/README.md before using it). int8 uses torch's active quantized engine,
             which the entry point selects (`runtime.configure_torch`).
         precision_note: why this path runs (`precision.Resolution.describe`), for display.
+        engine: what runs the fp32 CNN on the CPU: "onnxruntime" (`onnx_cnn`: the same
+            fp32 arithmetic, faster kernels), "torch", or "auto" (the default):
+            onnxruntime where it is installed and exports this model, torch otherwise.
+            bf16, int8 and GPUs always run in torch. ``self.engine`` says which ran.
         calibration: int8 only: model inputs ``[N, 3, H, W]`` to calibrate on. None
             calibrates on the first study predicted (its own slices); `from_folder` passes
             the folder's ``calibration.safetensors`` when there is one.
@@ -380,11 +385,14 @@ class Predictor:
         precision: str = "fp32",
         calibration: np.ndarray | torch.Tensor | None = None,
         precision_note: str | None = None,
+        engine: str = "auto",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.device = torch.device(device)
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision 'int8' runs on the CPU only")
@@ -397,13 +405,26 @@ class Predictor:
         # One lock per predictor: the app shares it across sessions, and a lazily
         # calibrated int8 model must be built once.
         self._lock = threading.Lock()
-        self._infer_cnn: nn.Module | None = None
+        self._infer_cnn: nn.Module | OnnxCnn | None = None
+        onnx_ok = precision == "fp32" and self.device.type == "cpu"
+        if engine == "onnxruntime" and not onnx_ok:
+            raise ValueError("engine 'onnxruntime' runs the fp32 CNN on the CPU only")
+        self.engine = "torch"
         if precision == "int8":
             _active_engine()  # fail now, not at the first study, without an int8 engine
             if calibration is not None:
                 self._infer_cnn = quantize_int8(self.cnn, torch.as_tensor(calibration))
         else:
-            self._infer_cnn = inference_twin(self.cnn).to(memory_format=torch.channels_last)
+            twin = inference_twin(self.cnn)
+            self._infer_cnn = twin.to(memory_format=torch.channels_last)
+            if onnx_ok and engine != "torch":
+                fast = onnx_cnn(twin, config.preprocess.channels, config.preprocess.size,
+                                torch.get_num_threads())
+                if fast is None and engine == "onnxruntime":
+                    raise ValueError("engine 'onnxruntime' asked for, but onnxruntime (or "
+                                     "onnx) is not installed or cannot run this model")
+                if fast is not None:
+                    self._infer_cnn, self.engine = fast, "onnxruntime"
         self.lstm = lstm.eval().to(self.device) if lstm is not None else None
         self.thresholds = np.asarray(config.thresholds, dtype=np.float64)
         # Calibration (temperature per class, fitted on validation): 1 = the raw model.
@@ -420,6 +441,7 @@ class Predictor:
         batch_size: int = 16,
         precision: str = "auto",
         calibration: np.ndarray | torch.Tensor | None = None,
+        engine: str = "auto",
     ) -> Predictor:
         """Load a weights folder (`weights.load_weights`; raises `WeightsError`).
 
@@ -436,7 +458,7 @@ class Predictor:
                 calibration = calibration_input(studies, config.preprocess)
         return cls(cnn, lstm, config, device=device, batch_size=batch_size,
                    precision=precision, calibration=calibration,
-                   precision_note=resolution.describe())
+                   precision_note=resolution.describe(), engine=engine)
 
     def preprocess(self, study: Study) -> np.ndarray:
         """The study's model input: float32 ``[S, C, size, size]`` in [0, 1] (C: the mode's)."""
@@ -465,8 +487,16 @@ class Predictor:
             raise ValueError(f"expected input [S, {want}, H, W], got {tuple(t.shape)}")
         return t
 
-    def _forward(self, model: nn.Module, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def path_note(self) -> str:
+        """The arithmetic and what ran it, for the CLI and the app."""
+        return f"{self.precision_note}; CNN run by {self.engine}"
+
+    def _forward(self, model: nn.Module | OnnxCnn,
+                 chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One CNN batch -> (embeddings, logits), float32 on the CPU."""
+        if isinstance(model, OnnxCnn):
+            return model(chunk)
         with torch.inference_mode():
             chunk = chunk.to(self.device).contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -500,7 +530,7 @@ class Predictor:
         pending: deque[_Pending[_P]] = deque()
         chunks: list[tuple[_Pending[_P], torch.Tensor]] = []
         filled = 0
-        model: nn.Module | None = None
+        model: nn.Module | OnnxCnn | None = None
 
         def run_batch() -> None:
             nonlocal filled
@@ -561,7 +591,7 @@ class Predictor:
             run_batch()
         yield from finished()
 
-    def _cnn_for(self, first_input: torch.Tensor) -> nn.Module:
+    def _cnn_for(self, first_input: torch.Tensor) -> nn.Module | OnnxCnn:
         """The inference CNN; an uncalibrated int8 one is calibrated on ``first_input``."""
         if self._infer_cnn is None:
             with self._lock:

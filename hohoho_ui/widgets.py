@@ -168,7 +168,7 @@ def model_ui(settings: Settings) -> ModelState:
             return ModelState(None, None, folder, False, msg)
         demo = is_demo_weights(folder, settings.shipped_weights, predictor.config.data)
         st.caption(md_literal(_describe(predictor)))  # names from config.json
-        st.caption(md_literal(f"CNN arithmetic: {predictor.precision_note}"))  # issue 16
+        st.caption(md_literal(f"CNN arithmetic: {predictor.path_note}"))  # issue 16
         if demo:
             st.caption("Demo weights (synthetic training data).")
         return ModelState(predictor, key, folder, demo, None)
