@@ -11,7 +11,8 @@ are folded into the preceding convolutions (`inference_twin`), in channels-last 
 rounding (about 1e-6, far inside the project's 1e-3 tolerance). ``precision="bf16"`` runs
 the same twin under ``torch.autocast(bfloat16)`` (fast only with avx512_bf16/AMX);
 ``precision="int8"`` a static int8 CNN (`quantize_int8`), several times faster on CPUs with
-VNNI/AMX. Both move probabilities; `from_folder`'s default ``"auto"`` picks one only where
+VNNI/AMX. On the CPU the fp32 twin runs in ONNX Runtime where it is installed
+(`onnx_cnn`, ``engine="auto"``): same arithmetic, faster kernels. Both move probabilities; `from_folder`'s default ``"auto"`` picks one only where
 the weights' measured table says it keeps their answers (`hohoho_core.precision`).
 
 Nothing here changes process-wide torch state (threads, quantised engine, cuDNN flags):
