@@ -4,9 +4,9 @@ The batch-norm-folded twin (`predict.inference_twin`) is exported to ONNX in mem
 `Predictor` is built and run by ONNX Runtime's CPU provider. The answers are fp32 as in
 torch, differing by float rounding only (about 1e-6 on the logits); what changes is the
 kernels: ONNX Runtime fuses each convolution with its bias, ReLU and residual add and runs
-it in a blocked channel layout. On the 2-core AVX-512 Xeon the ResNet-18 at 160 px ran at
-106-114 slices/s against torch's 78-85, measured alternately in one run (bench/README.md,
-section 9). Its output for a slice does not depend on the other slices of the batch, and
+it in a blocked channel layout. On the 2-core AVX-512 Xeon the ResNet-18 at 160 px ran
+1.01-1.33x as fast as in torch over four comparisons (bench/README.md), never slower. Its
+output for a slice does not depend on the other slices of the batch, and
 the same input gives the same bits every run with the same thread count.
 
 Nothing here is required: without ``onnxruntime`` (or ``onnx``, which torch's exporter
