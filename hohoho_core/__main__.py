@@ -175,7 +175,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             readers = (f"{workers} reader process(es)" if workers else
                        "reading in this process" + ("" if args.workers == 0 else
                                                     f" (no reader process on {cores} cores)"))
-            print(f"precision: {predictor.path_note}; {readers}")
+            print(f"precision: {resolution.describe()}; CNN run by {predictor.engine}; "
+                  f"{readers}")
 
         # Results go to disk study by study (hohoho_core.resultlog): a stopped run keeps
         # every finished study, and --resume goes on from there.
