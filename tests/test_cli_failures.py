@@ -199,6 +199,8 @@ def test_write_failure_after_predicting_is_one_line(
     monkeypatch.setattr(dicom, "scan_source", lambda src: NoStudies())
     monkeypatch.setattr(predict_mod, "write_predictions", full_disk)
     class NoModel:  # there is nothing to predict: the stream passes the (no) items through
+        engine = "torch"
+
         def predict_stream(self, items: Any, timing: object = None) -> Any:
             return ((item, None) for item in items)
 

@@ -91,3 +91,23 @@ def test_cli_says_which_engine_ran_and_both_agree(
                str(tmp_path / "x.csv"), "--precision", "int8", "--engine", "onnxruntime"])
     assert rc != 0
     assert "fp32 CNN on the CPU only" in capsys.readouterr().err
+
+
+def test_sessions_are_reused_for_the_same_weights_only(weights: Path, tmp_path: Path) -> None:
+    a = Predictor.from_folder(weights, precision="fp32")
+    b = Predictor.from_folder(weights, precision="fp32")
+    other = Predictor.from_folder(make_weights(tmp_path / "w2", size=32, seed=1),
+                                  precision="fp32")
+    assert a._infer_cnn is b._infer_cnn  # same bytes: the export is not repeated
+    assert other.engine == "onnxruntime" and other._infer_cnn is not a._infer_cnn
+    x = _input(4, seed=3)
+    slow = Predictor.from_folder(tmp_path / "w2", precision="fp32", engine="torch")
+    np.testing.assert_allclose(other.predict_input(x)[1], slow.predict_input(x)[1],
+                               rtol=1e-4, atol=1e-5)
+    # A single changed weight is another model: a fresh session, with its own answers.
+    cnn, lstm, config = a.cnn, a.lstm, a.config
+    with torch.no_grad():
+        cnn.head.weight[0, 0] += 1.0
+    changed = Predictor(cnn, lstm, config)
+    assert changed._infer_cnn is not a._infer_cnn
+    assert not np.array_equal(changed.predict_input(x)[1], a.predict_input(x)[1])
