@@ -361,7 +361,6 @@ def run(args: argparse.Namespace) -> Section:
         "threads": f"{threads} torch threads in the command (all usable cores), "
                    f"{workers} reader process(es)",
         "CPU class": klass,
-        "fp32 CNN engine": _engine_line(),
         "load average at start": f"{os.getloadavg()[0]:.2f}",
     })
 
@@ -377,6 +376,7 @@ def run(args: argparse.Namespace) -> Section:
             f"{1 / floor_slice:.0f} slices/s")
 
     predictors = {p: Predictor.from_folder(weights, precision=p) for p in PRECISIONS}
+    sec.params["fp32 CNN engine"] = _engine_line(predictors["fp32"].engine)
     held = cnn_inputs(data, predictors["fp32"], args.cnn_studies)
     # Reading costs CPU the CNN could have had: the measured ceiling of the pipeline's
     # efficiency on these cores is t_cnn / (t_cnn + t_read / cores) with reader processes
@@ -540,15 +540,13 @@ def run(args: argparse.Namespace) -> Section:
     return sec
 
 
-def _engine_line() -> str:
-    """What runs the default fp32 CNN here (`Predictor`'s ``engine="auto"``)."""
-    from hohoho_core.onnx_cnn import onnx_available
-
-    if not onnx_available():
-        return "torch (onnxruntime not installed)"
+def _engine_line(engine: str) -> str:
+    """What ran the default fp32 CNN here (`Predictor.engine` under ``engine="auto"``)."""
+    if engine != "onnxruntime":
+        return f"{engine} (ONNX Runtime not installed, or it could not run the model)"
     import onnxruntime
 
-    return f"onnxruntime {onnxruntime.__version__} (CPU provider) where it exports the model"
+    return f"onnxruntime {onnxruntime.__version__} (CPU provider), the default"
 
 
 def splice_section(old_md: str, rendered: str) -> str:

@@ -147,6 +147,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             resolution = resolve_folder_precision(weights, args.precision, device)
         except WeightsError as err:
             raise CliError(f"weights {weights}: {err}") from None
+        if args.engine == "onnxruntime" and (resolution.precision != "fp32"
+                                             or not str(device).startswith("cpu")):
+            raise CliError(f"--engine onnxruntime runs the fp32 CNN on the CPU only; here "
+                           f"the CNN would run {resolution.precision} on {device} "
+                           f"({resolution.describe()}): add --precision fp32 --device cpu")
         # Processes on one machine share its cores.
         local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         cores = max(1, available_cores() // local_world)
@@ -168,8 +173,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             )
         except WeightsError as err:
             raise CliError(f"weights {weights}: {err}") from None
-        except ValueError as err:  # --engine onnxruntime where it cannot run
-            raise CliError(str(err)) from None
+        except ValueError as err:  # --engine onnxruntime, not installed or failed export
+            raise CliError(f"--engine {args.engine}: {err}") from None
         is_main = info.rank == 0
         if is_main:
             readers = (f"{workers} reader process(es)" if workers else
@@ -678,9 +683,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         "else fp32 (see bench/README.md); bf16 is fast only with avx512_bf16/AMX; int8 is "
         "a statically quantised CNN. The path that ran is printed",
     )
+    from hohoho_core.precision import ENGINES  # light: no torch
+
     p.add_argument(
         "--engine",
-        choices=("auto", "torch", "onnxruntime"),
+        choices=ENGINES,
         default="auto",
         help="what runs the fp32 CNN on the CPU. auto (default): ONNX Runtime where it is "
         "installed (the same fp32 arithmetic, faster kernels), else torch. bf16, int8 and "

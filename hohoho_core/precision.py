@@ -24,6 +24,7 @@ from hohoho_core.atomic import atomic_write_text
 
 __all__ = [
     "DP_BAR",
+    "ENGINES",
     "F2_BAR",
     "PRECISIONS",
     "TABLE_NAME",
@@ -39,6 +40,8 @@ __all__ = [
 
 #: Concrete CNN arithmetic paths (`predict.Predictor`); "auto" resolves to one of them.
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
+#: What runs the fp32 CNN on the CPU (`onnx_cnn`); "auto": onnxruntime where installed.
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 TABLE_NAME = "precision.json"
 F2_BAR = 0.005  # |macro F2 - fp32 macro F2| on the test split
 DP_BAR = 0.02  # max |p - p_fp32| over every slice and class of the test split

@@ -11,9 +11,10 @@ are folded into the preceding convolutions (`inference_twin`), in channels-last 
 rounding (about 1e-6, far inside the project's 1e-3 tolerance). ``precision="bf16"`` runs
 the same twin under ``torch.autocast(bfloat16)`` (fast only with avx512_bf16/AMX);
 ``precision="int8"`` a static int8 CNN (`quantize_int8`), several times faster on CPUs with
-VNNI/AMX. On the CPU the fp32 twin runs in ONNX Runtime where it is installed
-(`onnx_cnn`, ``engine="auto"``): same arithmetic, faster kernels. Both move probabilities; `from_folder`'s default ``"auto"`` picks one only where
-the weights' measured table says it keeps their answers (`hohoho_core.precision`).
+VNNI/AMX. Both move probabilities; `from_folder`'s default ``"auto"`` picks one only where
+the weights' measured table says it keeps their answers (`hohoho_core.precision`). On the
+CPU the fp32 twin runs in ONNX Runtime where it is installed (`onnx_cnn`,
+``engine="auto"``): the same fp32 arithmetic in faster kernels, rounding apart.
 
 Nothing here changes process-wide torch state (threads, quantised engine, cuDNN flags):
 the entry point sets those once with `runtime.configure_torch`.
@@ -230,8 +231,9 @@ def _check_engine(engine: str) -> None:
         )
 
 
-#: CPU flags whose int8 dot products accumulate straight into 32 bits (no 16-bit step).
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+#: CPU flags whose int8 kernels in torch accumulate straight into 32 bits (no 16-bit
+#: step). AVX-VNNI without AVX-512 is left out, as torch's own VNNI check leaves it out.
+VNNI_FLAGS = frozenset({"avx512_vnni", "amx_int8"})
 
 
 def int8_qconfig_mapping(engine: str, flags: frozenset[str]) -> Any:
@@ -255,7 +257,9 @@ def int8_qconfig_mapping(engine: str, flags: frozenset[str]) -> Any:
         activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False),
         weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
                                                   qscheme=torch.per_channel_symmetric))
-    return QConfigMapping().set_global(qconfig)
+    # Torch's per-op entries (fixed ranges for sigmoid, shared ones for reshapes) stay.
+    mapping: QConfigMapping = get_default_qconfig_mapping(engine)
+    return mapping.set_global(qconfig)
 
 
 def quantize_int8(cnn: SliceClassifier, calibration: torch.Tensor,

@@ -212,7 +212,9 @@ def test_int8_observers_follow_the_cpu() -> None:
 
     vnni = activation({"avx2", "avx512f", "avx512_vnni"})
     assert isinstance(vnni, MinMaxObserver) and not vnni.reduce_range
-    assert isinstance(activation({"avx2", "avx_vnni"}), MinMaxObserver)
+    # AVX-VNNI without AVX-512: torch's kernels are not known to sum in 32 bits there.
+    assert isinstance(activation({"avx2", "avx_vnni"}), HistogramObserver)
+    assert isinstance(activation({"avx2", "amx_int8"}), MinMaxObserver)
     plain = activation({"avx2", "avx512f"})
     assert isinstance(plain, HistogramObserver) and plain.reduce_range
     assert not isinstance(activation({"avx512_vnni"}, "qnnpack"), MinMaxObserver)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,7 @@ def test_other_paths_and_missing_runtime_stay_in_torch(
 def test_an_export_that_disagrees_with_torch_never_runs(
     weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    assert Predictor.from_folder(weights, precision="fp32").engine == "onnxruntime"
     real_call = onnx_mod.OnnxCnn.__call__
 
     def off_by_a_bit(self: onnx_mod.OnnxCnn, x: torch.Tensor) -> tuple:
@@ -69,6 +71,18 @@ def test_an_export_that_disagrees_with_torch_never_runs(
     monkeypatch.setattr(onnx_mod.OnnxCnn, "__call__", off_by_a_bit)
     predictor = Predictor.from_folder(weights, precision="fp32")
     assert predictor.engine == "torch"
+
+    def broken(self: onnx_mod.OnnxCnn, x: torch.Tensor) -> tuple:
+        raise RuntimeError("a kernel this CPU lacks")
+
+    monkeypatch.setattr(onnx_mod.OnnxCnn, "__call__", broken)
+    assert Predictor.from_folder(weights, precision="fp32").engine == "torch"
+
+
+def test_onnx_without_onnxruntime_is_not_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert onnx_mod.onnx_available()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import now raises ImportError
+    assert not onnx_mod.onnx_available()
 
 
 def test_cli_says_which_engine_ran_and_both_agree(
