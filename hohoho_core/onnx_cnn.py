@@ -140,6 +140,8 @@ def _export(twin: nn.Module, channels: int, size: int, threads: int) -> OnnxCnn 
         with warnings.catch_warnings(), torch.inference_mode():
             # The TorchScript exporter announces its deprecation in favour of the dynamo
             # one, which needs onnxscript; it exports this graph exactly.
+            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript",
+                                    category=DeprecationWarning)
             warnings.filterwarnings("ignore", module=r"torch\.(onnx|jit)")
             torch.onnx.export(
                 twin.eval(), (example,), buf, input_names=["x"], output_names=["emb", "logits"],
