@@ -282,6 +282,9 @@ def test_viewer_sends_the_study_once_and_follows_the_browser(app_env: AppData) -
 
 def test_viewer_payload_marks_the_predicted_slices(app_env: AppData) -> None:
     at = run_app()
+    # The sidebar says which arithmetic ran and what ran it (issue 16).
+    arithmetic = [c.value for c in at.sidebar.caption if "CNN arithmetic" in c.value]
+    assert len(arithmetic) == 1 and "CNN run by onnxruntime" in arithmetic[0]
     study = load_study(first_study_paths(app_env))
     pred = Predictor.from_folder(app_env.weights).predict(study)
     meta = viewer_args(at)["meta"]
