@@ -64,6 +64,7 @@ from hohoho_core.precision import (
     PathCheck,
     PrecisionTable,
     cpu_class,
+    int8_recipe,
     read_table,
     resolve_precision,
     write_table,
@@ -489,7 +490,9 @@ def run(args: argparse.Namespace) -> Section:
                     klass: measured[name]["e2e"]["rate"]} for name in PRECISIONS}
     table = PrecisionTable(
         {name: PathCheck(scores[name]["macro_f2"], scores[name]["f2_delta"],
-                         scores[name]["max_dp"], rates[name], int(scores[name]["n_slices"]))
+                         scores[name]["max_dp"], rates[name], int(scores[name]["n_slices"]),
+                         recipe=(int8_recipe(flags, torch.backends.quantized.engine)
+                                 if name == "int8" else ""))
          for name in PRECISIONS if name in scores},
         test_split=test_root.name if test_root is not None else "",
         n_slices=int(scores["fp32"]["n_slices"]) if "fp32" in scores else 0,

@@ -27,11 +27,14 @@ __all__ = [
     "ENGINES",
     "F2_BAR",
     "PRECISIONS",
+    "QUANTIZED_ENGINES",
     "TABLE_NAME",
+    "VNNI_FLAGS",
     "PathCheck",
     "PrecisionTable",
     "Resolution",
     "cpu_class",
+    "int8_recipe",
     "natively_supported",
     "read_table",
     "resolve_precision",
@@ -42,6 +45,12 @@ __all__ = [
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "int8")
 #: What runs the fp32 CNN on the CPU (`onnx_cnn`); "auto": onnxruntime where installed.
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+#: int8 CPU engines in order of preference: "x86" (oneDNN + fbgemm, VNNI/AMX) is the fastest
+#: where built; qnnpack is the ARM fallback (`runtime.best_quantized_engine`).
+QUANTIZED_ENGINES: tuple[str, ...] = ("x86", "fbgemm", "onednn", "qnnpack")
+#: CPU flags whose int8 kernels in torch accumulate straight into 32 bits (no 16-bit
+#: step). AVX-VNNI without AVX-512 is left out, as torch's own VNNI check leaves it out.
+VNNI_FLAGS = frozenset({"avx512_vnni", "amx_int8"})
 TABLE_NAME = "precision.json"
 F2_BAR = 0.005  # |macro F2 - fp32 macro F2| on the test split
 DP_BAR = 0.02  # max |p - p_fp32| over every slice and class of the test split
@@ -62,6 +71,18 @@ def cpu_class(flags: Iterable[str]) -> str:
     return "other"
 
 
+def int8_recipe(flags: Iterable[str], engine: str) -> str:
+    """The int8 recipe `predict.quantize_int8` uses with this CPU and quantised engine.
+
+    "vnni-minmax8" (activations on 8 bits, min-max ranges) where VNNI sums in 32 bits;
+    "torch-default" (torch's qconfig: 7-bit activations, histogram ranges) elsewhere. The
+    two move probabilities differently, so an accuracy check holds for its recipe only.
+    """
+    if engine != "qnnpack" and VNNI_FLAGS & set(flags):
+        return "vnni-minmax8"
+    return "torch-default"
+
+
 def natively_supported(path: str, flags: Iterable[str], quantized_engines: Iterable[str]) -> bool:
     """Whether this CPU runs ``path`` in hardware (bf16 elsewhere is emulated: slow)."""
     if path == "fp32":
@@ -69,7 +90,7 @@ def natively_supported(path: str, flags: Iterable[str], quantized_engines: Itera
     if path == "bf16":
         return bool({"avx512_bf16", "amx_bf16"} & set(flags))
     if path == "int8":
-        return any(e in ("x86", "fbgemm", "onednn", "qnnpack") for e in quantized_engines)
+        return any(e in QUANTIZED_ENGINES for e in quantized_engines)
     raise ValueError(f"unknown precision {path!r}")
 
 
@@ -83,6 +104,7 @@ class PathCheck:
         max_dp: largest ``|p - p_fp32|`` (final output, every slice and class).
         slices_per_s: end-to-end batch rate per CPU class (`cpu_class`) it was timed on.
         n_slices: test-split slices the comparison with fp32 covered.
+        recipe: int8 only: the `int8_recipe` the accuracy was measured with ("" unknown).
     """
 
     macro_f2: float
@@ -90,6 +112,7 @@ class PathCheck:
     max_dp: float
     slices_per_s: dict[str, float] = field(default_factory=dict)
     n_slices: int = 0
+    recipe: str = ""
 
     @property
     def accepted(self) -> bool:
@@ -114,7 +137,7 @@ class PrecisionTable:
             "paths": {
                 name: {"macro_f2": c.macro_f2, "f2_delta": c.f2_delta, "max_dp": c.max_dp,
                        "accepted": c.accepted, "slices_per_s": dict(c.slices_per_s),
-                       "n_slices": c.n_slices}
+                       "n_slices": c.n_slices, **({"recipe": c.recipe} if c.recipe else {})}
                 for name, c in self.paths.items()
             },
         }
@@ -139,6 +162,7 @@ def read_table(folder: str | Path) -> PrecisionTable | None:
                 max_dp=float(p["max_dp"]),
                 slices_per_s={str(k): float(v) for k, v in p.get("slices_per_s", {}).items()},
                 n_slices=int(p.get("n_slices", 0)),
+                recipe=str(p.get("recipe", "")),
             )
             for name, p in doc["paths"].items()
             if name in PRECISIONS
@@ -192,7 +216,8 @@ def resolve_precision(
     for name, check in table.paths.items():
         rate = check.slices_per_s.get(klass)
         if (name != "fp32" and check.accepted and rate is not None and rate > best_rate
-                and natively_supported(name, flags, engines)):
+                and natively_supported(name, flags, engines)
+                and _same_recipe(name, check, flags, engines)):
             best, best_rate = name, rate
     if best != "fp32":
         return Resolution(best, f"auto: {best_rate / base:.2f}x fp32 on {klass}, within the bars")
@@ -210,6 +235,17 @@ def _why_not(table: PrecisionTable, klass: str, flags: set[str], engines: list[s
             notes.append(f"{name} misses the accuracy bars")
         elif not natively_supported(name, flags, engines):
             notes.append(f"{name} not native on {klass}")
+        elif not _same_recipe(name, check, flags, engines):
+            notes.append(f"{name} checked with another recipe ({check.recipe or 'unknown'}) "
+                         "than this CPU's")
         else:
             notes.append(f"{name} not faster on {klass}")
     return "; ".join(notes) or "no other path measured"
+
+
+def _same_recipe(name: str, check: PathCheck, flags: set[str], engines: list[str]) -> bool:
+    """int8's accuracy holds only for the recipe it was measured with (`int8_recipe`)."""
+    if name != "int8":
+        return True
+    engine = next((e for e in QUANTIZED_ENGINES if e in engines), "")
+    return check.recipe == int8_recipe(flags, engine)

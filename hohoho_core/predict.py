@@ -44,7 +44,13 @@ from hohoho_core.csvsafe import safe_cell
 from hohoho_core.labels import CLASSES
 from hohoho_core.models import SequenceModel, SliceClassifier
 from hohoho_core.onnx_cnn import ENGINES, OnnxCnn, onnx_cnn
-from hohoho_core.precision import PRECISIONS, Resolution, read_table, resolve_precision
+from hohoho_core.precision import (
+    PRECISIONS,
+    Resolution,
+    int8_recipe,
+    read_table,
+    resolve_precision,
+)
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.rsna_csv import row_id, write_rsna_csv
 from hohoho_core.runtime import QUANTIZED_ENGINES, cpu_flags
@@ -231,11 +237,6 @@ def _check_engine(engine: str) -> None:
         )
 
 
-#: CPU flags whose int8 kernels in torch accumulate straight into 32 bits (no 16-bit
-#: step). AVX-VNNI without AVX-512 is left out, as torch's own VNNI check leaves it out.
-VNNI_FLAGS = frozenset({"avx512_vnni", "amx_int8"})
-
-
 def int8_qconfig_mapping(engine: str, flags: frozenset[str]) -> Any:
     """The observers `quantize_int8` uses: weights per channel, activations by the CPU.
 
@@ -251,7 +252,7 @@ def int8_qconfig_mapping(engine: str, flags: frozenset[str]) -> Any:
     from torch.ao.quantization import QConfig, QConfigMapping, get_default_qconfig_mapping
     from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
-    if engine == "qnnpack" or not (VNNI_FLAGS & flags):
+    if int8_recipe(flags, engine) != "vnni-minmax8":
         return get_default_qconfig_mapping(engine)
     qconfig = QConfig(
         activation=MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hohoho_core.precision import QUANTIZED_ENGINES
 from hohoho_core.system import available_cores
 
 __all__ = [
@@ -22,9 +23,6 @@ __all__ = [
     "cpu_flags",
 ]
 
-#: int8 CPU engines in order of preference: "x86" (oneDNN + fbgemm, VNNI/AMX) is the fastest
-#: where built; qnnpack is the ARM fallback.
-QUANTIZED_ENGINES: tuple[str, ...] = ("x86", "fbgemm", "onednn", "qnnpack")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from hohoho_core.precision import (
     PathCheck,
     PrecisionTable,
     cpu_class,
+    int8_recipe,
     read_table,
     resolve_precision,
     write_table,
@@ -204,7 +205,7 @@ def _table(bf16_ok: bool = True, int8_ok: bool = False) -> PrecisionTable:
         "fp32": PathCheck(0.80, 0.0, 0.0, {"avx2": 100.0, "amx": 300.0}),
         "bf16": PathCheck(0.80, 0.001 if bf16_ok else 0.01, 0.01, {"avx2": 20.0, "amx": 900.0}),
         "int8": PathCheck(0.81, 0.001 if int8_ok else 0.0067, 0.019 if int8_ok else 0.2,
-                          {"avx2": 250.0}),
+                          {"avx2": 250.0}, recipe="torch-default"),
     })
 
 
@@ -221,6 +222,15 @@ def test_precision_auto_resolves_from_the_measured_table() -> None:
     assert resolve_precision("auto", _table(int8_ok=True), AVX2, ENGINES).precision == "int8"
     assert resolve_precision("auto", _table(False, True), AMX, ENGINES).precision == "fp32"
     assert resolve_precision("auto", _table(int8_ok=True), AVX2, ()).precision == "fp32"
+    # int8 checked with torch's default recipe proves nothing for the VNNI one (and back).
+    vnni = resolve_precision("auto", _table(int8_ok=True), {*AVX2, "avx512_vnni"}, ENGINES)
+    assert vnni.precision == "fp32" and "another recipe (torch-default)" in vnni.reason
+    unknown = replace(_table(int8_ok=True).paths["int8"], recipe="")
+    table = PrecisionTable({**_table(int8_ok=True).paths, "int8": unknown})
+    assert resolve_precision("auto", table, AVX2, ENGINES).precision == "fp32"
+    assert int8_recipe({*AVX2, "avx512_vnni"}, "x86") == "vnni-minmax8"
+    assert int8_recipe({*AVX2, "avx512_vnni"}, "qnnpack") == "torch-default"
+    assert int8_recipe({*AVX2, "avx_vnni"}, "x86") == "torch-default"
     # No table, an unmeasured CPU class, a GPU: fp32. An explicit path is kept.
     assert resolve_precision("auto", None, AMX, ENGINES).precision == "fp32"
     assert resolve_precision("auto", _table(), {"avx512f"}, ENGINES).precision == "fp32"
