@@ -5,8 +5,8 @@ The batch-norm-folded twin (`predict.inference_twin`) is exported to ONNX in mem
 torch, differing by float rounding only (about 1e-6 on the logits); what changes is the
 kernels: ONNX Runtime fuses each convolution with its bias, ReLU and residual add and runs
 it in a blocked channel layout. On the 2-core AVX-512 Xeon the ResNet-18 at 160 px ran
-between 1.01x and 1.37x as fast as in torch in four comparisons on different minutes
-(bench/README.md), never slower. Its output for a slice does not depend on the other slices of the batch, and
+1.01-1.37x as fast as in torch in timings alternated in one process, and 1.01-1.23x end
+to end over a 200-study folder (bench/README.md). Its output for a slice does not depend on the other slices of the batch, and
 the same input gives the same bits every run with the same thread count.
 
 Nothing here is required: without ``onnxruntime`` (or ``onnx``, which torch's exporter
