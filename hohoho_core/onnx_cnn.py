@@ -6,8 +6,9 @@ torch, differing by float rounding only (about 1e-6 on the logits); what changes
 kernels: ONNX Runtime fuses each convolution with its bias, ReLU and residual add and runs
 it in a blocked channel layout. On the 2-core AVX-512 Xeon the ResNet-18 at 160 px ran
 1.01-1.37x as fast as in torch in timings alternated in one process, and 1.01-1.23x end
-to end over a 200-study folder (bench/README.md). Its output for a slice does not depend on the other slices of the batch, and
-the same input gives the same bits every run with the same thread count.
+to end over a 200-study folder (bench/README.md). Its output for a slice does not depend
+on the other slices of the batch, and the same input gives the same bits every run with
+the same thread count.
 
 Nothing here is required: without ``onnxruntime`` (or ``onnx``, which torch's exporter
 needs), or for a model the exporter cannot take, `onnx_cnn` returns None and the caller

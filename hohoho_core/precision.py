@@ -9,7 +9,8 @@ path on the CPU class it was measured on.
 ``auto`` resolves, for a CPU device, to the fastest path that (1) passed both bars, (2) this
 CPU runs natively (bf16 needs avx512_bf16 or AMX-bf16; int8 needs a quantised engine) and
 (3) was measured faster than fp32 on this CPU class; anything unmeasured stays fp32. So a
-folder without the table, another CPU class, or a GPU gets fp32.
+folder without the table, another CPU class, or a GPU gets fp32. int8 also needs (4) this
+CPU to run the quantisation recipe its check was made with (`int8_recipe`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True)
 class TorchSettings:
     """What `configure_torch` left in effect."""
