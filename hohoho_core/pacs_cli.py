@@ -168,9 +168,13 @@ def predict_dicomweb(
                     quantized_engine="auto" if args.precision == "int8" else None)
     try:
         predictor = Predictor.from_folder(weights, device=args.device or "cpu",
-                                          batch_size=args.batch_size, precision=args.precision)
+                                          batch_size=args.batch_size, precision=args.precision,
+                                          engine=args.engine)
     except WeightsError as err:
         raise error(f"weights {weights}: {err}") from None
+    except ValueError as err:  # --engine onnxruntime where it cannot run
+        raise error(f"--engine {args.engine}: {err}") from None
+    print(f"precision: {predictor.path_note}")
     model = model_identity(predictor.config, weights)
 
     records: list[dict[str, Any]] = []

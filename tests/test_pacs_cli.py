@@ -102,8 +102,10 @@ def test_predict_a_study_and_store_its_report(orthanc_rw, pacs_studies, tmp_path
 def test_predict_every_study_a_query_finds(orthanc, pacs_studies, tmp_path, capsys):
     out = tmp_path / "preds.csv"
     rc = main(["predict", "--dicomweb", orthanc.dicomweb_url, "--date-from", "2019-01-11",
-               "--date-to", "2019-01-12", "--out", str(out)])
-    assert rc == 0, capsys.readouterr().err
+               "--date-to", "2019-01-12", "--out", str(out), "--engine", "torch"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "CNN run by torch" in captured.out  # --engine reaches the PACS path too
     studies = (tmp_path / "preds_studies.csv").read_text()
     assert pacs_studies[0].study_uid not in studies
     assert pacs_studies[1].study_uid in studies and pacs_studies[2].study_uid in studies
