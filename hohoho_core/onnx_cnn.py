@@ -29,9 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hohoho_core.precision import ENGINES
-
-__all__ = ["ENGINES", "OnnxCnn", "onnx_available", "onnx_cnn"]
+__all__ = ["OnnxCnn", "onnx_available", "onnx_cnn"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,6 @@ class OnnxCnn:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle workers must not spin: between batches the same cores read the next studies.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.threads = options.intra_op_num_threads
         self._session = ort.InferenceSession(model_bytes, options,
                                              providers=["CPUExecutionProvider"])
 

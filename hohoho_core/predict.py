@@ -43,8 +43,9 @@ from hohoho_core.atomic import atomic_open
 from hohoho_core.csvsafe import safe_cell
 from hohoho_core.labels import CLASSES
 from hohoho_core.models import SequenceModel, SliceClassifier
-from hohoho_core.onnx_cnn import ENGINES, OnnxCnn, onnx_cnn
+from hohoho_core.onnx_cnn import OnnxCnn, onnx_cnn
 from hohoho_core.precision import (
+    ENGINES,
     PRECISIONS,
     Resolution,
     int8_recipe,
