@@ -35,7 +35,8 @@ from bench.common import (
     cnn_flops,
     compute_floor_s,
     lstm_flops,
-    matmul_rate,
+    matmul_note,
+    matmul_rates,
     ratio,
     time_call,
 )
@@ -201,10 +202,10 @@ def run(ctx: BenchContext) -> Section:
                       preprocess=cfg.to_dict())
 
     # (b) compute floor, measured first while nothing else is warm.
-    rate = matmul_rate(s.matmul_n, repeats=s.matmul_repeats)
+    rates = matmul_rates(s.matmul_n, repeats=s.matmul_repeats)
+    rate = max(rates.values())
     sec.add("fp32 matmul rate", rate / 1e9, "GFLOP/s",
-            f"torch.mm {s.matmul_n}x{s.matmul_n}, best of {s.matmul_repeats}, "
-            f"{ctx.threads} threads")
+            matmul_note(rates, s.matmul_n, s.matmul_repeats))
 
     predictor = Predictor(bundle.cnn, bundle.lstm, bundle.config)  # threads: run_all's
     study = load_study(folder)
