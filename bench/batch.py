@@ -10,8 +10,8 @@ its wall time and the peak memory of its process tree (the command's peak reside
 each reader process's private pages; see `run_cli`).
 In the same run it times the CNN alone (`Predictor.predict_stream`'s own CNN timing on model
 inputs held in memory, batched exactly as the command batches them) and the fp32 compute
-floor (FLOPs / this machine's ``torch.mm`` rate, as in section 1), and scores each path
-against fp32 on the shipped weights' synthetic test split (macro F2 and the largest
+floor (FLOPs / this machine's best fp32 GEMM rate, `bench.common.matmul_rate`), and scores
+each path against fp32 on the shipped weights' synthetic test split (macro F2 and the largest
 probability move). The rule of `hohoho_core.precision` then
 decides the default, and the table it reads is written beside the weights.
 
@@ -22,6 +22,7 @@ timed and scored on the first ``--bf16-studies`` studies only, which the rows sa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,14 +48,15 @@ from bench.common import (
     cpu_snapshot,
     machine_info,
     machine_line,
-    matmul_rate,
+    matmul_note,
+    matmul_rates,
     other_load,
     ratio,
 )
 from bench.context import FULL, REPO_ROOT, SHIPPED_WEIGHTS, BenchContext, generate_once
 from bench.int8 import test_split_root
 from bench.report import render_markdown
-from hohoho_core.batch import PreparedStudy, default_workers, prepared_studies
+from hohoho_core.batch import PreparedStudy, default_lanes, default_workers, prepared_studies
 from hohoho_core.dicom import scan_source
 from hohoho_core.evaluate import predict_index, score
 from hohoho_core.precision import (
@@ -96,6 +98,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "split's; the demo's 512 px took too long to generate here)")
     p.add_argument("--workers", type=int, default=None,
                    help="reader processes (default: predict's default for this machine)")
+    p.add_argument("--lanes", type=int, default=None,
+                   help="CNN lanes of the command (default: predict's default for this machine)")
     p.add_argument("--bf16-studies", type=int, default=5,
                    help="studies bf16 runs on where it is emulated (no avx512_bf16/AMX)")
     p.add_argument("--other-studies", type=int, default=20,
@@ -152,7 +156,7 @@ SAMPLE_S = 2.0
 
 
 def run_cli(data: Path, weights: Path, out: Path, precision: str,
-            workers: int, engine: str = "auto") -> dict[str, Any]:
+            workers: int, engine: str = "auto", lanes: int = 1) -> dict[str, Any]:
     """The real command as a child process: wall time, pipeline rate, peak memory.
 
     Peak memory: the command's peak resident set (``ru_maxrss`` from ``wait4``: the largest
@@ -163,7 +167,7 @@ def run_cli(data: Path, weights: Path, out: Path, precision: str,
     """
     cmd = [sys.executable, "-m", "hohoho_core", "predict", str(data), "--weights", str(weights),
            "--out", str(out), "--precision", precision, "--workers", str(workers),
-           "--engine", engine, "--progress-every", "1e9"]
+           "--engine", engine, "--lanes", str(lanes), "--progress-every", "1e9"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
@@ -240,6 +244,18 @@ def cnn_inputs(data: Path, predictor: Predictor, n: int) -> list[np.ndarray]:
     return out
 
 
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` inside the block (the command's setting for
+    what is built or timed there: an ONNX Runtime session takes torch's count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def reading_rate(folder: Path, predictor: Predictor, threads: int) -> tuple[float, int]:
     """(slices per second, slices) of reading and preprocessing ``folder`` in this process
     with ``threads`` torch threads, after its header scan: `batch.prepared_studies` without
@@ -266,12 +282,14 @@ def reading_rate(folder: Path, predictor: Predictor, threads: int) -> tuple[floa
 
 
 def cnn_alone_rate(predictor: Predictor, inputs: Sequence[np.ndarray],
-                   earlier: Timing | None = None) -> tuple[float, Timing]:
+                   earlier: Timing | None = None, threads: int | None = None
+                   ) -> tuple[float, Timing]:
     """Slices per second of the CNN alone over ``inputs`` held in memory, batched exactly as
     the command batches them (`Predictor.predict_stream`: full batches across studies, the
     last one padded), timed by the stream's own `CnnTiming` (CNN passes only): the median of
     three passes after one to warm up, pooled with ``earlier`` passes (the same timing taken
-    before the end-to-end run: this machine's speed drifts by up to a fifth between minutes)."""
+    before the end-to-end run: this machine's speed drifts by up to a fifth between minutes).
+    ``threads``: torch's threads meanwhile (each lane's, for a predictor with lanes)."""
     items = [PreparedStudy(i, f"1.{i}", f"1.{i}.1", [f"ID_{i}_{j}" for j in range(len(x))], x)
              for i, x in enumerate(inputs)]
     # Slices through the CNN, the last batch's padding included: 145 held slices fill 10
@@ -285,8 +303,9 @@ def cnn_alone_rate(predictor: Predictor, inputs: Sequence[np.ndarray],
             pass
         return timing.seconds
 
-    cnn_seconds()  # warm-up
-    t = Timing(tuple(cnn_seconds() for _ in range(3)))
+    with torch_threads(threads or torch.get_num_threads()):
+        cnn_seconds()  # warm-up
+        t = Timing(tuple(cnn_seconds() for _ in range(3)))
     if earlier is not None:
         t = Timing(earlier.samples + t.samples)
     return n / t.median, t
@@ -339,6 +358,8 @@ def run(args: argparse.Namespace) -> Section:
     flags = cpu_flags()
     klass = cpu_class(flags)
     workers = default_workers(threads) if args.workers is None else args.workers
+    lanes = default_lanes(threads) if args.lanes is None else args.lanes
+    lane_threads = max(1, threads // lanes)
     sec = Section("batch", TITLE)
     weights = SHIPPED_WEIGHTS
     cnn, _, config = load_weights(weights)
@@ -358,49 +379,67 @@ def run(args: argparse.Namespace) -> Section:
         "folder": f"{args.studies} synthetic studies, {args.size} px, 20-40 slices "
                   f"(python -m hohoho_core.synthetic --studies {args.studies} --seed "
                   f"{args.seed} --size {args.size})",
-        "command": f"python -m hohoho_core predict FOLDER --precision P --workers {workers}",
-        "threads": f"{threads} torch threads in the command (all usable cores), "
-                   f"{workers} reader process(es)",
+        "command": f"python -m hohoho_core predict FOLDER --precision P --workers {workers} "
+                   f"--lanes {lanes}",
+        "threads": f"{lanes} CNN lane(s) of {lane_threads} torch thread(s) in the command "
+                   f"({threads} usable cores), {workers} reader process(es)",
         "CPU class": klass,
         "load average at start": f"{os.getloadavg()[0]:.2f}",
     })
 
-    # The fp32 compute floor per slice, as in section 1: FLOPs / best torch.mm rate.
-    rate = matmul_rate()
+    # The fp32 compute floor per slice, as in section 1: FLOPs / the best GEMM rate here.
+    rates = matmul_rates()
+    rate = max(rates.values())
     x16 = torch.rand(16, config.preprocess.channels, size, size)
     flops_slice = cnn_flops(cnn.eval(), x16) / 16
     floor_slice = compute_floor_s(flops_slice, rate)
-    sec.add("fp32 matmul rate", rate / 1e9, "GFLOP/s", f"torch.mm 2048x2048, best of 10, "
-            f"{threads} threads")
+    sec.add("fp32 matmul rate", rate / 1e9, "GFLOP/s", matmul_note(rates))
     sec.add("compute floor per slice", floor_slice * 1e3, "ms",
             f"CNN {flops_slice / 1e9:.2f} GFLOP/slice / matmul rate; "
             f"{1 / floor_slice:.0f} slices/s")
 
+    # One lane of every thread: the F2 scoring, and the CNN alone as it ran before lanes.
     predictors = {p: Predictor.from_folder(weights, precision=p) for p in PRECISIONS}
+    # The command's lanes, each with its share of the threads (built as the command builds
+    # them: an ONNX Runtime session takes torch's thread count).
+    with torch_threads(lane_threads):
+        laned = ({p: Predictor.from_folder(weights, precision=p, lanes=lanes)
+                  for p in PRECISIONS} if lanes > 1 else predictors)
     sec.params["fp32 CNN engine"] = _engine_line(predictors["fp32"].engine)
     held = cnn_inputs(data, predictors["fp32"], args.cnn_studies)
     # Reading costs CPU the CNN could have had: the measured ceiling of the pipeline's
     # efficiency on these cores is t_cnn / (t_cnn + t_read / cores) with reader processes
     # (one thread each), t_cnn / (t_cnn + t_read) when the command reads between batches
     # (with its own threads, as measured here).
-    read_threads = 1 if workers else threads
+    read_threads = 1 if workers else lane_threads
     read_rate, n_read = reading_rate(subset_folder(data, args.cnn_studies, work),
                                      predictors["fp32"], read_threads)
     sec.add("reading + preprocessing alone", read_rate, "slices/s",
             f"{n_read} slices of the folder's first {args.cnn_studies} studies, after the "
             f"header scan, {read_threads} torch thread(s): "
             + ("what each reader process does" if workers else
-               "what the command does between the CNN's batches")
+               "what the command's main thread does while the lanes run the CNN" if lanes > 1
+               else "what the command does between the CNN's batches")
             + "; best of 3 passes after one to warm up")
     measured: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in PRECISIONS:
             folder = {"fp32": data, "bf16": bf16_data}.get(name, other_data)
             inputs = held if (name != "bf16" or native_bf16) else held[:2]
-            _, before = cnn_alone_rate(predictors[name], inputs)
-            e2e = run_cli(folder, weights, Path(tmp) / f"{name}.csv", name, workers)
-            alone, t_alone = cnn_alone_rate(predictors[name], inputs, before)
-            measured[name] = {"e2e": e2e, "alone": alone}
+            _, before = cnn_alone_rate(laned[name], inputs, threads=lane_threads)
+            _, before_one = cnn_alone_rate(predictors[name], inputs, threads=threads)
+            e2e = run_cli(folder, weights, Path(tmp) / f"{name}.csv", name, workers,
+                          lanes=lanes)
+            alone_lanes, t_lanes = cnn_alone_rate(laned[name], inputs, before,
+                                                  threads=lane_threads)
+            alone_one, t_one = cnn_alone_rate(predictors[name], inputs, before_one,
+                                              threads=threads)
+            # The goal's denominator is the faster way to run the CNN alone, so that lanes
+            # cannot flatter the efficiency by slowing the reference down.
+            alone, t_alone = max((alone_lanes, t_lanes), (alone_one, t_one),
+                                 key=lambda r: r[0])
+            measured[name] = {"e2e": e2e, "alone": alone, "alone_lanes": alone_lanes,
+                              "alone_one_lane": alone_one}
             # Kept as it comes: a failure later in the run loses no measured figure.
             (work / "batch_raw.json").write_text(json.dumps(measured, indent=1, default=str))
             n_alone = sum(len(x) for x in inputs)
@@ -412,21 +451,27 @@ def run(args: argparse.Namespace) -> Section:
                     f"{e2e['slices']:,} slices, {where}; pipeline after the header scan "
                     f"(whole command {e2e['wall_s']:.0f} s incl. start-up and scan: "
                     f"{e2e['slices'] / e2e['wall_s']:.1f} slices/s)")
+            both = ("" if lanes == 1 else
+                    f"; the faster of {lanes} lanes of {lane_threads} thread(s), as the "
+                    f"command runs it ({alone_lanes:.0f}), and one lane of {threads} threads "
+                    f"({alone_one:.0f})")
             sec.add(f"{name}:   CNN alone", alone, "slices/s",
                     f"CNN passes of predict_stream over {n_alone} slices held in memory, batched as "
                     "predict batches them (per slice through the CNN, the last batch's padding "
                     "included), median of 6 passes "
-                    "(3 before and 3 after the end-to-end run, each after one to warm up)",
-                    samples=t_alone)
-            # Reader processes can spread reading over every core; in-process reading runs
-            # between the CNN's batches at the rate measured above.
-            ceiling = ((1 / alone) / (1 / alone + 1 / (read_rate * threads)) if workers
+                    "(3 before and 3 after the end-to-end run, each after one to warm up)"
+                    + both, samples=t_alone)
+            # Reader processes can spread reading over every core, and with lanes the main
+            # thread reads while they run: both take their CPU from the CNN's. With one lane
+            # reading runs between the CNN's batches at the rate measured above.
+            ceiling = ((1 / alone) / (1 / alone + 1 / (read_rate * threads))
+                       if workers or lanes > 1
                        else (1 / alone) / (1 / alone + 1 / read_rate))
             measured[name]["ceiling"] = ceiling
             sec.add(f"{name}:   pipeline efficiency", ratio(e2e["rate"], alone), "x",
                     f"end to end / CNN alone; the ceiling on {threads} cores, where reading "
                     f"takes its CPU from the CNN: {ceiling:.2f}"
-                    + ("" if workers else " (reading between batches)"))
+                    + ("" if workers or lanes > 1 else " (reading between batches)"))
             if e2e["cnn_rate_in_run"]:
                 in_run = e2e["cnn_rate_in_run"]
                 measured[name]["in_run"] = in_run
@@ -448,20 +493,32 @@ def run(args: argparse.Namespace) -> Section:
         # The other choice of reader processes, fp32 on the same folder, in the same run:
         # what `default_workers` decides between on this machine.
         alt = 1 if workers == 0 else 0
-        alt_e2e = run_cli(data, weights, Path(tmp) / "fp32_alt.csv", "fp32", alt)
+        alt_e2e = run_cli(data, weights, Path(tmp) / "fp32_alt.csv", "fp32", alt, lanes=lanes)
         measured["fp32"]["e2e_alt"] = {"workers": alt, **alt_e2e}
         sec.add(f"fp32: end to end with {alt} reader process(es)", alt_e2e["rate"], "slices/s",
                 f"the same {alt_e2e['slices']:,} slices, for comparison: "
                 f"{ratio(alt_e2e['rate'], measured['fp32']['e2e']['rate']):.2f}x the default "
                 f"({workers} reader process(es) on {threads} cores)")
 
+        # The other choice of lanes, fp32 on the same folder in the same run: what lanes buy.
+        alt_lanes = 1 if lanes > 1 else default_lanes(max(2, threads))
+        lanes_e2e = run_cli(data, weights, Path(tmp) / "fp32_lanes.csv", "fp32", workers,
+                            lanes=alt_lanes)
+        measured["fp32"]["e2e_lanes_alt"] = {"lanes": alt_lanes, **lanes_e2e}
+        sec.add(f"fp32: end to end with {alt_lanes} CNN lane(s)", lanes_e2e["rate"], "slices/s",
+                f"the same {lanes_e2e['slices']:,} slices, for comparison: the default "
+                f"({lanes} lane(s)) ran {ratio(measured['fp32']['e2e']['rate'], lanes_e2e['rate']):.2f}x "
+                "as fast")
+
         # The same fp32 arithmetic with torch running the CNN instead of ONNX Runtime, on
         # the same folder in the same run: what the engine buys.
         if predictors["fp32"].engine != "torch":
-            in_torch = Predictor.from_folder(weights, precision="fp32", engine="torch")
-            torch_alone, t_torch = cnn_alone_rate(in_torch, held)
+            with torch_threads(lane_threads):
+                in_torch = Predictor.from_folder(weights, precision="fp32", engine="torch",
+                                                 lanes=lanes)
+            torch_alone, t_torch = cnn_alone_rate(in_torch, held, threads=lane_threads)
             torch_e2e = run_cli(data, weights, Path(tmp) / "fp32_torch.csv", "fp32", workers,
-                                engine="torch")
+                                engine="torch", lanes=lanes)
             measured["fp32"]["torch"] = {"e2e": torch_e2e, "alone": torch_alone}
             default_rate = measured["fp32"]["e2e"]["rate"]
             sec.add("fp32 run by torch: end to end", torch_e2e["rate"], "slices/s",
@@ -469,7 +526,8 @@ def run(args: argparse.Namespace) -> Section:
                     f"comparison: the default ({predictors['fp32'].engine}) ran "
                     f"{ratio(default_rate, torch_e2e['rate']):.2f}x as fast")
             sec.add("fp32 run by torch:   CNN alone", torch_alone, "slices/s",
-                    f"as above, median of 3 passes: the default's CNN alone is "
+                    f"in the command's {lanes} lane(s), median of 3 passes: the default's CNN "
+                    "alone is "
                     f"{ratio(measured['fp32']['alone'], torch_alone):.2f}x this",
                     samples=t_torch)
             sec.add("fp32 run by torch:   time per slice / fp32 floor",
@@ -515,6 +573,9 @@ def run(args: argparse.Namespace) -> Section:
              GOAL_EFFICIENCY, "x",
              cause=(f"the {workers} reader process(es) share the {threads} cores with the "
                     "CNN's threads (at a lower priority)" if workers else
+                    f"on {threads} cores the main thread reads and preprocesses studies while "
+                    f"{lanes} lanes run the CNN, on the same cores (with a reader process "
+                    f"instead the run went {alt_x:.2f}x as fast, row above)" if lanes > 1 else
                     f"on {threads} cores studies are read and preprocessed between the CNN's "
                     f"batches (with a reader process instead the run went {alt_x:.2f}x as "
                     "fast, row above)")

@@ -1,11 +1,12 @@
 """Command line: ``python -m hohoho_core {predict,index,audit} ...``.
 
 predict  PATH... [--weights DIR] [--out preds.csv|preds.json] [--batch-size N] [--device D]
-         [--precision auto|fp32|bf16|int8] [--workers N] [--resume] [--quiet]
+         [--precision auto|fp32|bf16|int8] [--workers N] [--lanes N] [--resume] [--quiet]
          [--progress-every S] [--sample-submission CSV]
          Studies from folders, zips, single files or an RSNA-layout folder; writes the RSNA
          submission CSV plus ``<stem>_studies.csv`` (or one JSON). Studies are read and
-         preprocessed in ``--workers`` processes while the CNN runs (`hohoho_core.batch`);
+         preprocessed in ``--workers`` processes while the CNN runs (`hohoho_core.batch`),
+         the CNN in ``--lanes`` threads on the CPU;
          results go to a log study by study, so Ctrl-C / SIGTERM (exit 130) loses nothing
          and ``--resume`` completes the run. Under ``torchrun`` the studies are shared out by
          rank and rank 0 merges the parts. Files the reader could not use are listed on
@@ -126,9 +127,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     expected = _sample_image_ids(Path(args.sample_submission)) if args.sample_submission else None
     if args.workers is not None and args.workers < 0:
         raise CliError(f"--workers must be >= 0, got {args.workers}")
+    if args.lanes is not None and args.lanes < 1:
+        raise CliError(f"--lanes must be >= 1, got {args.lanes}")
 
     from hohoho_core import distributed as D
-    from hohoho_core.batch import Progress, SkipTally, default_workers
+    from hohoho_core.batch import Progress, SkipTally, default_lanes, default_workers
     from hohoho_core.predict import (
         CnnTiming,
         Predictor,
@@ -156,10 +159,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
         cores = max(1, available_cores() // local_world)
         workers = default_workers(cores) if args.workers is None else args.workers
+        device_type = str(device).split(":")[0]
+        lanes = default_lanes(cores, device_type) if args.lanes is None else args.lanes
+        if lanes > 1 and device_type != "cpu":
+            raise CliError(f"--lanes {lanes}: lanes run the CNN on the CPU only, not on "
+                           f"{device}")
         # The CLI is the entry point: it sets torch's process-wide state, once. Same
-        # algorithms every call on a GPU, so the same input gives the same bits.
+        # algorithms every call on a GPU, so the same input gives the same bits. Each lane
+        # gets its share of the cores (an ONNX Runtime session takes torch's count).
         configure_torch(
-            cores,
+            max(1, cores // lanes),
             deterministic=True,
             quantized_engine="auto" if resolution.precision == "int8" else None,
         )
@@ -170,6 +179,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 precision=resolution.precision,
                 engine=args.engine,
+                lanes=lanes,
             )
         except WeightsError as err:
             raise CliError(f"weights {weights}: {err}") from None
@@ -180,8 +190,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             readers = (f"{workers} reader process(es)" if workers else
                        "reading in this process" + ("" if args.workers == 0 else
                                                     f" (no reader process on {cores} cores)"))
-            print(f"precision: {resolution.describe()}; CNN run by {predictor.engine}; "
-                  f"{readers}")
+            in_lanes = f" in {lanes} lanes" if lanes > 1 else ""
+            print(f"precision: {resolution.describe()}; CNN run by {predictor.engine}"
+                  f"{in_lanes}; {readers}")
 
         # Results go to disk study by study (hohoho_core.resultlog): a stopped run keeps
         # every finished study, and --resume goes on from there.
@@ -697,6 +708,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="processes reading and preprocessing studies while the CNN runs "
                    "(default: none on 2 cores or fewer, else one per four cores, at least "
                    "1); 0: one study after another in this process")
+    p.add_argument("--lanes", type=int, default=None, metavar="N",
+                   help="CNN batches run at once on the CPU, each in its own thread with "
+                   "cores / N threads (default: 2 on a CPU with 2 cores or more, else 1): "
+                   "the next studies are read while the CNN runs")
     p.add_argument("--quiet", action="store_true",
                    help="no progress lines (errors and the final summary still print)")
     p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",

@@ -43,6 +43,7 @@ __all__ = [
     "PreparedStudy",
     "Progress",
     "SkipTally",
+    "default_lanes",
     "default_workers",
     "prepared_studies",
 ]
@@ -75,6 +76,18 @@ class PreparedStudy:
     @property
     def key(self) -> str:
         return study_key(self.study_uid, self.series_uid)
+
+
+def default_lanes(cores: int, device_type: str = "cpu") -> int:
+    """CNN lanes (`predict.Predictor` ``lanes``) for ``cores`` usable cores: 2 on a CPU
+    with at least two cores, else 1; each lane gets ``cores // lanes`` threads.
+
+    Two lanes of one thread run the CNN at 1.03-1.17x one lane of two threads on a 2-core
+    Zen 5 EPYC (no barrier between the cores), and while both run, the main thread reads
+    the next studies on whatever CPU they leave: what the CNN's parallel sections could
+    not give it. A GPU runs one batch at a time.
+    """
+    return 2 if device_type == "cpu" and cores >= 2 else 1
 
 
 def default_workers(cores: int) -> int:

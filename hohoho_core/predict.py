@@ -31,6 +31,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -339,6 +340,8 @@ class PreparedInput(Protocol):
 
 
 _P = TypeVar("_P", bound=PreparedInput)
+#: One CNN batch's (embeddings, logits, start, end); times by ``time.perf_counter``.
+_Ran = tuple[torch.Tensor, torch.Tensor, float, float]
 
 
 @dataclass
@@ -373,6 +376,10 @@ class Predictor:
         calibration: int8 only: model inputs ``[N, 3, H, W]`` to calibrate on. None
             calibrates on the first study predicted (its own slices); `from_folder` passes
             the folder's ``calibration.safetensors`` when there is one.
+        lanes: CPU only: CNN batches `predict_stream` runs at once, each in its own thread
+            (`default_lanes`). With 2 lanes of 1 thread the next studies are read while
+            both cores run the CNN; the entry point sets torch's threads per lane. Each
+            batch's output is the same whichever lane runs it.
 
     Threads and other process-wide torch settings are the entry point's
     (`runtime.configure_torch`); constructing a `Predictor` leaves them as they are.
@@ -393,6 +400,7 @@ class Predictor:
         calibration: np.ndarray | torch.Tensor | None = None,
         precision_note: str | None = None,
         engine: str = "auto",
+        lanes: int = 1,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -401,6 +409,11 @@ class Predictor:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.device = torch.device(device)
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
+        if lanes > 1 and self.device.type != "cpu":
+            raise ValueError(f"lanes > 1 run the CNN on the CPU only, not on {self.device}")
+        self.lanes = lanes
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision 'int8' runs on the CPU only")
         self.config = config
@@ -449,6 +462,7 @@ class Predictor:
         precision: str = "auto",
         calibration: np.ndarray | torch.Tensor | None = None,
         engine: str = "auto",
+        lanes: int = 1,
     ) -> Predictor:
         """Load a weights folder (`weights.load_weights`; raises `WeightsError`).
 
@@ -465,7 +479,7 @@ class Predictor:
                 calibration = calibration_input(studies, config.preprocess)
         return cls(cnn, lstm, config, device=device, batch_size=batch_size,
                    precision=precision, calibration=calibration,
-                   precision_note=resolution.describe(), engine=engine)
+                   precision_note=resolution.describe(), engine=engine, lanes=lanes)
 
     def preprocess(self, study: Study) -> np.ndarray:
         """The study's model input: float32 ``[S, C, size, size]`` in [0, 1] (C: the mode's)."""
@@ -497,7 +511,8 @@ class Predictor:
     @property
     def path_note(self) -> str:
         """The arithmetic and what ran it, for the CLI and the app."""
-        return f"{self.precision_note}; CNN run by {self.engine}"
+        lanes = "" if self.lanes == 1 else f" in {self.lanes} lanes"
+        return f"{self.precision_note}; CNN run by {self.engine}{lanes}"
 
     def _forward(self, model: nn.Module | OnnxCnn,
                  chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -530,14 +545,40 @@ class Predictor:
 
         An item with ``x is None`` (a series with no usable slice) yields ``None`` in its
         place. A study is yielded once all of its slices have run; at most the studies of
-        one batch are held. ``timing``, when given, adds up the seconds spent in the CNN's
-        forward passes and the slices they ran (the run's own "CNN alone" rate).
+        ``lanes`` batches are held. With ``lanes > 1`` the batches run in that many threads
+        while this generator goes on reading its items; studies still come out in their
+        order. ``timing``, when given, adds up the seconds in which the CNN ran (lanes that
+        overlap counted once) and the slices it ran (the run's own "CNN alone" rate).
         """
         b = self.batch_size
         pending: deque[_Pending[_P]] = deque()
         chunks: list[tuple[_Pending[_P], torch.Tensor]] = []
         filled = 0
         model: nn.Module | OnnxCnn | None = None
+        # Batches handed to the lanes and not yet delivered, oldest first: at most one per
+        # lane, so memory stays at ``lanes`` batches whatever the stream's length.
+        running: deque[tuple[Future[_Ran], list[tuple[_Pending[_P], torch.Tensor]], int]]
+        running = deque()
+        pool = (ThreadPoolExecutor(self.lanes, thread_name_prefix="hohoho-cnn")
+                if self.lanes > 1 else None)
+        covered = 0.0  # end of the CNN's busy time counted so far (lanes overlap)
+
+        def deliver(ran: _Ran, batch: list[tuple[_Pending[_P], torch.Tensor]],
+                    n: int) -> None:
+            nonlocal covered
+            e, lg, start, end = ran
+            if timing is not None:
+                # Seconds in which at least one lane ran the CNN: overlapping lanes are
+                # counted once, so the rate is the CNN's, not the sum of the lanes' times.
+                timing.seconds += max(0.0, end - max(start, covered))
+                timing.slices += n
+            covered = max(covered, end)
+            at = 0
+            for entry, c in batch:
+                entry.embs.append(e[at : at + len(c)])
+                entry.logits.append(lg[at : at + len(c)])
+                entry.left -= len(c)
+                at += len(c)
 
         def run_batch() -> None:
             nonlocal filled
@@ -545,19 +586,19 @@ class Predictor:
             x = torch.cat([c for _, c in chunks])
             if len(x) < b:  # the stream's last batch: same size as all the others
                 x = torch.cat([x, x.new_zeros((b - len(x), *x.shape[1:]))])
-            start = time.perf_counter()
-            e, lg = self._forward(model, x)
-            if timing is not None:
-                timing.seconds += time.perf_counter() - start
-                timing.slices += filled
-            at = 0
-            for entry, c in chunks:
-                entry.embs.append(e[at : at + len(c)])
-                entry.logits.append(lg[at : at + len(c)])
-                entry.left -= len(c)
-                at += len(c)
+            batch, n = list(chunks), filled
             chunks.clear()
             filled = 0
+            if pool is None:
+                deliver(self._timed_forward(model, x), batch, n)
+                return
+            while len(running) >= self.lanes:
+                collect()
+            running.append((pool.submit(self._timed_forward, model, x), batch, n))
+
+        def collect() -> None:
+            future, batch, n = running.popleft()
+            deliver(future.result(), batch, n)  # a lane's error is raised here
 
         def finished() -> Iterator[tuple[_P, StudyPrediction | None]]:
             while pending and pending[0].left == 0:
@@ -571,32 +612,51 @@ class Predictor:
                 yield item, self._prediction(emb, logits, item.study_uid, item.series_uid,
                                              item.image_ids)
 
-        for item in items:
-            if item.x is None:
-                pending.append(_Pending(item, 0))
-                yield from finished()
-                continue
-            t = self._checked_input(item.x)
-            if len(item.image_ids) != len(t):
-                raise ValueError(f"{len(item.image_ids)} image ids for {len(t)} slices")
-            if len(t) == 0:
-                raise ValueError("input has no slices")
-            if model is None:
-                model = self._cnn_for(t)
-            entry = _Pending(item, len(t))
-            pending.append(entry)
-            at = 0
-            while at < len(t):
-                take = min(b - filled, len(t) - at)
-                chunks.append((entry, t[at : at + take]))
-                filled += take
-                at += take
-                if filled == b:
-                    run_batch()
+        try:
+            for item in items:
+                if item.x is None:
+                    pending.append(_Pending(item, 0))
                     yield from finished()
-        if chunks:
-            run_batch()
-        yield from finished()
+                    continue
+                t = self._checked_input(item.x)
+                if len(item.image_ids) != len(t):
+                    raise ValueError(f"{len(item.image_ids)} image ids for {len(t)} slices")
+                if len(t) == 0:
+                    raise ValueError("input has no slices")
+                if model is None:
+                    model = self._cnn_for(t)
+                entry = _Pending(item, len(t))
+                pending.append(entry)
+                at = 0
+                while at < len(t):
+                    take = min(b - filled, len(t) - at)
+                    chunks.append((entry, t[at : at + take]))
+                    filled += take
+                    at += take
+                    if filled == b:
+                        run_batch()
+                        yield from finished()
+                # Deliver what the lanes have done without waiting, so a finished study
+                # is written while the next one is read.
+                while running and running[0][0].done():
+                    collect()
+                yield from finished()
+            if chunks:
+                run_batch()
+            while running:
+                collect()
+            yield from finished()
+        finally:
+            if pool is not None:
+                # Stopped early (Ctrl-C, an error, the caller closing the stream): the
+                # lanes finish their batch and end; nothing is left running.
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _timed_forward(self, model: nn.Module | OnnxCnn, x: torch.Tensor) -> _Ran:
+        """`_forward` with its start and end (``time.perf_counter``); runs in a lane."""
+        start = time.perf_counter()
+        e, lg = self._forward(model, x)
+        return e, lg, start, time.perf_counter()
 
     def _cnn_for(self, first_input: torch.Tensor) -> nn.Module | OnnxCnn:
         """The inference CNN; an uncalibrated int8 one is calibrated on ``first_input``."""

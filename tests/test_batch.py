@@ -8,7 +8,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from hohoho_core.batch import (
     READER_NICENESS,
     Progress,
     SkipTally,
+    default_lanes,
     default_workers,
     prepared_studies,
 )
@@ -200,6 +201,11 @@ def test_default_workers() -> None:
     assert [default_workers(c) for c in (1, 2, 3, 4, 8, 16, 64)] == [0, 0, 1, 1, 2, 4, 8]
 
 
+def test_default_lanes() -> None:
+    assert [default_lanes(c) for c in (1, 2, 3, 16)] == [1, 2, 2, 2]
+    assert default_lanes(16, "cuda") == 1
+
+
 def _table(bf16_ok: bool = True, int8_ok: bool = False) -> PrecisionTable:
     return PrecisionTable({
         "fp32": PathCheck(0.80, 0.0, 0.0, {"avx2": 100.0, "amx": 300.0}),
@@ -359,6 +365,84 @@ def test_stream_output_does_not_depend_on_the_studies_before(tmp_path: Path) -> 
             assert pred is not None
             assert np.array_equal(pred.prob, whole[uid].prob), (done, uid)
             assert np.array_equal(pred.embeddings, whole[uid].embeddings), (done, uid)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """torch at one intra-op thread (each lane's on two cores), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_lanes_give_the_one_lane_bits_in_order(one_thread: None, engine: str) -> None:
+    """Two lanes run two batches at once; each batch's output is what one lane gives it
+    at the same thread count, so the studies come out bit-identical and in their order
+    (what --resume needs), with a series without usable slices in its place. The
+    shipped model at its own size, in both engines of the fp32 CNN."""
+    one = Predictor.from_folder(REPO / "weights", precision="fp32", batch_size=4,
+                                engine=engine)
+    two = Predictor.from_folder(REPO / "weights", precision="fp32", batch_size=4,
+                                engine=engine, lanes=2)
+    assert two.lanes == 2 and two.engine == one.engine == engine
+    assert "in 2 lanes" in two.path_note and "lanes" not in one.path_note
+    items = _stream_items([9, 3, None, 6, 1, 5], size=one.preprocess_config.size)
+    want = list(one.predict_stream(items))
+    timing = CnnTiming()
+    t0 = time.perf_counter()
+    got = list(two.predict_stream(items, timing=timing))
+    wall = time.perf_counter() - t0
+    assert [item for item, _ in got] == items
+    for (_, a), (_, b) in zip(want, got, strict=True):
+        if a is None:
+            assert b is None
+            continue
+        assert b is not None
+        assert np.array_equal(a.prob, b.prob) and np.array_equal(a.embeddings, b.embeddings)
+    # Overlapping lanes are counted once: the CNN's seconds fit in the stream's wall time.
+    assert timing.slices == 24 and 0 < timing.seconds <= wall
+
+
+def test_lanes_stop_cleanly_and_raise_a_lane_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing a stream part-way leaves no lane thread running; an error inside a lane
+    reaches the caller."""
+    import threading
+
+    from hohoho_core import predict as predict_mod
+
+    predictor = Predictor.from_folder(make_weights(tmp_path / "w", size=32), batch_size=2,
+                                      lanes=2)
+    items = _stream_items([3, 4, 5, 2, 6])
+    stream = predictor.predict_stream(items)
+    first_item, first = next(stream)
+    assert first_item is items[0] and first is not None
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("hohoho-cnn")]
+
+    def broken(self: Predictor, model: object, chunk: object) -> object:
+        raise RuntimeError("lane failed")
+
+    monkeypatch.setattr(predict_mod.Predictor, "_forward", broken)
+    with pytest.raises(RuntimeError, match="lane failed"):
+        list(predictor.predict_stream(items))
+    assert not [t for t in threading.enumerate() if t.name.startswith("hohoho-cnn")]
+
+
+def test_lanes_are_checked(tmp_path: Path) -> None:
+    weights = make_weights(tmp_path / "w", size=32)
+    with pytest.raises(ValueError, match="lanes must be >= 1"):
+        Predictor.from_folder(weights, lanes=0)
+    with pytest.raises(ValueError, match="CPU only"):
+        Predictor.from_folder(weights, device="cuda", lanes=2)
+    rc = main(["predict", str(tmp_path), "--weights", str(weights), "--out",
+               str(tmp_path / "p.csv"), "--lanes", "0"])
+    assert rc == 2
 
 
 def test_stream_rejects_bad_input(tmp_path: Path) -> None:
