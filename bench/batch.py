@@ -163,14 +163,18 @@ def run_cli(data: Path, weights: Path, out: Path, precision: str,
     of the command and its reaped children, which is the command, as it holds the model)
     plus each reader process's largest private resident size seen (every `SAMPLE_S`; its
     shared pages are the command's, counted there). A reader's growth between two looks can
-    be missed; its memory is bounded by its queue (``prefetch`` studies).
+    be missed; its memory is bounded by its queue (``prefetch`` studies). The command is
+    started through `bench/peak_rss.py`: started from this process, which holds several
+    models, its ``ru_maxrss`` would start at this process's size.
     """
     cmd = [sys.executable, "-m", "hohoho_core", "predict", str(data), "--weights", str(weights),
            "--out", str(out), "--precision", precision, "--workers", str(workers),
            "--engine", engine, "--lanes", str(lanes), "--progress-every", "1e9"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    rss_file = Path(tempfile.mkstemp(prefix="hohoho_rss_")[1])
+    launcher = [sys.executable, str(Path(__file__).with_name("peak_rss.py")), str(rss_file)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(launcher + cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     private: dict[int, int] = {}
     texts: dict[str, str] = {"out": "", "err": ""}
@@ -189,18 +193,22 @@ def run_cli(data: Path, weights: Path, out: Path, precision: str,
         t.start()
     while any(t.is_alive() for t in pipes):  # pipes open: the command runs
         if workers:
-            for p in _tree_pids(proc.pid)[1:]:
+            # The tree is the launcher, the command, then the command's readers.
+            for p in _tree_pids(proc.pid)[2:]:
                 seen = _private_bytes(p)
                 if seen is not None:
                     private[p] = max(private.get(p, 0), seen)
         next(t for t in pipes if t.is_alive()).join(SAMPLE_S)
     for t in pipes:
         t.join()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
     wall = time.perf_counter() - t0
     stdout, stderr = texts["out"], texts["err"]
-    peak = usage.ru_maxrss * 1024 + sum(private.values())  # ru_maxrss: KiB on Linux
+    try:
+        maxrss_kib = int(rss_file.read_text(encoding="utf-8") or 0)
+    finally:
+        rss_file.unlink(missing_ok=True)
+    peak = maxrss_kib * 1024 + sum(private.values())  # ru_maxrss: KiB on Linux
     if proc.returncode != 0:
         raise RuntimeError(f"predict --precision {precision} failed: {stderr[-800:]}")
     last = [ln for ln in stderr.splitlines() if ln.startswith("predict: ")][-1]

@@ -352,3 +352,24 @@ def test_test_split_is_regenerated_as_the_weights_made_it(tmp_path: Path) -> Non
     stamp = {p: p.stat().st_mtime_ns for p in (root / "stage_2_train").glob("*.dcm")}
     assert test_split_root(ctx, {"sets": {"test": spec}}) == root
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+
+
+def test_peak_rss_is_the_commands_own_not_its_launchers(tmp_path: Path) -> None:
+    """A child started straight from a large process reports that process's size as its
+    peak (Linux keeps the old image's high-water mark across exec); started through
+    `bench/peak_rss.py` it reports its own. The bench's section 9 once measured itself."""
+    import os
+    import subprocess
+    import sys
+
+    big = np.ones(2**27, dtype=np.float32)  # 512 MiB, touched
+    cmd = [sys.executable, "-c", "import sys; sys.exit(3)"]
+    direct = subprocess.Popen(cmd)
+    _, _, usage = os.wait4(direct.pid, 0)
+    out = tmp_path / "rss"
+    launched = subprocess.run([sys.executable, str(Path(run_all.__file__).with_name("peak_rss.py")), str(out),
+                               *cmd], check=False)
+    assert big.sum() == 2**27  # still held while both ran
+    assert launched.returncode == 3  # the command's exit status comes through
+    own = int(out.read_text(encoding="utf-8"))  # KiB
+    assert usage.ru_maxrss > 512 * 1024 > 4 * own
