@@ -270,11 +270,32 @@ def split_by_study(
         order = rng.permutation(len(members))
         bounds = np.round(np.cumsum(fr) * len(members)).astype(int)
         for rank, j in enumerate(order):
-            split_of[members[j]] = int(np.searchsorted(bounds, rank, side="right"))
+            split_of[members[j]] = min(int(np.searchsorted(bounds, rank, side="right")),
+                                       len(fr) - 1)
+    _fill_empty_splits(split_of, fr)
     out: list[list[str]] = [[] for _ in fr]
     for k in keys:
-        out[min(split_of[group_of[k]], len(fr) - 1)].append(k)
+        out[split_of[group_of[k]]].append(k)
     return out
+
+
+def _fill_empty_splits(split_of: dict[str, int], fr: np.ndarray) -> None:
+    """Give each split with a positive fraction at least one group, where there are enough.
+
+    Rounding per stratum can leave a small split empty (10 studies, 5 with a bleed, 80/10/10:
+    each stratum's 0.5 of a validation study rounds to 0). The missing split takes one group
+    from the split with the most (the last of its groups by id, so a seed still gives one
+    answer); splits that are not empty do not change.
+    """
+    wanted = [j for j in range(len(fr)) if fr[j] > 0]
+    if len(split_of) < len(wanted):
+        return
+    for j in wanted:
+        members = {i: sorted(g for g, s in split_of.items() if s == i) for i in range(len(fr))}
+        if members[j]:
+            continue
+        donor = max(range(len(fr)), key=lambda i: (len(members[i]), -i))
+        split_of[members[donor][-1]] = j
 
 
 @dataclass

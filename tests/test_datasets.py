@@ -320,3 +320,19 @@ def test_augment_by_study_shares_one_transform_per_study(cache) -> None:
             decisions.setdefault((seed, meta["study"]), set()).add(flipped)
     assert all(len(v) == 1 for v in decisions.values())  # one decision per study
     assert {next(iter(v)) for v in decisions.values()} == {True, False}
+
+
+def test_split_gives_every_wanted_split_a_study_when_strata_round_it_away() -> None:
+    """10 studies, half with a bleed, 80/10/10: each stratum's half a validation study once
+    rounded to none, and a recipe then validated on nothing."""
+    keys = [f"s{i}" for i in range(10)]
+    strata = {k: i % 2 for i, k in enumerate(keys)}
+    for seed in range(5):
+        train, val, test = split_by_study(keys, (0.8, 0.1, 0.1), seed=seed, strata=strata)
+        assert len(val) >= 1 and len(test) >= 1 and len(train) >= 6
+        assert sorted(train + val + test) == sorted(keys)
+        assert (train, val, test) == tuple(split_by_study(keys, (0.8, 0.1, 0.1), seed=seed,
+                                                          strata=strata))
+    # A split asked for nothing stays empty; too few studies leave what rounding gave.
+    assert split_by_study(keys, (0.9, 0.0, 0.1), seed=1, strata=strata)[1] == []
+    assert sum(map(len, split_by_study(["a", "b"], (0.8, 0.1, 0.1)))) == 2
