@@ -5,14 +5,26 @@ Everything here is small (64 px, a handful of slices) so tests stay fast on two 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from pydicom.uid import generate_uid
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """Entry points called in-process (``main([...])``) set torch's process-wide thread count
+    (predict: the cores over its CNN lanes); a later test must not inherit it, or its floats
+    depend on which tests ran before it."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)
 
 
 def phantom_volume(n_slices: int = 6, size: int = 64, seed: int = 0) -> np.ndarray:

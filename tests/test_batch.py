@@ -378,17 +378,21 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
-def test_lanes_give_the_one_lane_bits_in_order(one_thread: None, engine: str) -> None:
+@pytest.mark.parametrize(("precision", "engine"),
+                         [("fp32", "torch"), ("fp32", "onnxruntime"), ("bf16", "auto")])
+def test_lanes_give_the_one_lane_bits_in_order(one_thread: None, precision: str,
+                                               engine: str) -> None:
     """Two lanes run two batches at once; each batch's output is what one lane gives it
     at the same thread count, so the studies come out bit-identical and in their order
     (what --resume needs), with a series without usable slices in its place. The
-    shipped model at its own size, in both engines of the fp32 CNN."""
-    one = Predictor.from_folder(REPO / "weights", precision="fp32", batch_size=4,
+    shipped model at its own size, in both engines of the fp32 CNN and in bf16 (whose
+    autocast is per thread, so a lane must set it itself)."""
+    one = Predictor.from_folder(REPO / "weights", precision=precision, batch_size=4,
                                 engine=engine)
-    two = Predictor.from_folder(REPO / "weights", precision="fp32", batch_size=4,
+    two = Predictor.from_folder(REPO / "weights", precision=precision, batch_size=4,
                                 engine=engine, lanes=2)
-    assert two.lanes == 2 and two.engine == one.engine == engine
+    assert two.lanes == 2 and two.engine == one.engine
+    assert one.engine == ("torch" if precision == "bf16" else engine)
     assert "in 2 lanes" in two.path_note and "lanes" not in one.path_note
     items = _stream_items([9, 3, None, 6, 1, 5], size=one.preprocess_config.size)
     want = list(one.predict_stream(items))
