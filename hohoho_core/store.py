@@ -198,10 +198,15 @@ class DecisionStore:
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as con:
                 con.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                # One read transaction, so every answer comes from the same snapshot: read
+                # statement by statement, a store another process created in between looked
+                # like application_id 0 with tables, "another application's database".
+                con.execute("BEGIN")
                 app_id = con.execute("PRAGMA application_id").fetchone()[0]
                 version = con.execute("PRAGMA user_version").fetchone()[0]
                 n_objects = con.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
                 check = [row[0] for row in con.execute("PRAGMA quick_check")]
+                con.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise self._fail(f"is corrupt or truncated ({exc})") from None
         if check != ["ok"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -622,3 +623,34 @@ def test_opening_is_quick_for_a_few_thousand_decisions(tmp_path: Path) -> None:
     again = DecisionStore(path)
     assert len(again.current()) == 5000
     assert time.perf_counter() - start < 5.0
+
+
+def test_a_store_created_by_another_process_mid_check_is_not_called_foreign(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two annotators opening a new store at once: the first creates its tables while the
+    second is checking the file. The check reads one snapshot, so it sees the empty file or
+    the finished store, never application_id 0 beside tables (which it once refused as
+    another application's database: a flaky two-process test found it)."""
+    path = tmp_path / "d.db"
+    with contextlib.closing(sqlite3.connect(path)) as con:  # as the first process leaves it
+        con.execute("PRAGMA journal_mode = WAL")  # after switching to WAL: empty, app id 0
+    original = sqlite3.connect
+    raced: list[bool] = []
+
+    class Racing(sqlite3.Connection):
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:  # type: ignore[override]
+            cur = super().execute(sql, *args)
+            if sql == "PRAGMA application_id" and not raced:
+                raced.append(True)  # the other process creates the store right now
+                DecisionStore(path)
+            return cur
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        if raced or "mode=ro" not in str(args[0]):
+            return original(*args, **kwargs)  # type: ignore[arg-type]
+        return original(*args, factory=Racing, **kwargs)  # type: ignore[arg-type,misc]
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    store = DecisionStore(path)
+    assert raced and len(store.history()) == 0
