@@ -10,7 +10,7 @@ its wall time and the peak memory of its process tree (the command's peak reside
 each reader process's private pages; see `run_cli`).
 In the same run it times the CNN alone (`Predictor.predict_stream`'s own CNN timing on model
 inputs held in memory, batched exactly as the command batches them) and the fp32 compute
-floor (FLOPs / this machine's best fp32 GEMM rate, `bench.common.matmul_rate`), and scores
+floor (FLOPs / this machine's best fp32 GEMM rate, `bench.common.matmul_rates`), and scores
 each path against fp32 on the shipped weights' synthetic test split (macro F2 and the largest
 probability move). The rule of `hohoho_core.precision` then
 decides the default, and the table it reads is written beside the weights.
@@ -269,23 +269,18 @@ def reading_rate(folder: Path, predictor: Predictor, threads: int) -> tuple[floa
     with ``threads`` torch threads, after its header scan: `batch.prepared_studies` without
     reader processes, the code both a reader process (1 thread) and the command's own
     in-process reading (all its threads) run. Best of three passes after one to warm up."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with scan_source(folder) as scan:
-            jobs = [(s.study_uid, s.series_uid) for s in scan.loadable_series()]
-            cfg = predictor.preprocess_config
+    with torch_threads(threads), scan_source(folder) as scan:
+        jobs = [(s.study_uid, s.series_uid) for s in scan.loadable_series()]
+        cfg = predictor.preprocess_config
 
-            def one_pass() -> tuple[float, int]:
-                t0, n = time.perf_counter(), 0
-                for item in prepared_studies(scan, jobs, cfg, workers=0):
-                    n += 0 if item.x is None else len(item.x)
-                return time.perf_counter() - t0, n
+        def one_pass() -> tuple[float, int]:
+            t0, n = time.perf_counter(), 0
+            for item in prepared_studies(scan, jobs, cfg, workers=0):
+                n += 0 if item.x is None else len(item.x)
+            return time.perf_counter() - t0, n
 
-            one_pass()
-            seconds, n = min(one_pass() for _ in range(3))
-    finally:
-        torch.set_num_threads(before)
+        one_pass()
+        seconds, n = min(one_pass() for _ in range(3))
     return n / seconds, n
 
 

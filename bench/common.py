@@ -38,7 +38,6 @@ __all__ = [
     "machine_info",
     "machine_line",
     "matmul_note",
-    "matmul_rate",
     "matmul_rates",
     "other_load",
     "ratio",
@@ -145,13 +144,8 @@ def _onnx_matmul(b: np.ndarray, threads: int) -> Callable[[np.ndarray], Any] | N
     return lambda a: session.run(None, {"a": a})
 
 
-def matmul_rate(n: int = 2048, repeats: int = 10, warmup: int = 2) -> float:
-    """The fastest of `matmul_rates`: the fp32 rate the compute floor divides by."""
-    return max(matmul_rates(n, repeats, warmup).values())
-
-
 def matmul_note(rates: dict[str, float], n: int = 2048, repeats: int = 10) -> str:
-    """How `matmul_rate` was measured, each library's rate named (for a table's "how")."""
+    """How the floor's rate (the fastest of `matmul_rates`) was measured, each library's rate named (for a table's "how")."""
     each = ", ".join(f"{name} {rate / 1e9:.0f}" for name, rate in rates.items())
     best = max(rates, key=rates.__getitem__)
     return (f"{n}x{n} fp32, best of {repeats}, {torch.get_num_threads()} threads; the "
