@@ -9,7 +9,8 @@ Speed (bench/results.md, section 1): the CNN runs as an inference twin whose bat
 are folded into the preceding convolutions (`inference_twin`), in channels-last batches of
 16. Both were measured to win on CPU; the outputs differ from the plain fp32 model only by
 rounding (about 1e-6, far inside the project's 1e-3 tolerance). ``precision="bf16"`` runs
-the same twin under ``torch.autocast(bfloat16)`` (fast only with avx512_bf16/AMX);
+the same twin in bfloat16 as a frozen TorchScript module on the CPU (`bf16_script`; eager
+``torch.autocast(bfloat16)`` elsewhere, or where tracing fails; fast only with avx512_bf16/AMX);
 ``precision="int8"`` a static int8 CNN (`quantize_int8`), several times faster on CPUs with
 VNNI/AMX. Both move probabilities; `from_folder`'s default ``"auto"`` picks one only where
 the weights' measured table says it keeps their answers (`hohoho_core.precision`). On the
@@ -196,6 +197,53 @@ def inference_twin(cnn: SliceClassifier) -> nn.Module:
     return twin.eval()
 
 
+class _Bf16Classifier(nn.Module):
+    """The inference twin in bfloat16: float32 in, float32 ``(embedding, logits)`` out.
+
+    The same arithmetic as running the twin under ``torch.autocast(bfloat16)`` on the CPU
+    (normalisation in fp32, convolutions and the head in bf16), with the weights cast once
+    here instead of at every batch.
+    """
+
+    def __init__(self, twin: nn.Module) -> None:
+        super().__init__()
+        self.backbone = copy.deepcopy(twin.backbone).to(torch.bfloat16).eval()
+        self.head = copy.deepcopy(twin.head).to(torch.bfloat16).eval()
+        self.register_buffer("mean", twin.mean.detach().clone(), persistent=False)
+        self.register_buffer("std", twin.std.detach().clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [N, 3, H, W]`` float32 in [0, 1] -> float32 ``(embedding, logits)``."""
+        emb = self.backbone(((x - self.mean) / self.std).to(torch.bfloat16))
+        return emb.float(), self.head(emb).float()
+
+
+def bf16_script(twin: nn.Module, channels: int, size: int) -> nn.Module | None:
+    """``twin`` as a frozen TorchScript module in bfloat16 (CPU), or None if it cannot be.
+
+    Why TorchScript: a scripted call runs the whole forward in C++ with Python's GIL
+    released, while eager torch takes the GIL back at every operator. With the batch
+    pipeline's reader and CNN lanes in threads of one process, an eager bf16 batch of 16
+    took 4.3 times as long while another Python thread was busy (80 -> 345 ms on the Zen
+    5); the scripted one 1.25 times (`bench/gil_stall.py`, bench/README.md). TorchScript is
+    deprecated in this torch (2.14) but still the one GIL-free torch runner that needs no
+    compiler; where tracing fails the caller keeps eager autocast.
+    """
+    example = torch.rand(2, channels, size, size).contiguous(memory_format=torch.channels_last)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")
+            module = _Bf16Classifier(twin).cpu().to(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                traced = torch.jit.trace(module, example, check_trace=False)
+                frozen = torch.jit.freeze(traced.eval())
+                frozen(example)  # the first call optimises the graph: do it here, not in a lane
+    except Exception as exc:  # noqa: BLE001 - any failure keeps the eager path
+        log.info("bf16 CNN not scripted (%s): running it under autocast", type(exc).__name__)
+        return None
+    return frozen
+
+
 class _QuantizedClassifier(nn.Module):
     """An int8 backbone (float in, float embedding out) with the fp32 head.
 
@@ -364,7 +412,7 @@ class Predictor:
         device: "cpu", "cuda", "cuda:1", ...
         batch_size: slices per CNN forward pass.
         precision: "fp32" (default: same probabilities as the plain model up to rounding),
-            "bf16" (``torch.autocast``; probabilities move by about 1e-2) or "int8"
+            "bf16" (`bf16_script`; probabilities move by about 1e-2) or "int8"
             (`quantize_int8`, CPU only, probabilities within a few 1e-2; see
             bench/README.md before using it). int8 uses torch's active quantized engine,
             which the entry point selects (`runtime.configure_torch`).
@@ -430,6 +478,7 @@ class Predictor:
         if engine == "onnxruntime" and not onnx_ok:
             raise ValueError("engine 'onnxruntime' runs the fp32 CNN on the CPU only")
         self.engine = "torch"
+        self._scripted = False  # the CNN is a bf16 TorchScript module (`bf16_script`)
         if precision == "int8":
             _active_engine()  # fail now, not at the first study, without an int8 engine
             if calibration is not None:
@@ -437,6 +486,11 @@ class Predictor:
         else:
             twin = inference_twin(self.cnn)
             self._infer_cnn = twin.to(memory_format=torch.channels_last)
+            if precision == "bf16" and self.device.type == "cpu":
+                scripted = bf16_script(twin, config.preprocess.channels, config.preprocess.size)
+                if scripted is not None:
+                    self._infer_cnn, self._scripted = scripted, True
+                    self.engine = "torch (TorchScript)"
             if onnx_ok and engine != "torch":
                 fast = onnx_cnn(twin, config.preprocess.channels, config.preprocess.size,
                                 torch.get_num_threads())
@@ -521,6 +575,9 @@ class Predictor:
             return model(chunk)
         with torch.inference_mode():
             chunk = chunk.to(self.device).contiguous(memory_format=torch.channels_last)
+            if self._scripted:  # bf16 inside, float32 out (`bf16_script`)
+                e, lg = model(chunk)
+                return e, lg
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                 enabled=self.precision == "bf16"):
                 e, lg = model(chunk)

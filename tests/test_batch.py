@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import torch
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
@@ -283,6 +284,36 @@ def test_bf16_path_runs_and_stays_close(tmp_path: Path) -> None:
     np.testing.assert_allclose(l16, l32, atol=0.1 * max(1.0, float(np.abs(l32).max())))
 
 
+def test_bf16_runs_scripted_with_eager_autocast_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the CPU the bf16 CNN is a frozen TorchScript module (it runs without Python's
+    GIL, so the pipeline's reading thread does not stall it) with the arithmetic of eager
+    autocast; where tracing fails the predictor keeps eager autocast and says so."""
+    weights = make_weights(tmp_path / "w", size=32)
+    x = np.random.default_rng(1).random((5, 3, 32, 32), dtype=np.float32)
+    scripted = Predictor.from_folder(weights, precision="bf16")
+    assert scripted.engine == "torch (TorchScript)"
+    assert isinstance(scripted._infer_cnn, torch.jit.ScriptModule)
+    assert "CNN run by torch (TorchScript)" in scripted.path_note
+
+    def no_trace(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("tracing refused")
+
+    monkeypatch.setattr(torch.jit, "trace", no_trace)
+    eager = Predictor.from_folder(weights, precision="bf16")
+    assert eager.engine == "torch" and not isinstance(eager._infer_cnn, torch.jit.ScriptModule)
+    e_s, l_s = scripted.predict_input(x)
+    e_e, l_e = eager.predict_input(x)
+    assert l_s.dtype == np.float32 and e_s.shape == e_e.shape and l_s.shape == l_e.shape
+    # Both are bf16 runs of the same weights; kernels may round differently, nothing more.
+    scale = max(1.0, float(np.abs(l_e).max()))
+    np.testing.assert_allclose(l_s, l_e, atol=0.03 * scale)
+    np.testing.assert_allclose(e_s, e_e, atol=0.03 * max(1.0, float(np.abs(e_e).max())))
+    # A slice's answer does not depend on the batch it ran in.
+    np.testing.assert_allclose(scripted.predict_input(x[:1])[1], l_s[:1], atol=0.03 * scale)
+
+
 def _record_niceness(path: Path, hu: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     with path.open("a") as fh:  # the process that prepared the study, and its niceness
         fh.write(f"{os.getpid()} {os.nice(0)}\n")
@@ -392,7 +423,7 @@ def test_lanes_give_the_one_lane_bits_in_order(one_thread: None, precision: str,
     two = Predictor.from_folder(REPO / "weights", precision=precision, batch_size=4,
                                 engine=engine, lanes=2)
     assert two.lanes == 2 and two.engine == one.engine
-    assert one.engine == ("torch" if precision == "bf16" else engine)
+    assert one.engine == ("torch (TorchScript)" if precision == "bf16" else engine)
     assert "in 2 lanes" in two.path_note and "lanes" not in one.path_note
     items = _stream_items([9, 3, None, 6, 1, 5], size=one.preprocess_config.size)
     want = list(one.predict_stream(items))

@@ -47,7 +47,7 @@ def test_auto_runs_onnxruntime_with_torch_answers(weights: Path) -> None:
 def test_other_paths_and_missing_runtime_stay_in_torch(
     weights: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert Predictor.from_folder(weights, precision="bf16").engine == "torch"
+    assert Predictor.from_folder(weights, precision="bf16").engine == "torch (TorchScript)"
     with pytest.raises(ValueError, match="fp32 CNN on the CPU only"):
         Predictor.from_folder(weights, precision="bf16", engine="onnxruntime")
     with pytest.raises(ValueError, match="engine must be one of"):
