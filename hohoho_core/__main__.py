@@ -596,16 +596,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from hohoho_core.atomic import atomic_write_text
     from hohoho_core.evaluate import evaluate_index, score
-    from hohoho_core.predict import Predictor
+    from hohoho_core.predict import Predictor, resolve_folder_precision
     from hohoho_core.retune import retune_thresholds, write_retuned
     from hohoho_core.rsna import build_index
     from hohoho_core.runtime import configure_torch
     from hohoho_core.strictjson import finite_json
     from hohoho_core.system import available_cores
+    from hohoho_core.weights import WeightsError
 
-    configure_torch(available_cores(), deterministic=True)
-    predictor = Predictor.from_folder(weights, device=args.device or "cpu",
-                                      batch_size=args.batch_size)
+    device = args.device or "cpu"
+    try:
+        resolution = resolve_folder_precision(weights, args.precision, device)
+    except WeightsError as err:
+        raise CliError(f"weights {weights}: {err}") from None
+    configure_torch(available_cores(), deterministic=True,
+                    quantized_engine="auto" if resolution.precision == "int8" else None)
+    try:
+        predictor = Predictor.from_folder(weights, device=device, batch_size=args.batch_size,
+                                          precision=resolution.precision, engine=args.engine)
+    except WeightsError as err:
+        raise CliError(f"weights {weights}: {err}") from None
+    except ValueError as err:  # --engine onnxruntime with bf16/int8/GPU, or not installed
+        raise CliError(f"--engine {args.engine}: {err}") from None
+    # Scores belong to the arithmetic that made them: say which ran.
+    print(f"precision: {predictor.path_note}")
     try:
         index = build_index(data, labels_csv=args.labels, workers=1,
                             progress=sys.stderr.isatty())
@@ -630,6 +644,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                         tune=True)
     result: dict[str, Any] = {
         "weights": str(weights), "data": str(data), "beta": args.beta,
+        "precision": resolution.precision, "engine": predictor.engine,
         "studies": int(len(set(pred.study_ids.tolist()))), "slices": int(len(pred)),
         "unreadable_files": len(index.unreadable), "skipped_slices": len(index.skipped),
         "reports": reports,
@@ -650,7 +665,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             base = np.asarray(cfg.cnn_thresholds or cfg.thresholds, dtype=np.float64)
             cnn_thr = retune_thresholds(pred.labels, pred.cnn_prob, base, beta=args.beta,
                                         sensitivity=args.sensitivity)
-        note = {**rule, "data": data.name, "studies": result["studies"],
+        note = {**rule, "data": data.name, "precision": resolution.precision,
+                "studies": result["studies"],
                 "slices": result["slices"], "from_weights": weights.name}
         try:
             write_retuned(weights, retune, final_thr, cnn_thr, note)
@@ -770,6 +786,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "recall reaches this target (instead of maximising F-beta)")
     p.add_argument("--batch-size", type=int, default=16, help="slices per CNN batch")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8", "auto"), default="fp32",
+                   help="CNN arithmetic to score: fp32, the reference, unless asked; bf16 "
+                   "or int8 to check a faster path on your own labelled data; auto: what "
+                   "predict's default would run here")
+    p.add_argument("--engine", choices=ENGINES, default="auto",
+                   help="what runs the fp32 CNN on the CPU (as for predict)")
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

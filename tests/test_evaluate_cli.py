@@ -103,6 +103,29 @@ def test_evaluate_refuses_to_overwrite_and_bad_arguments(
     assert main(["evaluate", "--weights", str(weights_dir), "--data", str(empty)]) == 2
 
 
+def test_evaluate_scores_the_precision_it_is_asked_for(
+    weights_dir: Path, labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fp32 unless asked; --precision bf16 scores the bf16 CNN, says so on stdout and in the
+    report, and gives close but not identical probabilities (the same slices, scored)."""
+    ref, fast = tmp_path / "fp32.json", tmp_path / "bf16.json"
+    rc, out = _run(["evaluate", "--weights", str(weights_dir), "--data", str(labelled),
+                    "--out", str(ref)])
+    assert rc == 0 and "precision: fp32 (requested)" in out
+    rc, out = _run(["evaluate", "--weights", str(weights_dir), "--data", str(labelled),
+                    "--out", str(fast), "--precision", "bf16"])
+    assert rc == 0 and "precision: bf16 (requested); CNN run by torch" in out
+    a, b = json.loads(ref.read_text()), json.loads(fast.read_text())
+    assert (a["precision"], b["precision"]) == ("fp32", "bf16")
+    assert b["engine"].startswith("torch") and a["slices"] == b["slices"] > 0
+    loss_a, loss_b = a["reports"]["cnn"]["log_loss"], b["reports"]["cnn"]["log_loss"]
+    assert loss_a != loss_b and abs(loss_a - loss_b) < 0.05
+    # The fp32-only engine cannot run bf16: a clear error, not a silent fp32 run.
+    assert main(["evaluate", "--weights", str(weights_dir), "--data", str(labelled),
+                 "--precision", "bf16", "--engine", "onnxruntime"]) == 2
+    assert "fp32 CNN on the CPU only" in capsys.readouterr().err
+
+
 def test_predict_sample_submission_check_lists_missing_images(
     weights_dir: Path, labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
