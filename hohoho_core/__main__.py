@@ -99,7 +99,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.dicomweb is not None:  # studies from a PACS: hohoho_core.pacs_cli
         from hohoho_core.pacs_cli import predict_dicomweb
 
-        return predict_dicomweb(args, CliError, _check_out, default_weights)
+        try:
+            with _stop_on_sigterm():
+                return predict_dicomweb(args, CliError, _check_out, default_weights)
+        except KeyboardInterrupt:  # predict_dicomweb said what is kept for --resume
+            return EXIT_INTERRUPTED
     if not args.paths:
         raise CliError("give study PATHs, or --dicomweb URL with --study-uid or a query")
     # Check the arguments before the heavy imports, so mistakes are reported at once.

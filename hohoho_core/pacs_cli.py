@@ -16,6 +16,8 @@ from typing import Any
 
 __all__ = ["add_pacs_parser", "add_predict_arguments", "predict_dicomweb", "search_command"]
 
+_STUDY_DONE = "study_done"  # the partial log's marker: every chosen series of it is logged
+
 _URL_HELP = "DICOMweb root, e.g. http://localhost:8042/dicom-web (default: $HOHOHO_DICOMWEB_URL)"
 
 
@@ -106,8 +108,15 @@ def predict_dicomweb(
     """``predict --dicomweb``: each study (given or found) retrieved, read like an upload,
     predicted; results written like ``predict PATH``'s; with ``--store-sr`` a structured
     report per study goes back to the server, with ``--store-saliency`` saliency overlays
-    as Secondary Capture images. A failure keeps what was predicted: the
-    output is written first, then the error says how far it got."""
+    as Secondary Capture images.
+
+    Nothing predicted is lost: each series' record goes to the partial log as it finishes
+    (`hohoho_core.resultlog`, as for ``predict PATH``), then a marker once the whole study
+    is done. After Ctrl-C, SIGTERM or a failed study the log stays, and ``--resume`` skips
+    the studies marked done without retrieving them again, and the series already logged
+    of a study cut short (whose reports were stored, so none is stored twice). A failure
+    still writes the output of what was predicted before the error says how far it got.
+    """
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".json"):
         raise error(f"--out must end in .csv or .json, got {out.name}")
@@ -115,10 +124,8 @@ def predict_dicomweb(
         raise error("give either study PATHs or --dicomweb, not both")
     if args.batch_size < 1:
         raise error(f"--batch-size must be >= 1, got {args.batch_size}")
-    for flag, value in (("--resume", args.resume), ("--sample-submission",
-                                                    args.sample_submission)):
-        if value:
-            raise error(f"{flag} works with study PATHs, not with --dicomweb")
+    if args.sample_submission:
+        raise error("--sample-submission works with study PATHs, not with --dicomweb")
     if args.series_description:
         import re
 
@@ -149,6 +156,7 @@ def predict_dicomweb(
         store_instances,
     )
     from hohoho_core.predict import Predictor, prediction_record, write_predictions
+    from hohoho_core.resultlog import ResultLog, rank_log_path, study_key
     from hohoho_core.runtime import configure_torch
     from hohoho_core.sr import build_sr, evidence_headers, model_identity
     from hohoho_core.sr_capture import saliency_captures
@@ -164,6 +172,16 @@ def predict_dicomweb(
         raise error(str(err)) from None
     if not uids:
         raise error(f"no CT study on {server.display_url} matches the query")
+    results = ResultLog(rank_log_path(out, 0, 1))
+    if results.exists() and not args.resume:
+        raise error(f"{results.path} holds the results of an interrupted run: pass --resume "
+                    "to continue it, or delete that file to start again")
+    if not args.resume:
+        results.remove()
+    results.repair()
+    logged = list(results.records())
+    done = {study_key(r["study_uid"], r["series_uid"]) for r in logged}
+    complete = {r["study_uid"] for r in logged if r.get(_STUDY_DONE)}
     configure_torch(available_cores(), deterministic=True,
                     quantized_engine="auto" if args.precision == "int8" else None)
     try:
@@ -177,37 +195,65 @@ def predict_dicomweb(
     print(f"precision: {predictor.path_note}")
     model = model_identity(predictor.config, weights)
 
-    records: list[dict[str, Any]] = []
+    def _predict_one(uid: str) -> int:
+        """Retrieve, predict and log one study (its series not logged yet); objects stored."""
+        n_stored = 0
+        uploads = retrieve_study(server, uid)
+        with scan_source(uploads, max_upload_bytes=DEFAULT_MAX_STUDY_BYTES,
+                         max_total_upload_bytes=DEFAULT_MAX_STUDY_BYTES) as scan:
+            chosen = {(s.study_uid, s.series_uid) for s in choose_series(
+                scan.series, description=args.series_description, rule=args.series)}
+            if not chosen:
+                raise StudyLoadError("no axial CT series to predict", scan.report)
+            keep = args.store_sr or args.store_saliency
+            headers = evidence_headers(uploads) if keep else {}
+            for study in scan.iter_studies(skip=lambda a, b: (a, b) not in chosen
+                                           or study_key(a, b) in done):
+                pred = predictor.predict(study)
+                objects = [build_sr(pred, study, headers, model)] if args.store_sr else []
+                if args.store_saliency:
+                    objects += saliency_captures(pred, study, headers, predictor)
+                if objects:
+                    n_stored += store_instances(server, objects)
+                # Logged after its objects are stored: a stop in between stores them
+                # again on --resume, rather than never.
+                results.append(prediction_record(pred))
+        results.append({"study_uid": uid, "series_uid": "", _STUDY_DONE: True})
+        return n_stored
+
     failures: list[str] = []
-    stored = 0
-    for n, uid in enumerate(uids, 1):
-        try:
-            uploads = retrieve_study(server, uid)
-            with scan_source(uploads, max_upload_bytes=DEFAULT_MAX_STUDY_BYTES,
-                             max_total_upload_bytes=DEFAULT_MAX_STUDY_BYTES) as scan:
-                chosen = {(s.study_uid, s.series_uid) for s in choose_series(
-                    scan.series, description=args.series_description, rule=args.series)}
-                if not chosen:
-                    raise StudyLoadError("no axial CT series to predict", scan.report)
-                keep = args.store_sr or args.store_saliency
-                headers = evidence_headers(uploads) if keep else {}
-                for study in scan.iter_studies(
-                        skip=lambda a, b, chosen=chosen: (a, b) not in chosen):
-                    pred = predictor.predict(study)
-                    records.append(prediction_record(pred))
-                    objects = [build_sr(pred, study, headers, model)] if args.store_sr else []
-                    if args.store_saliency:
-                        objects += saliency_captures(pred, study, headers, predictor)
-                    if objects:
-                        stored += store_instances(server, objects)
-            print(f"[{n}/{len(uids)}] study {uid}: predicted", file=sys.stderr)
-        except StudyLoadError as err:
-            failures.append(f"study {uid}: {err}")
-        except PacsError as err:
-            failures.append(str(err))
-            if len(uids) == 1 or "cannot reach" in str(err):
-                break  # the server is gone: do not try every other study
+    stored = predicted = 0
+    try:
+        for n, uid in enumerate(uids, 1):
+            if uid in complete:
+                continue  # --resume: predicted (and stored) by the interrupted run
+            try:
+                stored += _predict_one(uid)
+                predicted += 1
+                print(f"[{n}/{len(uids)}] study {uid}: predicted", file=sys.stderr)
+            except StudyLoadError as err:
+                failures.append(f"study {uid}: {err}")
+            except PacsError as err:
+                failures.append(str(err))
+                if len(uids) == 1 or "cannot reach" in str(err):
+                    break  # the server is gone: do not try every other study
+    except KeyboardInterrupt:
+        print(f"hohoho: interrupted: {predicted} studies predicted in this run are kept in "
+              f"{results.path}; run the same command with --resume to continue",
+              file=sys.stderr)
+        raise
+
+    def place(rec: dict[str, Any]) -> int:  # the query's order, whatever run logged it
+        return position.get(rec["study_uid"], len(uids))
+
+    position = {uid: i for i, uid in enumerate(uids)}
+    records = sorted((r for r in results.records() if not r.get(_STUDY_DONE)), key=place)
+    if args.resume and complete:
+        print(f"resumed: {len(complete & set(uids))} studies were done, {predicted} "
+              "predicted now", file=sys.stderr)
     written = write_predictions(records, out) if records else []
+    if not failures:
+        results.remove()
     if records:
         n_images = sum(len(r["image_ids"]) for r in records)
         print(f"{len(records)} studies, {n_images} images -> "
@@ -218,5 +264,5 @@ def predict_dicomweb(
     if failures:
         kept = f" ({len(records)} studies predicted were written)" if records else ""
         more = f" (and {len(failures) - 1} more failures)" if len(failures) > 1 else ""
-        raise error(f"{failures[0]}{more}{kept}")
+        raise error(f"{failures[0]}{more}{kept}; --resume retries the failed studies")
     return 0

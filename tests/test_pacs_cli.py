@@ -118,9 +118,58 @@ def test_a_failed_study_keeps_the_others(orthanc, pacs_studies, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err[-1] == (f"hohoho: error: DICOMweb server {orthanc.dicomweb_url} has no study "
-                       "1.2.3.4.5 (1 studies predicted were written)")
+                       "1.2.3.4.5 (1 studies predicted were written); --resume retries the "
+                       "failed studies")
     written = json.loads(out.read_text())["studies"]
     assert [r["study_uid"] for r in written] == [pacs_studies[2].study_uid]
+    # The partial log stays for --resume, which retries only the failed study.
+    log = tmp_path / ".preds.json.partial.jsonl"
+    assert log.is_file()
+    assert main(["predict", "--dicomweb", orthanc.dicomweb_url, "--study-uid",
+                 pacs_studies[2].study_uid, "--out", str(out)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_an_interrupted_pacs_run_resumes_to_the_same_file(
+    orthanc, pacs_studies, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C in the second study keeps the first in the partial log; --resume does not
+    retrieve it again and writes the bytes of an uninterrupted run."""
+    import hohoho_core.pacs as pacs
+
+    uids = [pacs_studies[2].study_uid, pacs_studies[0].study_uid, pacs_studies[1].study_uid]
+    argv = ["predict", "--dicomweb", orthanc.dicomweb_url, "--precision", "fp32"]
+    for uid in uids:
+        argv += ["--study-uid", uid]
+    whole = tmp_path / "whole.csv"
+    assert main([*argv, "--out", str(whole)]) == 0
+    capsys.readouterr()
+
+    real = pacs.retrieve_study
+    asked: list[str] = []
+
+    def stop_at_second(server, uid, *args, **kwargs):
+        asked.append(uid)
+        if len(asked) == 2:
+            raise KeyboardInterrupt
+        return real(server, uid, *args, **kwargs)
+
+    out = tmp_path / "cut.csv"
+    monkeypatch.setattr(pacs, "retrieve_study", stop_at_second)
+    assert main([*argv, "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "1 studies predicted in this run are kept" in err and "--resume" in err
+    assert not out.exists() and (tmp_path / ".cut.csv.partial.jsonl").is_file()
+    asked.clear()
+    monkeypatch.setattr(pacs, "retrieve_study", lambda server, uid, *a, **k: (
+        asked.append(uid), real(server, uid, *a, **k))[1])
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert "resumed: 1 studies were done, 2 predicted now" in capsys.readouterr().err
+    assert asked == uids[1:]  # the finished study was not retrieved again
+    assert out.read_bytes() == whole.read_bytes()
+    assert (tmp_path / "cut_studies.csv").read_bytes() == (
+        tmp_path / "whole_studies.csv").read_bytes()
+    assert not (tmp_path / ".cut.csv.partial.jsonl").exists()
 
 
 def _run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -156,8 +205,8 @@ def test_predict_needs_a_study_or_query(orthanc, tmp_path, capsys):
     assert main(["predict", "--dicomweb", "--study-uid", "1.2"]) == 2
     assert "HOHOHO_DICOMWEB_URL" in capsys.readouterr().err
     assert main(["predict", "--dicomweb", orthanc.dicomweb_url, "--study-uid", "1.2",
-                 "--resume"]) == 2
-    assert "--resume works with study PATHs" in capsys.readouterr().err
+                 "--sample-submission", str(tmp_path / "s.csv")]) == 2
+    assert "--sample-submission works with study PATHs" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), "--dicomweb", orthanc.dicomweb_url,
                  "--study-uid", "1.2"]) == 2
     assert "not both" in capsys.readouterr().err
