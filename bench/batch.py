@@ -67,6 +67,7 @@ from hohoho_core.precision import (
     PrecisionTable,
     cpu_class,
     int8_recipe,
+    merge_table,
     read_table,
     resolve_precision,
     write_table,
@@ -545,19 +546,17 @@ def run(args: argparse.Namespace) -> Section:
                 f"thresholds; |dF2| vs fp32 on the same slices {s['f2_delta']:.4f}; max |dp| "
                 f"{s['max_dp']:.3f}")
 
-    # Speed measured on other CPU classes (another machine's run) is kept.
-    old = read_table(weights)
-    rates = {name: {**(old.paths[name].slices_per_s if old and name in old.paths else {}),
-                    klass: measured[name]["e2e"]["rate"]} for name in PRECISIONS}
-    table = PrecisionTable(
+    # Another machine's speeds, and checks over more slices than this run's, are kept.
+    table = merge_table(read_table(weights), PrecisionTable(
         {name: PathCheck(scores[name]["macro_f2"], scores[name]["f2_delta"],
-                         scores[name]["max_dp"], rates[name], int(scores[name]["n_slices"]),
+                         scores[name]["max_dp"], {klass: measured[name]["e2e"]["rate"]},
+                         int(scores[name]["n_slices"]),
                          recipe=(int8_recipe(flags, torch.backends.quantized.engine)
                                  if name == "int8" else ""))
          for name in PRECISIONS if name in scores},
         test_split=test_root.name if test_root is not None else "",
         n_slices=int(scores["fp32"]["n_slices"]) if "fp32" in scores else 0,
-    )
+    ))
     chosen = resolve_precision("auto", table, flags, torch.backends.quantized.supported_engines)
     if not args.no_table and scores:
         path = write_table(weights, table)

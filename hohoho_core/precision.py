@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "Resolution",
     "cpu_class",
     "int8_recipe",
+    "merge_table",
     "natively_supported",
     "read_table",
     "resolve_precision",
@@ -171,6 +172,31 @@ def read_table(folder: str | Path) -> PrecisionTable | None:
         return PrecisionTable(paths, str(doc.get("test_split", "")), int(doc.get("n_slices", 0)))
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise ValueError(f"{path}: unreadable precision table ({err})") from None
+
+
+def merge_table(old: PrecisionTable | None, new: PrecisionTable) -> PrecisionTable:
+    """``new``, keeping what ``old`` (the folder's table) measured and ``new`` did not.
+
+    Speeds on other CPU classes are kept. A path's accuracy check is kept when ``new``'s
+    covered fewer test-split slices with the same recipe: on a CPU that emulates bf16 the
+    bench checks it on a few studies only, and that weaker check must not replace a whole
+    split's. A check with another int8 recipe replaces the old one (one recipe per table).
+    """
+    if old is None:
+        return new
+    paths: dict[str, PathCheck] = {}
+    for name, check in new.paths.items():
+        before = old.paths.get(name)
+        speeds = {**(before.slices_per_s if before else {}), **check.slices_per_s}
+        if (before is not None and before.recipe == check.recipe
+                and before.n_slices > check.n_slices):
+            check = replace(before, slices_per_s=speeds)
+        else:
+            check = replace(check, slices_per_s=speeds)
+        paths[name] = check
+    for name, before in old.paths.items():
+        paths.setdefault(name, before)
+    return replace(new, paths=paths)
 
 
 def write_table(folder: str | Path, table: PrecisionTable) -> Path:

@@ -35,6 +35,7 @@ from hohoho_core.precision import (
     PrecisionTable,
     cpu_class,
     int8_recipe,
+    merge_table,
     read_table,
     resolve_precision,
     write_table,
@@ -245,6 +246,34 @@ def test_precision_auto_resolves_from_the_measured_table() -> None:
     assert resolve_precision("bf16", None, AVX2, ()).describe() == "bf16 (requested)"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision("fp16", None, AVX2, ())
+
+
+def test_a_weaker_check_does_not_replace_a_stronger_one() -> None:
+    """A bench run on a CPU that emulates bf16 checks it on a few studies: the table keeps
+    the whole split's check and takes the new speed; a check over as many slices, or with
+    another int8 recipe, replaces the old one; other classes' speeds and paths stay."""
+    old = PrecisionTable({
+        "fp32": PathCheck(0.80, 0.0, 0.0, {"amx": 300.0}, 598),
+        "bf16": PathCheck(0.799, 0.0007, 0.012, {"amx": 900.0}, 598),
+        "int8": PathCheck(0.78, 0.019, 0.044, {"amx": 600.0}, 598, recipe="vnni-minmax8"),
+    })
+    new = PrecisionTable({
+        "fp32": PathCheck(0.81, 0.0, 0.0, {"avx2": 63.0}, 598),
+        "bf16": PathCheck(0.46, 0.0026, 0.010, {"avx2": 6.9}, 157),
+        "int8": PathCheck(0.77, 0.022, 0.078, {"avx2": 85.0}, 598, recipe="torch-default"),
+    }, test_split="split", n_slices=598)
+    merged = merge_table(old, new)
+    assert merged.test_split == "split" and merged.n_slices == 598
+    fp32, bf16, int8 = (merged.paths[k] for k in ("fp32", "bf16", "int8"))
+    assert fp32.macro_f2 == 0.81 and fp32.slices_per_s == {"amx": 300.0, "avx2": 63.0}
+    assert (bf16.macro_f2, bf16.max_dp, bf16.n_slices) == (0.799, 0.012, 598)
+    assert bf16.slices_per_s == {"amx": 900.0, "avx2": 6.9}
+    assert int8.recipe == "torch-default" and int8.max_dp == 0.078
+    assert int8.slices_per_s == {"amx": 600.0, "avx2": 85.0}
+    # A path this run did not score stays as it was; no old table: the new one as it is.
+    assert merge_table(old, replace(new, paths={"fp32": new.paths["fp32"]})).paths["bf16"] \
+        == old.paths["bf16"]
+    assert merge_table(None, new) == new
 
 
 def test_precision_table_round_trip_and_from_folder(tmp_path: Path) -> None:
