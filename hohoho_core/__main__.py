@@ -97,12 +97,17 @@ def _load_sources(paths: Sequence[str]) -> list[Path]:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     if args.dicomweb is not None:  # studies from a PACS: hohoho_core.pacs_cli
-        from hohoho_core.pacs_cli import predict_dicomweb
+        from hohoho_core.pacs_cli import dicomweb_log_path, predict_dicomweb
 
         try:
             with _stop_on_sigterm():
                 return predict_dicomweb(args, CliError, _check_out, default_weights)
-        except KeyboardInterrupt:  # predict_dicomweb said what is kept for --resume
+        except KeyboardInterrupt:
+            log = dicomweb_log_path(Path(args.out))
+            kept = (f"finished studies are kept in {log}; run the same command with --resume "
+                    "to continue" if log.is_file() and log.stat().st_size else
+                    "nothing was predicted")
+            print(f"hohoho: interrupted: {kept}", file=sys.stderr)
             return EXIT_INTERRUPTED
     if not args.paths:
         raise CliError("give study PATHs, or --dicomweb URL with --study-uid or a query")
@@ -608,6 +613,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hohoho_core.system import available_cores
     from hohoho_core.weights import WeightsError
 
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = args.device or "cpu"
     try:
         resolution = resolve_folder_precision(weights, args.precision, device)
@@ -616,12 +623,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     configure_torch(available_cores(), deterministic=True,
                     quantized_engine="auto" if resolution.precision == "int8" else None)
     try:
+        # The precision as asked, so the note says "auto: ..." when auto chose.
         predictor = Predictor.from_folder(weights, device=device, batch_size=args.batch_size,
-                                          precision=resolution.precision, engine=args.engine)
+                                          precision=args.precision, engine=args.engine)
     except WeightsError as err:
         raise CliError(f"weights {weights}: {err}") from None
-    except ValueError as err:  # --engine onnxruntime with bf16/int8/GPU, or not installed
-        raise CliError(f"--engine {args.engine}: {err}") from None
+    except ValueError as err:  # --engine onnxruntime with bf16/int8/GPU, int8 on a GPU
+        raise CliError(f"--engine {args.engine}: {err}" if args.engine != "auto"
+                       else f"--precision {args.precision}: {err}") from None
     # Scores belong to the arithmetic that made them: say which ran.
     print(f"precision: {predictor.path_note}")
     try:

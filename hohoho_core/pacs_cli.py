@@ -14,7 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_pacs_parser", "add_predict_arguments", "predict_dicomweb", "search_command"]
+__all__ = [
+    "add_pacs_parser",
+    "add_predict_arguments",
+    "dicomweb_log_path",
+    "predict_dicomweb",
+    "search_command",
+]
 
 _STUDY_DONE = "study_done"  # the partial log's marker: every chosen series of it is logged
 
@@ -99,6 +105,12 @@ def search_command(args: argparse.Namespace, error: type[Exception]) -> int:
     return 0
 
 
+def dicomweb_log_path(out: Path) -> Path:
+    """``predict --dicomweb``'s partial log: its own name, not ``predict PATH``'s, so the
+    two modes never read each other's records."""
+    return out.with_name(f".{out.name}.dicomweb.partial.jsonl")
+
+
 def predict_dicomweb(
     args: argparse.Namespace,
     error: type[Exception],
@@ -114,8 +126,9 @@ def predict_dicomweb(
     (`hohoho_core.resultlog`, as for ``predict PATH``), then a marker once the whole study
     is done. After Ctrl-C, SIGTERM or a failed study the log stays, and ``--resume`` skips
     the studies marked done without retrieving them again, and the series already logged
-    of a study cut short (whose reports were stored, so none is stored twice). A failure
-    still writes the output of what was predicted before the error says how far it got.
+    of a study cut short (whose reports were stored: at most the series in flight when the
+    run stopped has its reports stored again). A failure still writes the output of what
+    was predicted before the error says how far it got.
     """
     out = Path(args.out)
     if out.suffix.lower() not in (".csv", ".json"):
@@ -156,7 +169,7 @@ def predict_dicomweb(
         store_instances,
     )
     from hohoho_core.predict import Predictor, prediction_record, write_predictions
-    from hohoho_core.resultlog import ResultLog, rank_log_path, study_key
+    from hohoho_core.resultlog import ResultLog, study_key
     from hohoho_core.runtime import configure_torch
     from hohoho_core.sr import build_sr, evidence_headers, model_identity
     from hohoho_core.sr_capture import saliency_captures
@@ -164,7 +177,7 @@ def predict_dicomweb(
     from hohoho_core.weights import WeightsError
 
     try:
-        uids = list(args.study_uid or [])
+        uids = list(dict.fromkeys(args.study_uid or []))  # a repeated UID once
         if query_given:
             uids += [m.study_uid for m in search_studies(server, _query(args))
                      if m.study_uid not in uids]
@@ -172,7 +185,7 @@ def predict_dicomweb(
         raise error(str(err)) from None
     if not uids:
         raise error(f"no CT study on {server.display_url} matches the query")
-    results = ResultLog(rank_log_path(out, 0, 1))
+    results = ResultLog(dicomweb_log_path(out))
     if results.exists() and not args.resume:
         raise error(f"{results.path} holds the results of an interrupted run: pass --resume "
                     "to continue it, or delete that file to start again")
@@ -197,7 +210,7 @@ def predict_dicomweb(
 
     def _predict_one(uid: str) -> int:
         """Retrieve, predict and log one study (its series not logged yet); objects stored."""
-        n_stored = 0
+        n_stored = n_series = 0
         uploads = retrieve_study(server, uid)
         with scan_source(uploads, max_upload_bytes=DEFAULT_MAX_STUDY_BYTES,
                          max_total_upload_bytes=DEFAULT_MAX_STUDY_BYTES) as scan:
@@ -218,30 +231,29 @@ def predict_dicomweb(
                 # Logged after its objects are stored: a stop in between stores them
                 # again on --resume, rather than never.
                 results.append(prediction_record(pred))
+                n_series += 1
+            if not n_series and not any(study_key(a, b) in done for a, b in chosen):
+                # Every chosen series failed to load (the others count as skipped, so
+                # the reader does not raise): not done, --resume tries it again.
+                raise StudyLoadError("no chosen series could be loaded", scan.report)
         results.append({"study_uid": uid, "series_uid": "", _STUDY_DONE: True})
         return n_stored
 
     failures: list[str] = []
     stored = predicted = 0
-    try:
-        for n, uid in enumerate(uids, 1):
-            if uid in complete:
-                continue  # --resume: predicted (and stored) by the interrupted run
-            try:
-                stored += _predict_one(uid)
-                predicted += 1
-                print(f"[{n}/{len(uids)}] study {uid}: predicted", file=sys.stderr)
-            except StudyLoadError as err:
-                failures.append(f"study {uid}: {err}")
-            except PacsError as err:
-                failures.append(str(err))
-                if len(uids) == 1 or "cannot reach" in str(err):
-                    break  # the server is gone: do not try every other study
-    except KeyboardInterrupt:
-        print(f"hohoho: interrupted: {predicted} studies predicted in this run are kept in "
-              f"{results.path}; run the same command with --resume to continue",
-              file=sys.stderr)
-        raise
+    for n, uid in enumerate(uids, 1):
+        if uid in complete:
+            continue  # --resume: predicted (and stored) by the interrupted run
+        try:
+            stored += _predict_one(uid)
+            predicted += 1
+            print(f"[{n}/{len(uids)}] study {uid}: predicted", file=sys.stderr)
+        except StudyLoadError as err:
+            failures.append(f"study {uid}: {err}")
+        except PacsError as err:
+            failures.append(str(err))
+            if len(uids) == 1 or "cannot reach" in str(err):
+                break  # the server is gone: do not try every other study
 
     def place(rec: dict[str, Any]) -> int:  # the query's order, whatever run logged it
         return position.get(rec["study_uid"], len(uids))

@@ -177,25 +177,29 @@ def read_table(folder: str | Path) -> PrecisionTable | None:
 def merge_table(old: PrecisionTable | None, new: PrecisionTable) -> PrecisionTable:
     """``new``, keeping what ``old`` (the folder's table) measured and ``new`` did not.
 
-    Speeds on other CPU classes are kept. A path's accuracy check is kept when ``new``'s
-    covered fewer test-split slices with the same recipe: on a CPU that emulates bf16 the
-    bench checks it on a few studies only, and that weaker check must not replace a whole
-    split's. A check with another int8 recipe replaces the old one (one recipe per table).
+    Speeds on other CPU classes are kept. A path's old accuracy check is kept when the new
+    one covered fewer slices of the same test split with the same recipe and passed the
+    bars: on a CPU that emulates bf16 the bench checks it on a few studies only, and that
+    weaker check must not replace a whole split's. A new check that fails the bars
+    contradicts the old one and replaces it, as does one on another split (new weights)
+    or with another int8 recipe (one recipe per table).
     """
     if old is None:
         return new
+    same_split = old.test_split == new.test_split
     paths: dict[str, PathCheck] = {}
     for name, check in new.paths.items():
         before = old.paths.get(name)
         speeds = {**(before.slices_per_s if before else {}), **check.slices_per_s}
-        if (before is not None and before.recipe == check.recipe
-                and before.n_slices > check.n_slices):
+        if (before is not None and same_split and before.recipe == check.recipe
+                and check.accepted and before.n_slices > check.n_slices):
             check = replace(before, slices_per_s=speeds)
         else:
             check = replace(check, slices_per_s=speeds)
         paths[name] = check
-    for name, before in old.paths.items():
-        paths.setdefault(name, before)
+    if same_split:  # a path this run did not score keeps its check
+        for name, before in old.paths.items():
+            paths.setdefault(name, before)
     return replace(new, paths=paths)
 
 

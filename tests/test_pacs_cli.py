@@ -123,7 +123,7 @@ def test_a_failed_study_keeps_the_others(orthanc, pacs_studies, tmp_path, capsys
     written = json.loads(out.read_text())["studies"]
     assert [r["study_uid"] for r in written] == [pacs_studies[2].study_uid]
     # The partial log stays for --resume, which retries only the failed study.
-    log = tmp_path / ".preds.json.partial.jsonl"
+    log = tmp_path / ".preds.json.dicomweb.partial.jsonl"
     assert log.is_file()
     assert main(["predict", "--dicomweb", orthanc.dicomweb_url, "--study-uid",
                  pacs_studies[2].study_uid, "--out", str(out)]) == 2
@@ -158,8 +158,8 @@ def test_an_interrupted_pacs_run_resumes_to_the_same_file(
     monkeypatch.setattr(pacs, "retrieve_study", stop_at_second)
     assert main([*argv, "--out", str(out)]) == 130
     err = capsys.readouterr().err
-    assert "1 studies predicted in this run are kept" in err and "--resume" in err
-    assert not out.exists() and (tmp_path / ".cut.csv.partial.jsonl").is_file()
+    assert "finished studies are kept in" in err and "--resume" in err
+    assert not out.exists() and (tmp_path / ".cut.csv.dicomweb.partial.jsonl").is_file()
     asked.clear()
     monkeypatch.setattr(pacs, "retrieve_study", lambda server, uid, *a, **k: (
         asked.append(uid), real(server, uid, *a, **k))[1])
@@ -169,7 +169,58 @@ def test_an_interrupted_pacs_run_resumes_to_the_same_file(
     assert out.read_bytes() == whole.read_bytes()
     assert (tmp_path / "cut_studies.csv").read_bytes() == (
         tmp_path / "whole_studies.csv").read_bytes()
-    assert not (tmp_path / ".cut.csv.partial.jsonl").exists()
+    assert not (tmp_path / ".cut.csv.dicomweb.partial.jsonl").exists()
+
+
+def test_a_study_cut_between_its_series_resumes_without_storing_twice(
+    orthanc_rw, pacs_studies, tmp_path, capsys, monkeypatch
+):
+    """A study of two series, stopped after the first series' report was stored: --resume
+    predicts and stores only the second, and writes an uninterrupted run's bytes."""
+    import copy
+
+    from dicomweb_client import DICOMwebClient
+    from pydicom.uid import generate_uid
+
+    import hohoho_core.pacs as pacs
+
+    target = pacs_studies[1]
+    series = generate_uid()
+    twin = []
+    for ds in target.datasets:
+        ds = copy.deepcopy(ds)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        twin.append(ds)
+    DICOMwebClient(orthanc_rw.dicomweb_url).store_instances(twin, target.study_uid)
+    server = DicomwebServer(orthanc_rw.dicomweb_url)
+    n_images = 2 * len(target.datasets)
+    argv = ["predict", "--dicomweb", orthanc_rw.dicomweb_url, "--study-uid",
+            target.study_uid, "--store-sr", "--precision", "fp32"]
+    whole = tmp_path / "whole.csv"
+    assert main([*argv, "--out", str(whole)]) == 0
+    assert len(retrieve_study(server, target.study_uid)) == n_images + 2  # one SR a series
+    capsys.readouterr()
+
+    real = pacs.store_instances
+    calls: list[int] = []
+
+    def stop_at_second(server, objects, *args, **kwargs):
+        calls.append(len(objects))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(server, objects, *args, **kwargs)
+
+    monkeypatch.setattr(pacs, "store_instances", stop_at_second)
+    out = tmp_path / "cut.csv"
+    assert main([*argv, "--out", str(out)]) == 130
+    assert "--resume" in capsys.readouterr().err
+    assert len(retrieve_study(server, target.study_uid)) == n_images + 3
+    calls.clear()
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert calls == [1]  # the second series' report only
+    assert len(retrieve_study(server, target.study_uid)) == n_images + 4
+    assert out.read_bytes() == whole.read_bytes()
 
 
 def _run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
