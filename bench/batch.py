@@ -172,7 +172,19 @@ def run_cli(data: Path, weights: Path, out: Path, precision: str,
            "--out", str(out), "--precision", precision, "--workers", str(workers),
            "--engine", engine, "--lanes", str(lanes), "--progress-every", "1e9"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    rss_file = Path(tempfile.mkstemp(prefix="hohoho_rss_")[1])
+    fd, name = tempfile.mkstemp(prefix="hohoho_rss_")
+    os.close(fd)
+    rss_file = Path(name)
+    try:
+        return _run_measured(cmd, env, rss_file, precision, workers)
+    finally:  # also when the command could not start or the bench is interrupted
+        rss_file.unlink(missing_ok=True)
+
+
+def _run_measured(cmd: list[str], env: dict[str, str], rss_file: Path, precision: str,
+                  workers: int) -> dict[str, Any]:
+    """`run_cli`'s work: the command through `bench/peak_rss.py`, which writes its peak
+    resident set (KiB) into ``rss_file``."""
     launcher = [sys.executable, str(Path(__file__).with_name("peak_rss.py")), str(rss_file)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(launcher + cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
@@ -205,10 +217,7 @@ def run_cli(data: Path, weights: Path, out: Path, precision: str,
     proc.wait()
     wall = time.perf_counter() - t0
     stdout, stderr = texts["out"], texts["err"]
-    try:
-        maxrss_kib = int(rss_file.read_text(encoding="utf-8") or 0)
-    finally:
-        rss_file.unlink(missing_ok=True)
+    maxrss_kib = int(rss_file.read_text(encoding="utf-8") or 0)
     peak = maxrss_kib * 1024 + sum(private.values())  # ru_maxrss: KiB on Linux
     if proc.returncode != 0:
         raise RuntimeError(f"predict --precision {precision} failed: {stderr[-800:]}")
