@@ -1,6 +1,8 @@
 """Models: a small registry of slice CNNs (stage 1) and the sequence LSTM (stage 2).
 
-Stage 1 (`SliceClassifier`): a torchvision backbone up to global pooling gives a per-slice
+Stage 1 (`SliceClassifier`): a ResNet or DenseNet backbone (ResNet-18/34 from
+`hohoho_core.resnet`, the others from torchvision, imported only when built) up to global
+pooling gives a per-slice
 embedding ``[N, D]`` (512 for ResNet-18), a linear head gives six logits (five subtypes and
 "any", columns ``labels.CLASSES``). Input is windowed CT in [0, 1], ``[N, 3, H, W]``; the
 model applies ImageNet mean/std itself, so an all-zero input is "all air".
@@ -21,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from hohoho_core import resnet
 from hohoho_core.labels import CLASSES
 from hohoho_core.losses import masked_bce
 
@@ -62,12 +64,14 @@ class _Built:
 
 _Builder = Callable[[bool], _Built]
 _REGISTRY: dict[str, _Builder] = {}
-#: torchvision weight enums for ImageNet initialisation, per registered name.
-_IMAGENET: dict[str, Any] = {}
+#: torchvision weight names for ImageNet initialisation, per registered name (resolved by
+#: ``torchvision.models.get_weight`` only when asked: importing torchvision is slow).
+_IMAGENET: dict[str, str | None] = {}
 
 
-def register(name: str, imagenet: Any = None) -> Callable[[_Builder], _Builder]:
-    """Register a backbone builder ``fn(imagenet: bool) -> _Built`` under ``name``."""
+def register(name: str, imagenet: str | None = None) -> Callable[[_Builder], _Builder]:
+    """Register a backbone builder ``fn(imagenet: bool) -> _Built`` under ``name``;
+    ``imagenet``: torchvision's weights name, e.g. ``"ResNet18_Weights.IMAGENET1K_V1"``."""
 
     def deco(fn: _Builder) -> _Builder:
         if name in _REGISTRY:
@@ -79,11 +83,14 @@ def register(name: str, imagenet: Any = None) -> Callable[[_Builder], _Builder]:
     return deco
 
 
-def _imagenet_state(weights_enum: Any) -> dict[str, torch.Tensor]:
+def _imagenet_state(weights_name: str) -> dict[str, torch.Tensor]:
     """torchvision's ImageNet state dict, from the torch hub cache or a download.
 
     Raises `PretrainedWeightsUnavailable` offline, naming the file to fetch.
     """
+    import torchvision.models as tvm
+
+    weights_enum = tvm.get_weight(weights_name)
     url: str = weights_enum.url
     file_name = url.rsplit("/", 1)[-1]
     try:
@@ -103,7 +110,7 @@ def _imagenet_state(weights_enum: Any) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _resnet_parts(net: tvm.ResNet) -> _Built:
+def _resnet_parts(net: nn.Module) -> _Built:
     # Same child names as torchvision, so ImageNet keys map one to one.
     backbone = nn.Sequential(
         OrderedDict(
@@ -123,30 +130,35 @@ def _resnet_parts(net: tvm.ResNet) -> _Built:
 
 
 def _load_imagenet(net: nn.Module, name: str, remap: Callable[[str], str] | None = None) -> None:
-    state = _imagenet_state(_IMAGENET[name])
+    weights = _IMAGENET[name]
+    if weights is None:
+        raise ValueError(f"no ImageNet weights are known for {name!r}")
+    state = _imagenet_state(weights)
     if remap is not None:
         state = {remap(k): v for k, v in state.items()}
     net.load_state_dict(state, strict=True)
 
 
-@register("resnet18", tvm.ResNet18_Weights.IMAGENET1K_V1)
+@register("resnet18", "ResNet18_Weights.IMAGENET1K_V1")
 def _resnet18(imagenet: bool) -> _Built:
-    net = tvm.resnet18(weights=None)
+    net = resnet.resnet18()
     if imagenet:
         _load_imagenet(net, "resnet18")
     return _resnet_parts(net)
 
 
-@register("resnet34", tvm.ResNet34_Weights.IMAGENET1K_V1)
+@register("resnet34", "ResNet34_Weights.IMAGENET1K_V1")
 def _resnet34(imagenet: bool) -> _Built:
-    net = tvm.resnet34(weights=None)
+    net = resnet.resnet34()
     if imagenet:
         _load_imagenet(net, "resnet34")
     return _resnet_parts(net)
 
 
-@register("resnet50", tvm.ResNet50_Weights.IMAGENET1K_V2)
+@register("resnet50", "ResNet50_Weights.IMAGENET1K_V2")
 def _resnet50(imagenet: bool) -> _Built:
+    import torchvision.models as tvm
+
     net = tvm.resnet50(weights=None)
     if imagenet:
         _load_imagenet(net, "resnet50")
@@ -164,8 +176,10 @@ def _densenet_key(key: str) -> str:
     return m.group(1) + m.group(2) if m else key
 
 
-@register("densenet121", tvm.DenseNet121_Weights.IMAGENET1K_V1)
+@register("densenet121", "DenseNet121_Weights.IMAGENET1K_V1")
 def _densenet121(imagenet: bool) -> _Built:
+    import torchvision.models as tvm
+
     net = tvm.densenet121(weights=None)
     if imagenet:
         _load_imagenet(net, "densenet121", _densenet_key)
