@@ -255,11 +255,10 @@ def predict_dicomweb(
             if len(uids) == 1 or "cannot reach" in str(err):
                 break  # the server is gone: do not try every other study
 
-    def place(rec: dict[str, Any]) -> int:  # the query's order, whatever run logged it
-        return position.get(rec["study_uid"], len(uids))
-
+    # In the query's order, whichever run logged them.
     position = {uid: i for i, uid in enumerate(uids)}
-    records = sorted((r for r in results.records() if not r.get(_STUDY_DONE)), key=place)
+    records = sorted((r for r in results.records() if not r.get(_STUDY_DONE)),
+                     key=lambda r: position.get(r["study_uid"], len(uids)))
     if args.resume and complete:
         print(f"resumed: {len(complete & set(uids))} studies were done, {predicted} "
               "predicted now", file=sys.stderr)

@@ -478,7 +478,6 @@ class Predictor:
         if engine == "onnxruntime" and not onnx_ok:
             raise ValueError("engine 'onnxruntime' runs the fp32 CNN on the CPU only")
         self.engine = "torch"
-        self._scripted = False  # the CNN is a bf16 TorchScript module (`bf16_script`)
         if precision == "int8":
             _active_engine()  # fail now, not at the first study, without an int8 engine
             if calibration is not None:
@@ -489,8 +488,7 @@ class Predictor:
             if precision == "bf16" and self.device.type == "cpu":
                 scripted = bf16_script(twin, config.preprocess.channels, config.preprocess.size)
                 if scripted is not None:
-                    self._infer_cnn, self._scripted = scripted, True
-                    self.engine = "torch (TorchScript)"
+                    self._infer_cnn, self.engine = scripted, "torch (TorchScript)"
             if onnx_ok and engine != "torch":
                 fast = onnx_cnn(twin, config.preprocess.channels, config.preprocess.size,
                                 torch.get_num_threads())
@@ -575,9 +573,8 @@ class Predictor:
             return model(chunk)
         with torch.inference_mode():
             chunk = chunk.to(self.device).contiguous(memory_format=torch.channels_last)
-            if self._scripted:  # bf16 inside, float32 out (`bf16_script`)
-                e, lg = model(chunk)
-                return e, lg
+            if isinstance(model, torch.jit.ScriptModule):  # bf16 inside, float32 out
+                return model(chunk)
             with torch.autocast(self.device.type, dtype=torch.bfloat16,
                                 enabled=self.precision == "bf16"):
                 e, lg = model(chunk)
