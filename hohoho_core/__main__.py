@@ -40,12 +40,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hohoho_core.weights_dir import WEIGHTS_ENV
+
 if TYPE_CHECKING:  # the CLI imports torch lazily, after parsing its arguments
     from hohoho_core.predict import CnnTiming
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: the partial log is kept for --resume
-WEIGHTS_ENV = "HOHOHO_WEIGHTS"  # the same name as weights.WEIGHTS_ENV (kept light here)
 DEBUG_ENV = "HOHOHO_DEBUG"  # set: an unexpected error shows its traceback
 
 
@@ -54,8 +55,8 @@ class CliError(Exception):
 
 
 def default_weights() -> Path:
-    """The default weights folder: `weights.default_weights_dir`."""
-    from hohoho_core.weights import default_weights_dir
+    """The default weights folder: `weights_dir.default_weights_dir` (no torch import)."""
+    from hohoho_core.weights_dir import default_weights_dir
 
     return default_weights_dir()
 

@@ -153,10 +153,6 @@ def predict_dicomweb(
                     "--date-from/--date-to, --accession, --patient-name)")
     summary = [out.with_name(f"{out.stem}_studies.csv")] if out.suffix.lower() == ".csv" else []
     check_out(out, *summary)
-    weights = Path(args.weights) if args.weights else default_weights()
-    if not weights.is_dir():
-        raise error(f"weights folder {weights} not found (pass --weights DIR or set "
-                    "$HOHOHO_WEIGHTS)")
     server = _server(args, error)
 
     from hohoho_core.dicom import StudyLoadError, scan_source
@@ -164,10 +160,29 @@ def predict_dicomweb(
     from hohoho_core.pacs import (
         DEFAULT_MAX_STUDY_BYTES,
         PacsError,
+        StudyQuery,
         retrieve_study,
         search_studies,
         store_instances,
     )
+    try:
+        uids = list(dict.fromkeys(args.study_uid or []))  # a repeated UID once
+        if query_given:
+            uids += [m.study_uid for m in search_studies(server, _query(args))
+                     if m.study_uid not in uids]
+        else:
+            # One cheap request before the model is built: a wrong URL or a server that
+            # is down is reported at once, not after seconds of loading weights.
+            search_studies(server, StudyQuery(study_uid=uids[0], modality=None, limit=1))
+    except PacsError as err:
+        raise error(str(err)) from None
+    if not uids:
+        raise error(f"no CT study on {server.display_url} matches the query")
+    # torch and the model only once the server has answered (importing them takes seconds).
+    weights = Path(args.weights) if args.weights else default_weights()
+    if not weights.is_dir():
+        raise error(f"weights folder {weights} not found (pass --weights DIR or set "
+                    "$HOHOHO_WEIGHTS)")
     from hohoho_core.predict import Predictor, prediction_record, write_predictions
     from hohoho_core.resultlog import ResultLog, study_key
     from hohoho_core.runtime import configure_torch
@@ -176,15 +191,6 @@ def predict_dicomweb(
     from hohoho_core.system import available_cores
     from hohoho_core.weights import WeightsError
 
-    try:
-        uids = list(dict.fromkeys(args.study_uid or []))  # a repeated UID once
-        if query_given:
-            uids += [m.study_uid for m in search_studies(server, _query(args))
-                     if m.study_uid not in uids]
-    except PacsError as err:
-        raise error(str(err)) from None
-    if not uids:
-        raise error(f"no CT study on {server.display_url} matches the query")
     results = ResultLog(dicomweb_log_path(out))
     if results.exists() and not args.resume:
         raise error(f"{results.path} holds the results of an interrupted run: pass --resume "

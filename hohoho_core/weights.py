@@ -16,7 +16,6 @@ import copy
 import datetime as _dt
 import json
 import math
-import os
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -38,6 +37,7 @@ from hohoho_core.models import (
 )
 from hohoho_core.preprocess import PreprocessConfig
 from hohoho_core.strictjson import finite_json
+from hohoho_core.weights_dir import WEIGHTS_ENV, default_weights_dir, shipped_weights_dir
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -64,8 +64,6 @@ TENSORS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 #: Optional int8 calibration studies beside the weights (`save_calibration`).
 CALIBRATION_FILE = "calibration.safetensors"
-#: Environment variable naming the default weights folder.
-WEIGHTS_ENV = "HOHOHO_WEIGHTS"
 PICKLE_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib")
 _WHY_NO_PICKLE = (
     "pickled checkpoints are refused because loading a pickle can run arbitrary code; "
@@ -76,24 +74,6 @@ _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit for the JSON header
 
 class WeightsError(ValueError):
     """A weights folder that cannot be used (missing, pickled, or not matching its config)."""
-
-
-def default_weights_dir() -> Path:
-    """The weights folder used when none is given (CLI, app, bench).
-
-    ``$HOHOHO_WEIGHTS`` when set; else the repository's ``weights/`` beside the package when
-    it exists (a source checkout or an editable install); else ``./weights``. A package
-    installed into site-packages has no repository beside it, hence the last fallback.
-    """
-    env = os.environ.get(WEIGHTS_ENV)
-    return Path(env) if env else shipped_weights_dir()
-
-
-def shipped_weights_dir() -> Path:
-    """The shipped demo weights: the repository's ``weights/`` beside the package when it
-    exists (a source checkout or an editable install), else ``./weights``."""
-    beside = Path(__file__).resolve().parent.parent / "weights"
-    return beside if beside.is_dir() else Path("weights")
 
 
 @dataclass

@@ -236,6 +236,9 @@ def test_server_down_one_line_nothing_written(tmp_path):
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith(f"hohoho: error: cannot reach DICOMweb server {url}")
     assert not out.exists()
+    # Told before the model is built (a "precision: ..." line once took seconds to come
+    # first): the server is asked before torch is imported.
+    assert proc.stdout == ""
 
 
 def test_server_answering_garbage_one_line(tmp_path):

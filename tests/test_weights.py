@@ -263,13 +263,14 @@ def test_default_weights_dir_prefers_the_environment(monkeypatch, tmp_path: Path
 
 
 def test_default_weights_dir_falls_back_to_the_working_folder(monkeypatch, tmp_path) -> None:
-    import hohoho_core.weights as W
+    import hohoho_core.weights_dir as W
 
     monkeypatch.delenv("HOHOHO_WEIGHTS", raising=False)
     # As installed into site-packages: no repository beside the package.
-    fake = tmp_path / "site-packages" / "hohoho_core" / "weights.py"
+    fake = tmp_path / "site-packages" / "hohoho_core" / "weights_dir.py"
     monkeypatch.setattr(W, "__file__", str(fake))
     assert W.default_weights_dir() == Path("weights")
+    assert default_weights_dir() == Path("weights")  # the name weights.py re-exports
 
 
 # --------------------------------------------------------------------------- calibration
