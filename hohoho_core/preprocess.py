@@ -90,6 +90,48 @@ def stack_neighbours(x: np.ndarray) -> np.ndarray:
     return x[idx]
 
 
+def open_square(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """Binary opening of a 2-D mask by a 3x3 square, ``iterations`` times each way.
+
+    The same result as ``scipy.ndimage.binary_opening(mask, np.ones((3, 3)), iterations)``
+    (outside the image counts as background), computed as row and column passes of
+    shifted ANDs and ORs: the square is separable, and scipy's general structuring-element
+    loop took 7 ms of a 512 px study's 8 ms head box (tests/test_preprocess.py).
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"open_square expects a 2-D mask, got shape {mask.shape}")
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    out = np.asarray(mask, dtype=bool)
+    for _ in range(iterations):
+        out = _erode_square(out)
+    for _ in range(iterations):
+        out = _dilate_square(out)
+    return out
+
+
+def _erode_square(m: np.ndarray) -> np.ndarray:
+    """3x3 square erosion; a pixel next to the image edge erodes (border = background)."""
+    rows = np.zeros_like(m)
+    np.logical_and(m[:, :-2], m[:, 1:-1], out=rows[:, 1:-1])
+    rows[:, 1:-1] &= m[:, 2:]
+    out = np.zeros_like(m)
+    np.logical_and(rows[:-2], rows[1:-1], out=out[1:-1])
+    out[1:-1] &= rows[2:]
+    return out
+
+
+def _dilate_square(m: np.ndarray) -> np.ndarray:
+    """3x3 square dilation (nothing grows in from outside the image)."""
+    rows = m.copy()
+    rows[:, 1:] |= m[:, :-1]
+    rows[:, :-1] |= m[:, 1:]
+    out = rows.copy()
+    out[1:] |= rows[:-1]
+    out[:-1] |= rows[1:]
+    return out
+
+
 def head_bbox(
     hu: np.ndarray, threshold_hu: float = -300.0, pad: int = 4, open_px: int = 2
 ) -> tuple[int, int, int, int]:
@@ -115,7 +157,7 @@ def head_bbox(
     h, w = proj.shape
     mask = proj > threshold_hu
     if open_px > 0:
-        opened = ndimage.binary_opening(mask, np.ones((3, 3), bool), iterations=open_px)
+        opened = open_square(mask, open_px)
         # A tiny head could vanish under the opening; fall back to the raw mask then.
         if opened.any():
             mask = opened
@@ -125,9 +167,11 @@ def head_bbox(
     else:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0  # background
-        rows, cols = np.nonzero(labels == int(np.argmax(sizes)))
-        y0, y1 = int(rows.min()) - pad, int(rows.max()) + 1 + pad
-        x0, x1 = int(cols.min()) - pad, int(cols.max()) + 1 + pad
+        largest = int(np.argmax(sizes))
+        # The largest component's bounding box in one pass (find_objects is 1-based).
+        rows, cols = ndimage.find_objects(labels, max_label=largest)[largest - 1]
+        y0, y1 = rows.start - pad, rows.stop + pad
+        x0, x1 = cols.start - pad, cols.stop + pad
         y0, y1, x0, x1 = max(y0, 0), min(y1, h), max(x0, 0), min(x1, w)
     side = max(y1 - y0, x1 - x0)
     # Centre the square on the head; integer halving keeps it exactly `side` wide.

@@ -17,6 +17,7 @@ from hohoho_core.preprocess import (
     head_bbox,
     input_from_resized_hu,
     make_input,
+    open_square,
     resize_stack,
     stack_neighbours,
     window_hu,
@@ -169,6 +170,33 @@ def test_head_bbox_all_air_gives_full_image() -> None:
     assert head_bbox(np.full((2, 40, 40), AIR, np.float32)) == (0, 40, 0, 40)
     # non-square images are squared around their centre
     assert head_bbox(np.full((30, 40), AIR, np.float32)) == (-5, 35, 0, 40)
+
+
+def test_open_square_is_scipys_binary_opening() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(13)
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        mask = rng.random((h, w)) < rng.random()
+        for it in (1, 2, 3):
+            want = ndimage.binary_opening(mask, np.ones((3, 3), bool), iterations=it)
+            np.testing.assert_array_equal(open_square(mask, it), want)
+    # An object touching the image edge: the border counts as background.
+    edge = np.zeros((8, 8), bool)
+    edge[:4, :4] = True
+    assert not open_square(edge, 2).any()
+    assert open_square(edge, 1)[:3, :3].all()
+    np.testing.assert_array_equal(open_square(edge, 0), edge)
+    with pytest.raises(ValueError, match="2-D"):
+        open_square(np.zeros((2, 4, 4), bool), 1)
+
+
+def test_head_bbox_box_of_the_largest_component_not_the_first() -> None:
+    hu = np.full((1, 60, 60), AIR, np.float32)
+    hu[0, 2:8, 2:8] = 40.0  # a small blob first in raster order
+    hu[0, 20:50, 15:45] = 40.0  # the head
+    assert head_bbox(hu, pad=0, open_px=2) == (20, 50, 15, 45)
 
 
 def test_crop_to_box_fills_outside_with_air() -> None:
