@@ -161,7 +161,7 @@ def predict_dicomweb(
         DEFAULT_MAX_STUDY_BYTES,
         PacsError,
         StudyQuery,
-        retrieve_study,
+        retrieve_ahead,
         search_studies,
         store_instances,
     )
@@ -173,7 +173,14 @@ def predict_dicomweb(
         else:
             # One cheap request before the model is built: a wrong URL or a server that
             # is down is reported at once, not after seconds of loading weights.
-            search_studies(server, StudyQuery(study_uid=uids[0], modality=None, limit=1))
+            for uid in uids:
+                probe = StudyQuery(study_uid=uid, modality=None, limit=1)
+                try:
+                    probe.filters()
+                except PacsError:
+                    continue  # a malformed UID fails on its own below; the others go on
+                search_studies(server, probe)
+                break
     except PacsError as err:
         raise error(str(err)) from None
     if not uids:
@@ -214,10 +221,9 @@ def predict_dicomweb(
     print(f"precision: {predictor.path_note}")
     model = model_identity(predictor.config, weights)
 
-    def _predict_one(uid: str) -> int:
-        """Retrieve, predict and log one study (its series not logged yet); objects stored."""
+    def _predict_one(uid: str, uploads: list[Any]) -> int:
+        """Predict and log one retrieved study (its series not logged yet); objects stored."""
         n_stored = n_series = 0
-        uploads = retrieve_study(server, uid)
         with scan_source(uploads, max_upload_bytes=DEFAULT_MAX_STUDY_BYTES,
                          max_total_upload_bytes=DEFAULT_MAX_STUDY_BYTES) as scan:
             chosen = {(s.study_uid, s.series_uid) for s in choose_series(
@@ -247,19 +253,26 @@ def predict_dicomweb(
 
     failures: list[str] = []
     stored = predicted = 0
-    for n, uid in enumerate(uids, 1):
-        if uid in complete:
-            continue  # --resume: predicted (and stored) by the interrupted run
-        try:
-            stored += _predict_one(uid)
-            predicted += 1
-            print(f"[{n}/{len(uids)}] study {uid}: predicted", file=sys.stderr)
-        except StudyLoadError as err:
-            failures.append(f"study {uid}: {err}")
-        except PacsError as err:
-            failures.append(str(err))
-            if len(uids) == 1 or "cannot reach" in str(err):
-                break  # the server is gone: do not try every other study
+    # --resume: the studies the interrupted run predicted (and stored) are not retrieved.
+    todo = [(n, uid) for n, uid in enumerate(uids, 1) if uid not in complete]
+    # The next study arrives while this one is read, predicted and stored.
+    fetched = retrieve_ahead(server, [uid for _, uid in todo])
+    try:
+        for (n, uid), (_, got) in zip(todo, fetched, strict=True):
+            try:
+                if isinstance(got, PacsError):
+                    raise got
+                stored += _predict_one(uid, got)
+                predicted += 1
+                print(f"[{n}/{len(uids)}] study {uid}: predicted", file=sys.stderr)
+            except StudyLoadError as err:
+                failures.append(f"study {uid}: {err}")
+            except PacsError as err:
+                failures.append(str(err))
+                if len(uids) == 1 or "cannot reach" in str(err):
+                    break  # the server is gone: do not try every other study
+    finally:
+        fetched.close()
 
     # In the query's order, whichever run logged them.
     position = {uid: i for i, uid in enumerate(uids)}

@@ -14,6 +14,7 @@ from hohoho_core.pacs import (
     PacsError,
     RetrieveLimits,
     StudyQuery,
+    retrieve_ahead,
     retrieve_study,
     scan_pacs_study,
     search_studies,
@@ -120,6 +121,55 @@ def test_retrieve_is_bounded(orthanc, pacs_studies):
 def test_unknown_study_is_named(orthanc):
     with pytest.raises(PacsError, match=r"has no study 1\.2\.3\.4"):
         retrieve_study(_server(orthanc), "1.2.3.4")
+
+
+def test_retrieve_ahead_overlaps_one_study_and_keeps_order(orthanc, pacs_studies):
+    server = _server(orthanc)
+    uids = [s.study_uid for s in pacs_studies]
+    assert len(uids) >= 2
+    got = list(retrieve_ahead(server, [uids[1], "1.2.3.4", uids[0]]))
+    assert [u for u, _ in got] == [uids[1], "1.2.3.4", uids[0]]
+    assert len(got[0][1]) == len(pacs_studies[1].datasets)
+    assert isinstance(got[1][1], PacsError) and "has no study 1.2.3.4" in str(got[1][1])
+    assert len(got[2][1]) == len(pacs_studies[0].datasets)
+    assert list(retrieve_ahead(server, [])) == []
+
+
+def test_retrieve_ahead_runs_one_ahead_and_stops_when_closed(monkeypatch):
+    import threading
+
+    import hohoho_core.pacs.retrieve as R
+
+    started: list[str] = []
+    finished = {uid: threading.Event() for uid in "abcd"}
+
+    def fake(server, uid, limits=None):
+        started.append(uid)
+        finished[uid].set()
+        if uid == "c":
+            raise RuntimeError("not a PacsError: raised to the caller")
+        return [uid]
+
+    monkeypatch.setattr(R, "retrieve_study", fake)
+    it = retrieve_ahead(DicomwebServer("http://127.0.0.1:1/dicom-web"), list("abcd"))
+    assert next(it) == ("a", ["a"])
+    # While the caller works on "a", "b" is retrieved, and nothing further.
+    assert finished["b"].wait(10)
+    time.sleep(0.1)
+    assert started == ["a", "b"]
+    assert next(it) == ("b", ["b"])
+    with pytest.raises(RuntimeError, match="raised to the caller"):
+        next(it)
+
+    started.clear()
+    for event in finished.values():
+        event.clear()
+    it = retrieve_ahead(DicomwebServer("http://127.0.0.1:1/dicom-web"), list("abd"))
+    assert next(it) == ("a", ["a"])
+    assert finished["b"].wait(10)
+    it.close()  # the caller stopped after "a": "d" is never asked for
+    time.sleep(0.1)
+    assert started == ["a", "b"]
 
 
 # ------------------------------------------------------------------------- failures

@@ -155,13 +155,15 @@ def test_an_interrupted_pacs_run_resumes_to_the_same_file(
         return real(server, uid, *args, **kwargs)
 
     out = tmp_path / "cut.csv"
-    monkeypatch.setattr(pacs, "retrieve_study", stop_at_second)
+    # Looked up where retrieve_ahead calls it (in the background thread; a
+    # KeyboardInterrupt there reaches the main thread through the future).
+    monkeypatch.setattr(pacs.retrieve, "retrieve_study", stop_at_second)
     assert main([*argv, "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert "finished studies are kept in" in err and "--resume" in err
     assert not out.exists() and (tmp_path / ".cut.csv.dicomweb.partial.jsonl").is_file()
     asked.clear()
-    monkeypatch.setattr(pacs, "retrieve_study", lambda server, uid, *a, **k: (
+    monkeypatch.setattr(pacs.retrieve, "retrieve_study", lambda server, uid, *a, **k: (
         asked.append(uid), real(server, uid, *a, **k))[1])
     assert main([*argv, "--out", str(out), "--resume"]) == 0
     assert "resumed: 1 studies were done, 2 predicted now" in capsys.readouterr().err

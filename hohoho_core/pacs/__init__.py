@@ -11,6 +11,7 @@ from hohoho_core.pacs.retrieve import (
     DEFAULT_MAX_STUDY_BYTES,
     RetrieveLimits,
     load_pacs_study,
+    retrieve_ahead,
     retrieve_study,
     scan_pacs_study,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "StudyMatch",
     "StudyQuery",
     "load_pacs_study",
+    "retrieve_ahead",
     "retrieve_study",
     "scan_pacs_study",
     "search_studies",

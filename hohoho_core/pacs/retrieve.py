@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pydicom
@@ -28,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_INSTANCES",
     "DEFAULT_MAX_STUDY_BYTES",
     "RetrieveLimits",
+    "retrieve_ahead",
     "retrieve_study",
     "scan_pacs_study",
 ]
@@ -110,6 +113,42 @@ def retrieve_study(
     if not uploads:
         raise PacsError(f"{where} sent no instance for study {study_uid}")
     return uploads
+
+
+def retrieve_ahead(
+    server: DicomwebServer, study_uids: Sequence[str], limits: RetrieveLimits | None = None
+) -> Iterator[tuple[str, list[Upload] | PacsError]]:
+    """``(uid, its uploads or the PacsError that retrieving it raised)`` for each study,
+    in order, while the next study is retrieved in a background thread.
+
+    A batch over many studies then waits on the network only for the first one: the
+    transfer of study k + 1 overlaps the caller's work on study k (reading, the CNN,
+    storing reports). One study ahead at most, so at most two studies' bytes are held
+    (`RetrieveLimits` bounds each). Errors other than `PacsError` are raised here.
+    Closing the iterator early cancels the retrieval not yet started; one in flight
+    ends on its own (the server's timeout bounds it).
+    """
+    if not study_uids:
+        return
+
+    def fetch(uid: str) -> list[Upload] | PacsError:
+        try:
+            return retrieve_study(server, uid, limits)
+        except PacsError as err:
+            return err
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="hohoho-retrieve")
+    try:
+        ahead = pool.submit(fetch, study_uids[0])
+        for i, uid in enumerate(study_uids):
+            current = ahead
+            if i + 1 < len(study_uids):
+                # Queued behind the current one (one worker): it starts as soon as the
+                # current study has arrived, while the caller works on that study.
+                ahead = pool.submit(fetch, study_uids[i + 1])
+            yield uid, current.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def scan_pacs_study(
