@@ -10,9 +10,10 @@ then while they arrive, since a server may miscount) and their total bytes.
 from __future__ import annotations
 
 import io
+import queue
 import re
+import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pydicom
@@ -125,30 +126,40 @@ def retrieve_ahead(
     transfer of study k + 1 overlaps the caller's work on study k (reading, the CNN,
     storing reports). One study ahead at most, so at most two studies' bytes are held
     (`RetrieveLimits` bounds each). Errors other than `PacsError` are raised here.
-    Closing the iterator early cancels the retrieval not yet started; one in flight
-    ends on its own (the server's timeout bounds it).
+    Closing the iterator early (Ctrl-C included) retrieves nothing more; a retrieval in
+    flight then ends on its own in a daemon thread, so it never holds up the exit.
     """
     if not study_uids:
         return
+    arrived: queue.Queue[tuple[str, list[Upload] | BaseException]] = queue.Queue()
+    # One permit per study the caller has asked for, plus the first: the thread retrieves
+    # study k + 1 once the caller has taken study k, and waits there.
+    permits = threading.Semaphore(1)
+    stop = threading.Event()
 
-    def fetch(uid: str) -> list[Upload] | PacsError:
-        try:
-            return retrieve_study(server, uid, limits)
-        except PacsError as err:
-            return err
+    def work() -> None:
+        for uid in study_uids:
+            permits.acquire()
+            if stop.is_set():
+                return
+            try:
+                arrived.put((uid, retrieve_study(server, uid, limits)))
+            except BaseException as err:  # handed to the caller's thread
+                arrived.put((uid, err))
+                if not isinstance(err, PacsError):
+                    return
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="hohoho-retrieve")
+    threading.Thread(target=work, name="hohoho-retrieve", daemon=True).start()
     try:
-        ahead = pool.submit(fetch, study_uids[0])
-        for i, uid in enumerate(study_uids):
-            current = ahead
-            if i + 1 < len(study_uids):
-                # Queued behind the current one (one worker): it starts as soon as the
-                # current study has arrived, while the caller works on that study.
-                ahead = pool.submit(fetch, study_uids[i + 1])
-            yield uid, current.result()
+        for _ in study_uids:
+            permits.release()
+            uid, got = arrived.get()
+            if isinstance(got, BaseException) and not isinstance(got, PacsError):
+                raise got
+            yield uid, got
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop.set()
+        permits.release()  # wakes the thread if it waits for a permit: it ends
 
 
 def scan_pacs_study(
