@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import math
 import os
 import re
 import shlex
@@ -466,7 +467,9 @@ def run(args: argparse.Namespace) -> Section:
                 # The passes after this run are the passes before the next one.
                 before = Timing(t_lanes.samples[before.n:])
                 before_one = Timing(t_one.samples[before_one.n:])
-            by_eff = sorted(runs, key=lambda m: m["efficiency"])
+            # A run without a usable ratio (no CNN-alone rate) cannot be the median run.
+            by_eff = sorted((m for m in runs if math.isfinite(m["efficiency"])),
+                            key=lambda m: m["efficiency"]) or runs
             mid = by_eff[(len(by_eff) - 1) // 2]  # the median run (the lower of two)
             e2e, alone, t_alone = mid["e2e"], mid["alone"], mid["t_alone"]
             alone_lanes, alone_one = mid["alone_lanes"], mid["alone_one_lane"]
@@ -598,9 +601,10 @@ def run(args: argparse.Namespace) -> Section:
         sec.notes.append(f"Wrote {path.relative_to(REPO_ROOT)}: `--precision auto` reads it.")
     sec.add("--precision auto here", chosen.precision, "", chosen.reason)
     default = measured[chosen.precision]
-    # The goal is end to end / CNN alone, the two timed minutes apart. The same-run share
-    # (no drift between timings) is shown beside it, not used instead: it cannot see a CNN
-    # that runs slower inside the pipeline than alone.
+    # The goal is end to end / CNN alone, timed just before and after each end-to-end run
+    # (the median of --repeats runs). The same-run share (no drift between timings) is
+    # shown beside it, not used instead: it cannot see a CNN that runs slower inside the
+    # pipeline than alone.
     eff = ratio(default["e2e"]["rate"], default["alone"])
     share = default["e2e"].get("cnn_share")
     alt_x = ratio(measured["fp32"]["e2e_alt"]["rate"], measured["fp32"]["e2e"]["rate"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,26 @@ def dicomweb_log_path(out: Path) -> Path:
     return out.with_name(f".{out.name}.dicomweb.partial.jsonl")
 
 
+def _probe(server: Any, uids: Sequence[str], error: type[Exception]) -> None:
+    """Ask the server about the first well-formed UID of ``uids``; raise ``error`` only when
+    the server cannot be reached at all. Any other answer (the study missing, an HTTP
+    error) is left to that study's own retrieval, which reports it and goes on."""
+    from hohoho_core.pacs import PacsError, StudyQuery, search_studies
+
+    for uid in uids:
+        probe = StudyQuery(study_uid=uid, modality=None, limit=1)
+        try:
+            probe.filters()
+        except PacsError:
+            continue  # a malformed UID fails on its own later; the others go on
+        try:
+            search_studies(server, probe)
+        except PacsError as err:
+            if "cannot reach" in str(err):
+                raise error(str(err)) from None
+        return
+
+
 def predict_dicomweb(
     args: argparse.Namespace,
     error: type[Exception],
@@ -153,6 +173,10 @@ def predict_dicomweb(
                     "--date-from/--date-to, --accession, --patient-name)")
     summary = [out.with_name(f"{out.stem}_studies.csv")] if out.suffix.lower() == ".csv" else []
     check_out(out, *summary)
+    weights = Path(args.weights) if args.weights else default_weights()
+    if not weights.is_dir():
+        raise error(f"weights folder {weights} not found (pass --weights DIR or set "
+                    "$HOHOHO_WEIGHTS)")
     server = _server(args, error)
 
     from hohoho_core.dicom import StudyLoadError, scan_source
@@ -160,44 +184,21 @@ def predict_dicomweb(
     from hohoho_core.pacs import (
         DEFAULT_MAX_STUDY_BYTES,
         PacsError,
-        StudyQuery,
         retrieve_ahead,
         search_studies,
         store_instances,
     )
+    from hohoho_core.resultlog import ResultLog, study_key
+
     try:
         uids = list(dict.fromkeys(args.study_uid or []))  # a repeated UID once
         if query_given:
             uids += [m.study_uid for m in search_studies(server, _query(args))
                      if m.study_uid not in uids]
-        else:
-            # One cheap request before the model is built: a wrong URL or a server that
-            # is down is reported at once, not after seconds of loading weights.
-            for uid in uids:
-                probe = StudyQuery(study_uid=uid, modality=None, limit=1)
-                try:
-                    probe.filters()
-                except PacsError:
-                    continue  # a malformed UID fails on its own below; the others go on
-                search_studies(server, probe)
-                break
     except PacsError as err:
         raise error(str(err)) from None
     if not uids:
         raise error(f"no CT study on {server.display_url} matches the query")
-    # torch and the model only once the server has answered (importing them takes seconds).
-    weights = Path(args.weights) if args.weights else default_weights()
-    if not weights.is_dir():
-        raise error(f"weights folder {weights} not found (pass --weights DIR or set "
-                    "$HOHOHO_WEIGHTS)")
-    from hohoho_core.predict import Predictor, prediction_record, write_predictions
-    from hohoho_core.resultlog import ResultLog, study_key
-    from hohoho_core.runtime import configure_torch
-    from hohoho_core.sr import build_sr, evidence_headers, model_identity
-    from hohoho_core.sr_capture import saliency_captures
-    from hohoho_core.system import available_cores
-    from hohoho_core.weights import WeightsError
-
     results = ResultLog(dicomweb_log_path(out))
     if results.exists() and not args.resume:
         raise error(f"{results.path} holds the results of an interrupted run: pass --resume "
@@ -208,6 +209,20 @@ def predict_dicomweb(
     logged = list(results.records())
     done = {study_key(r["study_uid"], r["series_uid"]) for r in logged}
     complete = {r["study_uid"] for r in logged if r.get(_STUDY_DONE)}
+    if not query_given and not logged:
+        # Nothing predicted yet and the server not asked yet: one cheap request before
+        # the model is built, so a server that is down or a wrong URL is reported at once,
+        # not after seconds of loading weights. (With results logged, the run goes on and
+        # a failure still writes them, as before.)
+        _probe(server, [u for u in uids if u not in complete], error)
+    # torch and the model only once the server has answered (importing them takes seconds).
+    from hohoho_core.predict import Predictor, prediction_record, write_predictions
+    from hohoho_core.runtime import configure_torch
+    from hohoho_core.sr import build_sr, evidence_headers, model_identity
+    from hohoho_core.sr_capture import saliency_captures
+    from hohoho_core.system import available_cores
+    from hohoho_core.weights import WeightsError
+
     configure_torch(available_cores(), deterministic=True,
                     quantized_engine="auto" if args.precision == "int8" else None)
     try:

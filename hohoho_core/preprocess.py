@@ -100,8 +100,9 @@ def open_square(mask: np.ndarray, iterations: int) -> np.ndarray:
     """
     if mask.ndim != 2:
         raise ValueError(f"open_square expects a 2-D mask, got shape {mask.shape}")
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    if iterations < 1:
+        # scipy reads 0 as "until nothing changes"; nothing here needs that.
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
     out = np.asarray(mask, dtype=bool)
     for _ in range(iterations):
         out = _erode_square(out)

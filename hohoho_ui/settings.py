@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hohoho_core.weights import shipped_weights_dir
+from hohoho_core.weights_dir import WEIGHTS_ENV, shipped_weights_dir
 
 __all__ = ["REPO_ROOT", "SHIPPED_WEIGHTS", "Settings", "get_settings"]
 
@@ -29,7 +29,6 @@ REPO_ROOT: Path = Path(__file__).resolve().parent.parent
 SHIPPED_WEIGHTS: Path = shipped_weights_dir()
 
 DEMO_ENV = "HOHOHO_DEMO_DIR"
-WEIGHTS_ENV = "HOHOHO_WEIGHTS"
 DATA_ROOT_ENV = "HOHOHO_DATA_ROOT"
 STORE_ENV = "HOHOHO_STORE"
 MAX_UPLOAD_ENV = "HOHOHO_MAX_UPLOAD_MB"

@@ -155,13 +155,24 @@ def test_an_interrupted_pacs_run_resumes_to_the_same_file(
         return real(server, uid, *args, **kwargs)
 
     out = tmp_path / "cut.csv"
-    # Looked up where retrieve_ahead calls it (in the background thread; a
-    # KeyboardInterrupt there reaches the main thread through the future).
+    # Looked up where retrieve_ahead calls it (in its background thread; a
+    # KeyboardInterrupt there reaches the main thread through its queue).
     monkeypatch.setattr(pacs.retrieve, "retrieve_study", stop_at_second)
     assert main([*argv, "--out", str(out)]) == 130
     err = capsys.readouterr().err
     assert "finished studies are kept in" in err and "--resume" in err
     assert not out.exists() and (tmp_path / ".cut.csv.dicomweb.partial.jsonl").is_file()
+    # --resume with the server gone: what was predicted is written, the log is kept (no
+    # early "cannot reach" before the model is built once results are logged).
+    down = [a if a != orthanc.dicomweb_url else f"http://127.0.0.1:{free_port()}/dicom-web"
+            for a in argv]
+    assert main([*down, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach" in err and "(1 studies predicted were written)" in err
+    assert len(out.read_text().splitlines()) == 1 + 6 * len(pacs_studies[2].datasets)
+    assert (tmp_path / ".cut.csv.dicomweb.partial.jsonl").is_file()
+    out.unlink()
+    (tmp_path / "cut_studies.csv").unlink()
     asked.clear()
     monkeypatch.setattr(pacs.retrieve, "retrieve_study", lambda server, uid, *a, **k: (
         asked.append(uid), real(server, uid, *a, **k))[1])
@@ -241,6 +252,11 @@ def test_server_down_one_line_nothing_written(tmp_path):
     # Told before the model is built (a "precision: ..." line once took seconds to come
     # first): the server is asked before torch is imported.
     assert proc.stdout == ""
+    # A malformed first UID is passed over by that question (it fails on its own).
+    proc = _run_cli("predict", "--dicomweb", url, "--study-uid", "not-a-uid", "--study-uid",
+                    "1.2.3", "--out", str(out))
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.startswith(f"hohoho: error: cannot reach DICOMweb server {url}")
 
 
 def test_server_answering_garbage_one_line(tmp_path):
