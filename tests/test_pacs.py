@@ -123,7 +123,7 @@ def test_unknown_study_is_named(orthanc):
         retrieve_study(_server(orthanc), "1.2.3.4")
 
 
-def test_retrieve_ahead_overlaps_one_study_and_keeps_order(orthanc, pacs_studies):
+def test_retrieve_ahead_keeps_order_and_hands_back_errors(orthanc, pacs_studies):
     server = _server(orthanc)
     uids = [s.study_uid for s in pacs_studies]
     assert len(uids) >= 2
