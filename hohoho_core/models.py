@@ -544,9 +544,14 @@ class SequenceModel(nn.Module):
             raise ValueError(f"mask {tuple(mask.shape)} does not match emb {tuple(emb.shape)}")
         lengths = self.lengths_from_mask(mask)
         x = self.drop(self.norm(self.features(emb, mask, logits)))
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=emb.shape[1])
+        if bool((lengths == emb.shape[1]).all()):
+            # No padding (every study at inference): packing changes nothing but the cost
+            # (the same bits, about 30 % slower for one 30-slice study on a CPU).
+            out, _ = self.lstm(x)
+        else:
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=emb.shape[1])
         m = mask.to(device=out.device, dtype=torch.bool)[..., None]
         seq = torch.where(m, self.head(out), 0.0)
         if not self.residual:

@@ -164,6 +164,26 @@ def test_sequence_padding_never_changes_real_slices(use_diffs: bool, use_logits:
     assert (batch[0, 3:] == 0).all()
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_sequence_without_padding_gives_the_packed_paths_bits(batch: int) -> None:
+    """A batch with no padding skips packing (faster); the output must be bit for bit what
+    the packed LSTM gives, or a run's probabilities would depend on the path."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(5)
+    model = SequenceModel(16, hidden=8, layers=2, use_logits=True).eval()
+    emb, lg = torch.randn(batch, 9, 16), torch.randn(batch, 9, 6)
+    mask = torch.ones(batch, 9, dtype=torch.bool)
+    with torch.inference_mode():
+        fast = model(emb, mask, lg)
+        x = model.norm(model.features(emb, mask, lg))
+        packed = pack_padded_sequence(x, torch.full((batch,), 9), batch_first=True,
+                                      enforce_sorted=False)
+        out, _ = pad_packed_sequence(model.lstm(packed)[0], batch_first=True)
+        slow = model.head(out)
+    assert torch.equal(fast, slow)
+
+
 def test_sequence_features_and_gradients() -> None:
     model = SequenceModel(4, hidden=4, use_diffs=True)
     emb = torch.arange(2 * 4 * 4, dtype=torch.float32).view(2, 4, 4)
