@@ -167,3 +167,95 @@ def test_scores_at_every_cut_equal_scoring_each_cut() -> None:
     prob[0, 0] = np.nan
     with pytest.raises(ValueError, match="finite"):
         fbeta_at_cuts(labels, prob, grid)
+
+
+def _calibrated_draw(n: int, seed: int) -> View:
+    # Scores that mean what they say: each slice is positive with its own probability.
+    rng = np.random.default_rng(seed)
+    p = rng.beta(0.3, 3.0, size=(n, 1))
+    return View(f"draw{seed}", (rng.random((n, 1)) < p).astype(int), p)
+
+
+def test_calibrated_rule_cuts_at_the_best_f_over_one_plus_beta_squared() -> None:
+    from hohoho_core.metrics import fbeta_per_class, search_thresholds
+
+    views = [HOME, SHIFTED]
+    y = np.concatenate([v.labels for v in views])
+    p = np.concatenate([v.prob for v in views])
+    best = fbeta_per_class(y, p >= search_thresholds(y, p)[None, :], 2.0)[0]
+    assert pick_thresholds(views, "calibrated")[0] == pytest.approx(best / 5.0)
+    assert pick_thresholds(views, "calibrated", beta=1.0)[0] == pytest.approx(
+        fbeta_per_class(y, p >= search_thresholds(y, p, 1.0)[None, :], 1.0)[0] / 2.0)
+    empty = _view("empty", [], [0.6, 0.3])
+    assert pick_thresholds([empty], "calibrated")[0] == 0.5
+
+
+def test_calibrated_rule_is_near_optimal_on_a_fresh_draw_of_calibrated_scores() -> None:
+    """The rule's point: on calibrated scores its cut, from one sample, scores on another
+    sample of the same source within a few thousandths of that sample's own best cut."""
+    from hohoho_core.metrics import search_thresholds
+
+    a, b = _calibrated_draw(100_000, 1), _calibrated_draw(100_000, 2)
+    cut = pick_thresholds([a], "calibrated")
+    oracle = search_thresholds(b.labels, b.prob)
+    got, best = macro_at({"b": b}, cut)["b"], macro_at({"b": b}, oracle)["b"]
+    assert best - 0.003 <= got <= best
+    assert abs(cut[0] - oracle[0]) < 0.02
+    # Half the best F (the F1 cut) is far off for F2: the rule's beta matters.
+    assert macro_at({"b": b}, cut * 2.5)["b"] < best - 0.05
+
+
+def test_decide_on_fresh_studies_needs_the_gain_and_bounds_the_loss() -> None:
+    from train.shift_thresholds import AS_SHIPPED, CURRENT, decide_on_fresh
+
+    # Two fresh sets: "a" is cut well anywhere in 0.25-0.7, "b" at 0.25 (its positives
+    # score lower); a cut at 0.01 takes every negative of "a".
+    a = _view("a", [0.9, 0.8, 0.7], [0.2, 0.1, 0.05, 0.02, 0.015, 0.012])
+    b = _view("b", [0.6, 0.3, 0.28], [0.2, 0.1, 0.05])
+    own = np.array([0.5])
+    thr = {"low": np.array([0.25]), "lower": np.array([0.01]), "same": np.array([0.5])}
+    rep = decide_on_fresh({"a": a, "b": b}, thr, own, ["low", "lower", "same"], 0.005, 0.01)
+    assert rep["scores"][AS_SHIPPED]["b"] < rep["scores"]["low"]["b"]
+    assert rep["chosen"] == "low"
+    # "same" gains nothing; "lower" gains on b but loses more than 0.01 on a: neither may win.
+    rep = decide_on_fresh({"a": a, "b": b}, thr, own, ["lower", "same"], 0.005, 0.01)
+    assert rep["mean"]["same"] == pytest.approx(rep["mean"][AS_SHIPPED])
+    assert rep["mean"]["lower"] > rep["mean"][AS_SHIPPED] + 0.005
+    assert rep["worst_loss"]["lower"] < -0.01
+    assert rep["chosen"] == CURRENT
+
+
+def test_recipe_decides_on_fresh_studies_when_given(tmp_path) -> None:  # noqa: ANN001
+    """--decide-on: the decision is made on folders no view holds (scored and cached as
+    ``fresh_*``), the held-out-view decision is kept in the report, and --write follows
+    the fresh decision."""
+    from hohoho_core.synthetic import generate_dataset
+    from hohoho_core.weights import load_weights
+    from tests.test_predict import make_weights
+    from train import shift_thresholds as st
+
+    weights = make_weights(tmp_path / "w")
+    val, fresh = tmp_path / "val", tmp_path / "fresh"
+    generate_dataset(val, n_studies=2, seed=11, size=64, slices=(8, 8), positive_fraction=1.0)
+    generate_dataset(fresh, n_studies=2, seed=13, size=64, slices=(8, 8), positive_fraction=1.0)
+    argv = ["--weights", str(weights), "--val", str(val), "--perturb", "noisy",
+            "--decide-on", f"new={fresh}", "--rules", "pooled", "calibrated",
+            "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "rep.json"),
+            "--write", str(tmp_path / "new"), "--threads", "1"]
+    rep = st.main(st.get_args_parser().parse_args(argv))
+    assert rep["decide_on"] == ["fresh_new"]
+    cached = sorted(p.name for p in (tmp_path / "cache" / rep["weights_key"]).iterdir())
+    assert cached == ["fresh_new.npz", "val.npz", "val_noisy.npz"]
+    for stage in ("cnn_lstm", "cnn"):
+        r = rep["stages"][stage]
+        assert set(r["fresh"]["scores"]) == {"pooled", "calibrated", st.AS_SHIPPED}
+        assert r["chosen"] == r["fresh"]["chosen"]
+        assert r["held_out_chosen"] in ("val", "pooled", "calibrated")
+    chosen = rep["stages"]["cnn_lstm"]["chosen"]
+    want = (load_weights(weights).config.thresholds if chosen == "val"
+            else rep["stages"]["cnn_lstm"]["thresholds"][chosen])
+    new = load_weights(tmp_path / "new").config
+    np.testing.assert_allclose(new.thresholds, want)
+    assert new.data["retuned"]["decided_on"] == ["fresh_new"]
+    md = (tmp_path / "rep.md").read_text()
+    assert "Decided on studies in no view" in md and md.count("Decision by views alone") == 2

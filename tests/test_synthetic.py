@@ -283,6 +283,29 @@ def test_cli_writes_dataset(tmp_path, capsys):
     assert "SYN" not in out  # no patient identifiers in the log line
 
 
+def test_cli_randomise_fraction_is_the_library_mix(tmp_path, capsys):
+    """--randomise-fraction F writes what generate_dataset(randomise=F) writes (the recipe
+    for half-randomised data in train/README.md), and a fraction outside (0, 1] is refused."""
+    args = ["--studies", "4", "--seed", "5", "--size", "48", "--min-slices", "8",
+            "--max-slices", "8"]
+    assert main(["--out", str(tmp_path / "cli"), *args, "--randomise-fraction", "0.5"]) == 0
+    generate_dataset(tmp_path / "lib", 4, seed=5, size=48, slices=(8, 8), randomise=0.5)
+    plain = generate_dataset(tmp_path / "plain", 4, seed=5, size=48, slices=(8, 8))
+    for name in ("truth.csv", "stage_2_train.csv"):
+        assert (tmp_path / "cli" / name).read_bytes() == (tmp_path / "lib" / name).read_bytes()
+    cli_files = sorted((tmp_path / "cli" / "stage_2_train").glob("*.dcm"))
+    lib_files = sorted((tmp_path / "lib" / "stage_2_train").glob("*.dcm"))
+    assert [f.name for f in cli_files] == [f.name for f in lib_files]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(cli_files, lib_files, strict=True))
+    # ...and it is a mix: not every study is the plain dataset's.
+    plain_bytes = {f.name: f.read_bytes()
+                   for f in (plain.root / "stage_2_train").glob("*.dcm")}
+    same = [plain_bytes.get(f.name) == f.read_bytes() for f in cli_files]
+    assert not all(same)
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "bad"), *args, "--randomise-fraction", "1.5"])
+
+
 def test_refuses_to_mix_with_other_files(tmp_path):
     generate_dataset(tmp_path, 1, seed=1, size=48, slices=(20, 20))
     generate_dataset(tmp_path, 1, seed=1, size=48, slices=(20, 20))  # same files: fine

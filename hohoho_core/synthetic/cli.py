@@ -43,8 +43,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="domain randomisation: anatomy, reconstruction, artefacts, hard negatives, "
         "blood density and the labelling rule vary per study (for training robust models)",
     )
+    parser.add_argument(
+        "--randomise-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="randomise only this share of the studies (drawn per study from the seed; the "
+        "others are the plain dataset's own studies), as the shipped model's data did",
+    )
     parser.add_argument("--montage", type=Path, default=None, help="also save a PNG montage")
     args = parser.parse_args(argv)
+    if args.randomise_fraction is not None and not 0.0 < args.randomise_fraction <= 1.0:
+        parser.error(f"--randomise-fraction must be in (0, 1], got {args.randomise_fraction}")
     res = generate_dataset(
         args.out,
         args.studies,
@@ -54,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         slices=(args.min_slices, args.max_slices),
         workers=args.workers,
         positive_fraction=args.positive_fraction,
-        randomise=args.randomise,
+        randomise=(args.randomise_fraction if args.randomise_fraction is not None
+                   else args.randomise),
     )
     n_img = len(res.truth)
     pos = int((res.studies["subtypes"] != "").sum())
