@@ -61,6 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="writes OUT.json and OUT.md")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
+                   help="the CNN's arithmetic; fp32, the reference the thresholds were "
+                        "picked in, unless asked otherwise (auto may pick bf16 on this CPU)")
     return p
 
 
@@ -182,7 +185,8 @@ def render_markdown(res: dict[str, Any]) -> str:
     for c in CLASSES:
         lines.append(f"| {c} | {data['positive_slices'][c]} | {data['positive_study_counts'][c]} |")
     lines += ["", "## Results", "",
-              f"Measured once, fp32, {res['model']['weights']} "
+              f"Measured once, {res['model'].get('precision', 'fp32')}, "
+              f"{res['model']['weights']} "
               f"({res['model']['description']}).", ""]
     head = ["class"]
     for key in ("threshold", "slice F2", "study F2", "slice AUC", "study AUC"):
@@ -303,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = index_studies(data_dir, truth)
     t_index = time.perf_counter() - t
 
-    predictor = Predictor.from_folder(args.weights, batch_size=args.batch_size)
+    predictor = Predictor.from_folder(args.weights, batch_size=args.batch_size,
+                                      precision=args.precision)
     cfg = predictor.config
     thresholds = {"cnn_lstm": np.asarray(cfg.thresholds, dtype=np.float64)}
     if predictor.lstm is None:
@@ -341,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "area_threshold_mm2": AREA_THRESHOLD_MM2,
         },
         "model": {"weights": _shown(args.weights), "description": str(description),
+                  "precision": predictor.precision,
                   "preprocess": cfg.preprocess.to_dict(), "lstm": predictor.lstm is not None},
         "metrics": metrics,
         "reference": _reference(cfg),

@@ -443,7 +443,8 @@ def check_folder(folder: Path, root: Path, index_cache: Path) -> dict[str, Any]:
     from hohoho_core.predict import Predictor
     from hohoho_core.rsna import build_index
 
-    pred = Predictor.from_folder(folder, batch_size=64)
+    # fp32: the card's figures are the reference arithmetic's on any CPU (auto may be bf16).
+    pred = Predictor.from_folder(folder, batch_size=64, precision="fp32")
     table = build_index(root, cache_dir=index_cache, workers=1, progress=False).table
     return evaluate_index(pred, root, table, tune=True)[1]
 
