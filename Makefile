@@ -61,6 +61,8 @@ test: venv browser pacs lint
 # at 160 px on that CPU: about 9 hours, far over the 90 minutes a CPU-only run should take.
 # --device auto uses a GPU when one is visible; on a GPU machine without the rest of the
 # toolchain, add --stop-after cnn there and finish here with --cnn-run (train/README.md).
+# The shipped CNN + LSTM thresholds were then set by train.shift_thresholds --rules calibrated
+# --decide-on ... (train/README.md; docs/ablation.md, fourteenth session), not run here.
 weights: venv
 	$(PY) -m train.make_demo_weights --out weights --data-dir data/mixed_train --work-dir runs/demo \
 		--train-studies 500 --train-positive-studies 0.6 --val-studies 100 --test-studies 100 \

@@ -5,9 +5,11 @@ generator the shipped model ranked well (AUC 0.97) but lost 0.08 macro F2 to its
 (weights/MODEL_CARD.md). Here the validation studies are scored again under documented
 changes of the kind scanners differ by (calibration and contrast, kernel sharpness, noise,
 resolution), each a *view*, and a rule picks per-class thresholds over all views at once.
-Which rule to ship is decided by leaving one view out (`leave_one_view_out`): the threshold
-picked on the other views is scored on the held-out one, a stand-in for a source nobody
-has seen. Only validation data enters; the foreign generator stays an independent check.
+Which rule to ship can be decided by leaving one view out (`leave_one_view_out`): the
+threshold picked on the other views is scored on the held-out one. Every view holds the
+same studies, though, so that favours rules fitted to where the F2 curve peaks on them;
+`train.shift_thresholds --decide-on` decides on labelled studies in no view instead.
+Only validation-side data enters; the foreign generator stays an independent check.
 
 NumPy in, NumPy out; a perturbation is a pure function of the HU volume and a seed.
 """
@@ -134,8 +136,9 @@ def _calibrated(views: Sequence[View], beta: float) -> np.ndarray:
     slice of probability p to the positives raises the expected F-beta exactly when
     ``p > F / (1 + beta**2)``. It leans on the probabilities' calibration instead of on
     where the F-beta curve, often flat near its top, happens to peak on these views; and
-    harder views (a lower ``F*``) give lower cuts, as the argument asks. A class without
-    positives gets 0.5, as elsewhere.
+    harder views (a lower ``F*``) give lower cuts, as the argument asks. ``F*`` is the
+    best cut's F on these very slices, so a little optimistic (the cut a little high) on
+    small views. A class without positives gets 0.5, as elsewhere.
     """
     y = np.concatenate([v.labels for v in views])
     p = np.concatenate([v.prob for v in views])

@@ -221,7 +221,7 @@ def test_decide_on_fresh_studies_needs_the_gain_and_bounds_the_loss() -> None:
     rep = decide_on_fresh({"a": a, "b": b}, thr, own, ["lower", "same"], 0.005, 0.01)
     assert rep["mean"]["same"] == pytest.approx(rep["mean"][AS_SHIPPED])
     assert rep["mean"]["lower"] > rep["mean"][AS_SHIPPED] + 0.005
-    assert rep["worst_loss"]["lower"] < -0.01
+    assert rep["largest_loss"]["lower"] > 0.01 and rep["largest_loss"]["same"] == 0.0
     assert rep["chosen"] == CURRENT
 
 
@@ -259,3 +259,7 @@ def test_recipe_decides_on_fresh_studies_when_given(tmp_path) -> None:  # noqa: 
     assert new.data["retuned"]["decided_on"] == ["fresh_new"]
     md = (tmp_path / "rep.md").read_text()
     assert "Decided on studies in no view" in md and md.count("Decision by views alone") == 2
+    # A "fresh" folder holding a view's studies would decide in-sample: refused.
+    same = [a if a != f"new={fresh}" else f"new={val}" for a in argv[:-4]]
+    with pytest.raises(SystemExit, match="share studies with the views"):
+        st.main(st.get_args_parser().parse_args(same + ["--threads", "1"]))

@@ -304,6 +304,9 @@ def test_cli_randomise_fraction_is_the_library_mix(tmp_path, capsys):
     assert not all(same)
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "bad"), *args, "--randomise-fraction", "1.5"])
+    with pytest.raises(SystemExit):  # both: which one was meant?
+        main(["--out", str(tmp_path / "bad"), *args, "--randomise", "--randomise-fraction", "0.5"])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_refuses_to_mix_with_other_files(tmp_path):

@@ -53,8 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--montage", type=Path, default=None, help="also save a PNG montage")
     args = parser.parse_args(argv)
-    if args.randomise_fraction is not None and not 0.0 < args.randomise_fraction <= 1.0:
-        parser.error(f"--randomise-fraction must be in (0, 1], got {args.randomise_fraction}")
+    if args.randomise_fraction is not None:
+        if args.randomise:
+            parser.error("give --randomise (every study) or --randomise-fraction F, not both")
+        if not 0.0 < args.randomise_fraction <= 1.0:
+            parser.error(f"--randomise-fraction must be in (0, 1], got {args.randomise_fraction}")
     res = generate_dataset(
         args.out,
         args.studies,
