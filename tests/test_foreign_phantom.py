@@ -233,6 +233,8 @@ def test_generalization_end_to_end(tmp_path: Path) -> None:
         assert set(m["slice"]["per_class"]) == set(CLASSES)
     md = (tmp_path / "out" / "gen.md").read_text()
     assert "Smoke run" in md and "| **macro** |" in md
+    # fp32 by default whatever this CPU would pick under auto, and the report says so.
+    assert res["model"]["precision"] == "fp32" and "Measured once, fp32," in md
     # A second run reuses the data (the marker matches).
     assert generalization.main(argv) == 0
     assert json.loads((tmp_path / "out" / "gen.json").read_text())["data"]["reused"] is True

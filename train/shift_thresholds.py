@@ -217,17 +217,26 @@ def shared_studies(fresh: dict[str, dict[str, np.ndarray]],
     return {n: len({str(k) for k in a.get("study_ids", ())} & seen) for n, a in fresh.items()}
 
 
+def _table(first: str, rows: dict[str, dict[str, float]],
+           mean: dict[str, float] | None = None) -> list[str]:
+    """A markdown table: one row per rule, one column per set, and a mean column if given."""
+    cols = list(next(iter(rows.values())))
+    tail = " | mean |" if mean is not None else " |"
+    out = [f"| {first} | " + " | ".join(cols) + tail,
+           "| --- | " + " | ".join("---:" for _ in cols) + (" | ---: |" if mean else " |")]
+    for rule, d in rows.items():
+        cells = " | ".join(f"{d[c]:.3f}" for c in cols)
+        out.append(f"| {rule} | {cells}" + (f" | {mean[rule]:.4f} |" if mean else " |"))
+    return out
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = []
     for stage, rep in report["stages"].items():
         views = list(rep["held_out"][CURRENT])
         lines += [f"### {'CNN + LSTM' if stage == 'cnn_lstm' else 'CNN'}", "",
                   "Held-out macro slice F2 (thresholds picked on the other views):", "",
-                  "| rule | " + " | ".join(views) + " | mean |",
-                  "| --- | " + " | ".join("---:" for _ in views) + " | ---: |"]
-        for rule, d in rep["held_out"].items():
-            lines.append(f"| {rule} | " + " | ".join(f"{d[v]:.3f}" for v in views)
-                         + f" | {rep['mean'][rule]:.4f} |")
+                  *_table("rule", rep["held_out"], rep["mean"])]
         by_views = rep.get("held_out_chosen", rep["chosen"])
         lines += ["", f"{'Decision by views alone' if 'fresh' in rep else 'Decision'}: "
                   f"**{by_views}** (best new rule {rep['best_new']}, "
@@ -235,15 +244,10 @@ def markdown(report: dict[str, Any]) -> str:
                   f" needed +{report['min_gain']:g}).", ""]
         if rep.get("fresh"):
             fr = rep["fresh"]
-            sets = list(fr["scores"][AS_SHIPPED])
             lines += ["Decided on studies in no view (`--decide-on`; macro slice F2, each "
                       "rule's thresholds picked over all the views):", "",
-                      "| thresholds | " + " | ".join(sets) + " | mean |",
-                      "| --- | " + " | ".join("---:" for _ in sets) + " | ---: |"]
-            for rule, d in fr["scores"].items():
-                lines.append(f"| {rule} | " + " | ".join(f"{d[t]:.3f}" for t in sets)
-                             + f" | {fr['mean'][rule]:.4f} |")
-            lines += ["", f"Decision on them: **{fr['chosen']}** (needed +{report['min_gain']:g}"
+                      *_table("thresholds", fr["scores"], fr["mean"]),
+                      "", f"Decision on them: **{fr['chosen']}** (needed +{report['min_gain']:g}"
                       f" on the mean, no set below {AS_SHIPPED} by more than "
                       f"{report['max_loss']:g}; `{CURRENT}` keeps the folder's thresholds).", ""]
         if rep.get("shipped_on_views"):
@@ -252,13 +256,8 @@ def markdown(report: dict[str, Any]) -> str:
                       "out): " + ", ".join(f"{v} {d[v]:.3f}" for v in views)
                       + f"; mean {np.mean(list(d.values())):.4f}.", ""]
         if rep.get("tests"):
-            tests = list(next(iter(rep["tests"].values())))
             lines += ["Scored after the decision (macro slice F2):", "",
-                      "| thresholds | " + " | ".join(tests) + " |",
-                      "| --- | " + " | ".join("---:" for _ in tests) + " |"]
-            for rule, d in rep["tests"].items():
-                lines.append(f"| {rule} | " + " | ".join(f"{d[t]:.3f}" for t in tests) + " |")
-            lines.append("")
+                      *_table("thresholds", rep["tests"]), ""]
     return "\n".join(lines)
 
 
@@ -268,14 +267,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     from hohoho_core.predict import Predictor
     from hohoho_core.retune import write_retuned
-    from hohoho_core.weights import load_weights
 
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = Predictor.from_folder(args.weights, device="cpu", precision=args.precision)
     # A view scored in another arithmetic is another view: the cache key says which.
     key = weights_key(args.weights)  # the arithmetic is part of each view's source
-    config = load_weights(args.weights).config
+    config = predictor.config  # loaded once, with the predictor
     shipped = {"cnn_lstm": np.asarray(config.thresholds, np.float64),
                "cnn": np.asarray(config.cnn_thresholds or config.thresholds, np.float64)}
     sources: list[tuple[str, Path, str | None]] = [("val", args.val, None)]
