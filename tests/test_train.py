@@ -212,6 +212,97 @@ def test_stage1_run_of_other_studies_is_refused(demo, tmp_path) -> None:
     assert not (tmp_path / "work").exists()
 
 
+def test_stage2_retrained_from_a_weights_folder(demo, tmp_path) -> None:
+    """train.cnn_run_from_weights: a shipped folder's CNN becomes a stage-1 run that
+    --cnn-run adopts after checking the regenerated sets against the recorded ones; the new
+    folder ships that very CNN and a newly trained LSTM."""
+    from safetensors.torch import load_file
+
+    mdw, cfw = script("make_demo_weights"), script("cnn_run_from_weights")
+    run = cfw.write_run(demo["weights"], tmp_path / "from_w", epochs_run=1)
+    assert not (run / "splits.json").exists()
+    shipped = load_file(str(demo["weights"] / "model.safetensors"))
+    best = load_file(str(run / "best_cnn.safetensors"))
+    assert best and all(v.dtype != np.float16 for v in best.values())
+    for key, value in best.items():
+        np.testing.assert_array_equal(value.numpy(),
+                                      shipped["cnn." + key.removeprefix("model.")].float().numpy())
+    with pytest.raises(SystemExit, match="not empty"):
+        cfw.write_run(demo["weights"], run)
+    base = ["--quick", "--data-dir", str(demo["root"] / "data"), "--no-progress",
+            "--threads", "1", "--workers", "1", "--no-foreign-check"]
+    out = tmp_path / "w"
+    info = mdw.main(mdw.get_args_parser().parse_args(
+        [*base, "--out", str(out), "--work-dir", str(tmp_path / "runs"), "--cnn-run", str(run)]))
+    assert info["epochs"] == 1 and info["stage1_elsewhere"]
+    again = load_file(str(out / "model.safetensors"))
+    cnn_keys = [k for k in shipped if k.startswith("cnn.")]
+    for k in cnn_keys:
+        np.testing.assert_array_equal(again[k].numpy(), shipped[k].numpy())
+    splits = json.loads((tmp_path / "runs" / "cnn" / "splits.json").read_text())
+    assert splits == json.loads((demo["work"] / "splits.json").read_text())
+    # sets other than the recorded ones are refused before anything is trained
+    other = tmp_path / "other"
+    cfw.write_run(demo["weights"], other)
+    data = json.loads((other / "data.json").read_text())
+    data["sets"]["val"]["seed"] += 7
+    (other / "data.json").write_text(json.dumps(data))
+    with pytest.raises(SystemExit, match="its val set .* is not this recipe's"):
+        mdw.main(mdw.get_args_parser().parse_args(
+            [*base, "--out", str(tmp_path / "w2"), "--work-dir", str(tmp_path / "runs2"),
+             "--cnn-run", str(other)]))
+    assert not (tmp_path / "w2").exists()
+
+
+def test_weights_without_a_stage1_record_are_refused(demo, tmp_path) -> None:
+    import shutil
+
+    cfw = script("cnn_run_from_weights")
+    folder = tmp_path / "w"
+    shutil.copytree(demo["weights"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    del config["training"]["cnn"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="no training.cnn record"):
+        cfw.write_run(folder, tmp_path / "run")
+    with pytest.raises(SystemExit, match="--epochs-run 5: outside 1..1"):
+        cfw.write_run(demo["weights"], tmp_path / "run2", epochs_run=5)
+
+
+def test_stage2_scores_at_the_calibrated_cut_of_another_set(demo) -> None:
+    """score --calibrated-on: CNN+LSTM also at F*/5 per class, F* the best F2 of the
+    folder's own probabilities on the named set."""
+    from hohoho_core.datasets import EmbeddingTable
+    from hohoho_core.labels import CLASSES
+    from hohoho_core.metrics import fbeta_per_class, search_thresholds
+    from hohoho_core.predict import Predictor
+    from train import stage2_transfer as st
+
+    pred = Predictor.from_folder(demo["weights"])
+    n, k = 40, len(CLASSES)
+
+    def table(seed: int) -> EmbeddingTable:
+        r = np.random.default_rng(seed)
+        labels = (r.random((n, k)) < 0.3).astype(np.int8)
+        return EmbeddingTable(
+            embeddings=r.normal(size=(n, pred.config.embed_dim)).astype(np.float32),
+            logits=(r.normal(size=(n, k)) + 2.0 * labels).astype(np.float32), labels=labels,
+            study=np.repeat(np.asarray(["a", "b", "c", "d"]), n // 4),
+            image_id=np.asarray([f"i{j}" for j in range(n)]),
+            slice_index=np.tile(np.arange(n // 4, dtype=np.int32), 4))
+
+    val, test = table(1), table(2)
+    got = st.score_folder(demo["weights"], test, cut_on=val)
+    _, p_val = st.folder_probs(pred, val)
+    y = val.labels.astype(int)
+    best = fbeta_per_class(y, p_val >= search_thresholds(y, p_val, 2.0)[None, :], 2.0)
+    np.testing.assert_allclose(got["cnn_lstm_calibrated"]["cut_thresholds"], best / 5.0)
+    _, p_test = st.folder_probs(pred, test)
+    want = fbeta_per_class(test.labels.astype(int), p_test >= (best / 5.0)[None, :], 2.0)
+    assert got["cnn_lstm_calibrated"]["slice"]["macro"] == pytest.approx(float(want.mean()))
+    assert "cnn_lstm_calibrated" not in st.score_folder(demo["weights"], test)
+
+
 def test_strict_json_never_writes_nan(tmp_path) -> None:
     from train import common
 

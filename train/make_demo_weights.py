@@ -307,6 +307,9 @@ def reused_cnn_args(args: argparse.Namespace) -> dict[str, Any]:
     run = Path(args.cnn_run)
     if not (run / "best_cnn.safetensors").is_file() or not (run / "args.json").is_file():
         raise SystemExit(f"--cnn-run {run}: no best_cnn.safetensors and args.json there")
+    if not (run / "splits.json").is_file() and not (run / "data.json").is_file():
+        raise SystemExit(f"--cnn-run {run}: neither splits.json nor data.json says which "
+                         "studies it was trained on")
     cnn = json.loads((run / "args.json").read_text(encoding="utf-8"))
     state = run / "checkpoint.json"
     if state.is_file():  # a run stopped early (a time limit) ran fewer epochs than planned
@@ -322,20 +325,42 @@ def reused_cnn_args(args: argparse.Namespace) -> dict[str, Any]:
     return cnn
 
 
+def same_sets(src: Path, data: dict[str, Any], stats: dict[str, Any]) -> None:
+    """A run folder rebuilt from weights (`train.cnn_run_from_weights`) records its train
+    and val sets by generator options and counts, not study ids: this recipe's must match."""
+    theirs = json.loads((src / "data.json").read_text(encoding="utf-8"))
+    for split in ("train", "val"):
+        mine = {k: v for k, v in data[split].items() if k != "root"}
+        recorded = {k: v for k, v in theirs["sets"][split].items() if k != "root"}
+        if mine != recorded or stats[split] != theirs["stats"][split]:
+            raise SystemExit(f"--cnn-run {src}: its {split} set ({recorded}, "
+                             f"{theirs['stats'][split].get('slices')} slices) is not this "
+                             f"recipe's ({mine}, {stats[split].get('slices')} slices)")
+
+
 def adopt_cnn_run(args: argparse.Namespace, work: Path, cache_dir: Path,
-                  splits: dict[str, list[str]]) -> dict[str, Any]:
+                  splits: dict[str, list[str]], data: dict[str, Any] | None = None,
+                  stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Copy the ``--cnn-run`` folder to ``work/cnn`` as if stage 1 had run here.
 
     Its train and val studies must be the ones indexed here (the data is regenerated from
-    the same seeds); its ``args.json`` is pointed at this cache and its ``splits.json``
-    gains this machine's test split, so the later stages read it like their own.
+    the same seeds): by study ids (``splits.json``) or, for a folder rebuilt from weights,
+    by generator options and counts (``data.json``, needs ``data`` and ``stats``); its
+    ``args.json`` is pointed at this cache and its ``splits.json`` is this machine's, with
+    its test split, so the later stages read it like their own.
     """
     src, dst = Path(args.cnn_run), work / "cnn"
-    theirs = common.read_splits(src / "splits.json")
-    for split in ("train", "val"):
-        if sorted(theirs.get(split, [])) != sorted(splits[split]):
-            raise SystemExit(f"--cnn-run {src}: its {split} studies are not those of "
-                             f"{args.data_dir / split} (other seeds, counts or generator?)")
+    if (src / "splits.json").is_file():
+        theirs = common.read_splits(src / "splits.json")
+        for split in ("train", "val"):
+            if sorted(theirs.get(split, [])) != sorted(splits[split]):
+                raise SystemExit(f"--cnn-run {src}: its {split} studies are not those of "
+                                 f"{args.data_dir / split} (other seeds, counts or generator?)")
+    elif data is None or stats is None:
+        raise SystemExit(f"--cnn-run {src}: no splits.json, and no data to check its "
+                         "data.json against")
+    else:
+        same_sets(src, data, stats)
     if dst.resolve() != src.resolve():
         if dst.exists():
             shutil.rmtree(dst)
@@ -786,7 +811,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     t = time.perf_counter()
     stage1_machine: dict[str, Any] = {}
     if args.cnn_run is not None:
-        stage1_machine = adopt_cnn_run(args, work, cache_dir, splits)
+        stage1_machine = adopt_cnn_run(args, work, cache_dir, splits, data, stats)
         times["stage 1 CNN"] = float(stage1_machine.get("seconds", 0.0))
     else:
         train_cnn.main(train_cnn.get_args_parser().parse_args(cmds["train_cnn"]))

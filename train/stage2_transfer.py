@@ -74,6 +74,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--features", action="append", required=True, metavar="NAME=NPZ[:PERTURB]")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--calibrated-on", default=None, metavar="NAME",
+                   help="also score CNN+LSTM at the calibrated rule's cuts picked on the "
+                        "--features set NAME, per weights folder")
     t = sub.add_parser("table", help="markdown table and the selection rule's verdict")
     t.add_argument("variants", nargs="+", metavar="NAME=LSTM_RUN_DIR:WEIGHTS",
                    help="the first one is the baseline")
@@ -185,18 +188,28 @@ def _studies(table: EmbeddingTable) -> list[np.ndarray]:
     return np.split(order, np.nonzero(study[1:] != study[:-1])[0] + 1)
 
 
-def score_folder(weights: Path, table: EmbeddingTable) -> dict[str, Any]:
-    """CNN alone and CNN + LSTM of a weights folder on stored stage-1 outputs, scored as
-    ``make_demo_weights.check_folder`` and ``bench.generalization`` score them."""
-    from hohoho_core.predict import Predictor
-
-    pred = Predictor.from_folder(weights, batch_size=64)
+def folder_probs(pred: Any, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarray]:
+    """(CNN, CNN + LSTM) probabilities of a `Predictor` on stored stage-1 outputs."""
     # As Predictor.predict computes it (float32 torch), so thresholds cut the same values.
     cnn = torch.sigmoid(torch.from_numpy(table.logits / pred.cnn_temperatures)).numpy()
     final = cnn.copy()
     if pred.lstm is not None:
         for r in _studies(table):
             final[r] = pred.sequence_prob(table.embeddings[r], table.logits[r])
+    return cnn, final
+
+
+def score_folder(weights: Path, table: EmbeddingTable,
+                 cut_on: EmbeddingTable | None = None) -> dict[str, Any]:
+    """CNN alone and CNN + LSTM of a weights folder on stored stage-1 outputs, scored as
+    ``make_demo_weights.check_folder`` and ``bench.generalization`` score them. With
+    ``cut_on`` (a labelled table, e.g. the validation split), CNN + LSTM is also scored at
+    the calibrated rule's cuts (`hohoho_core.shift`, F*/(1 + beta^2)) picked there: how a
+    candidate is compared with the shipped thresholds' own rule without the views."""
+    from hohoho_core.predict import Predictor
+
+    pred = Predictor.from_folder(weights, batch_size=64)
+    cnn, final = folder_probs(pred, table)
     cfg = pred.config
     cnn_thr = np.asarray(cfg.cnn_thresholds if cfg.cnn_thresholds is not None
                          else cfg.thresholds, dtype=np.float64)
@@ -204,6 +217,13 @@ def score_folder(weights: Path, table: EmbeddingTable) -> dict[str, Any]:
     if pred.lstm is not None:
         out["cnn_lstm"] = score(table.labels, final, pred.thresholds, table.study,
                                 study_auc=True, tune=True)
+        if cut_on is not None:
+            from hohoho_core.shift import View, pick_thresholds
+
+            thr = pick_thresholds([View("cut", np.asarray(cut_on.labels),
+                                        folder_probs(pred, cut_on)[1])], "calibrated")
+            out["cnn_lstm_calibrated"] = score(table.labels, final, thr, table.study)
+            out["cnn_lstm_calibrated"]["cut_thresholds"] = [float(t) for t in thr]
     return out
 
 
@@ -324,10 +344,13 @@ def main(args: argparse.Namespace) -> Any:
     result: dict[str, Any] = {}
     if args.out.is_file():
         result = json.loads(args.out.read_text(encoding="utf-8"))
+    cut_on = getattr(args, "calibrated_on", None)
+    if cut_on is not None and cut_on not in tables:
+        raise SystemExit(f"--calibrated-on {cut_on}: not one of the --features names")
     for w in args.weights:
         rep = result.setdefault(str(w), {})
         for name, table in tables.items():
-            rep[name] = score_folder(w, table)
+            rep[name] = score_folder(w, table, None if cut_on is None else tables[cut_on])
             m = rep[name]
             log.info("%s %s: CNN %.3f, CNN+LSTM %s", w, name, m["cnn"]["slice"]["macro"],
                      f"{m['cnn_lstm']['slice']['macro']:.3f}" if "cnn_lstm" in m else "-")
