@@ -56,6 +56,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--index-cache", type=Path, default=None)
     f.add_argument("--out", type=Path, required=True)
     f.add_argument("--threads", type=int, default=1)
+    f.add_argument("--precision", default="fp32",
+                   help="the CNN's arithmetic (Predictor's --precision; auto would give bf16 "
+                        "on some CPUs and not others)")
     a = sub.add_parser("augment", help="augmented copies of a split from the stage-1 cache")
     a.add_argument("--cnn-run", type=Path, required=True)
     a.add_argument("--split", choices=list(common.SPLITS), required=True)
@@ -88,13 +91,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def features(weights: Path, root: Path, index_cache: Path | None) -> EmbeddingTable:
+def features(weights: Path, root: Path, index_cache: Path | None,
+             precision: str = "fp32") -> EmbeddingTable:
     """Embeddings, logits and labels of every labelled series under ``root``, computed by
     the ``weights`` folder's CNN through `Predictor` (study order as `load_study` sorts)."""
     from hohoho_core.predict import Predictor
     from hohoho_core.rsna import build_index, iter_labelled_studies
 
-    pred = Predictor.from_folder(weights, batch_size=64)
+    pred = Predictor.from_folder(weights, batch_size=64, precision=precision)
+    log.info("%s: CNN in %s", root, pred.precision)
     table = build_index(root, cache_dir=index_cache, workers=1, progress=False,
                         use_cache=index_cache is not None).table
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
@@ -316,7 +321,7 @@ def main(args: argparse.Namespace) -> Any:
     common.setup_logging(True)
     torch.set_num_threads(getattr(args, "threads", 1))
     if args.command == "features":
-        t = features(args.weights, args.root, args.index_cache)
+        t = features(args.weights, args.root, args.index_cache, args.precision)
         save_table(args.out, t)
         log.info("%s: %d slices of %d studies", args.out, len(t.study), len(set(t.study)))
         return None
