@@ -627,7 +627,13 @@ def run(args: argparse.Namespace) -> Section:
                 "its separate timing: the rest of the gap is the CNN itself running slower "
                 "in the run than in the timings before and after it (this machine's drift, "
                 "or the pipeline's effect on the CNN: the two are not told apart here)"
-                if share and default.get("in_run") else ""))
+                if share and default.get("in_run") else "")
+             + (f"; the goal divides by one lane of {threads} threads, the faster layout "
+                f"alone ({default['alone_one_lane']:.0f} slices/s), while the command runs "
+                f"{lanes} lanes ({default['alone_lanes']:.0f} alone): against its own "
+                f"layout the run reached {ratio(default['e2e']['rate'], default['alone_lanes']):.2f}"
+                if lanes > 1 and default.get("alone_one_lane", 0) > default.get("alone_lanes", 0)
+                else ""))
     sec.goal(f"time per slice / fp32 compute floor ({chosen.precision})", x_floor, "<=",
              GOAL_FLOOR, "x",
              cause=f"the CNN alone runs at {ratio(1.0 / default['alone'], floor_slice):.2f}x "

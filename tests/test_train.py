@@ -227,7 +227,7 @@ def test_stage2_retrained_from_a_weights_folder(demo, tmp_path) -> None:
     for key, value in best.items():
         np.testing.assert_array_equal(value.numpy(),
                                       shipped["cnn." + key.removeprefix("model.")].float().numpy())
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(SystemExit, match="is not an empty folder"):
         cfw.write_run(demo["weights"], run)
     base = ["--quick", "--data-dir", str(demo["root"] / "data"), "--no-progress",
             "--threads", "1", "--workers", "1", "--no-foreign-check"]
@@ -265,8 +265,21 @@ def test_weights_without_a_stage1_record_are_refused(demo, tmp_path) -> None:
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit, match="no training.cnn record"):
         cfw.write_run(folder, tmp_path / "run")
+    config["training"]["cnn"] = {"arch": "resnet18", "mode": "windows"}
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match=r"training.cnn lacks \['size', 'crop'"):
+        cfw.write_run(folder, tmp_path / "run")
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="cannot read it"):
+        cfw.write_run(folder, tmp_path / "run")
+    # a refusal writes nothing, so the corrected command can run into the same folder
     with pytest.raises(SystemExit, match="--epochs-run 5: outside 1..1"):
         cfw.write_run(demo["weights"], tmp_path / "run2", epochs_run=5)
+    assert not (tmp_path / "run2").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit, match="is not an empty folder"):
+        cfw.write_run(demo["weights"], tmp_path / "file")
+    assert not (tmp_path / "run").exists()
 
 
 def test_stage2_scores_at_the_calibrated_cut_of_another_set(demo) -> None:
@@ -301,6 +314,16 @@ def test_stage2_scores_at_the_calibrated_cut_of_another_set(demo) -> None:
     want = fbeta_per_class(test.labels.astype(int), p_test >= (best / 5.0)[None, :], 2.0)
     assert got["cnn_lstm_calibrated"]["slice"]["macro"] == pytest.approx(float(want.mean()))
     assert "cnn_lstm_calibrated" not in st.score_folder(demo["weights"], test)
+    # a slice without a label (-1) is left out of the cut, as the scores leave it out
+    unlabelled = val.labels.copy()
+    unlabelled[0] = -1
+    partly = EmbeddingTable(val.embeddings, val.logits, unlabelled, val.study, val.image_id,
+                            val.slice_index)
+    kept = np.arange(n) != 0
+    yk = y[kept]
+    best_k = fbeta_per_class(yk, p_val[kept] >= search_thresholds(yk, p_val[kept], 2.0)[None, :],
+                             2.0)
+    np.testing.assert_allclose(st.calibrated_cuts(pred, partly), best_k / 5.0)
 
 
 def test_strict_json_never_writes_nan(tmp_path) -> None:

@@ -8,7 +8,9 @@ Writes what `make_demo_weights --cnn-run` adopts: ``best_cnn.safetensors`` (the 
 of ``model.safetensors``, as float32: the values `Predictor` computes with), ``args.json``
 (the stage-1 arguments the weights' ``config.json`` records), ``machine.json`` and
 ``data.json`` (the train and validation sets the CNN was trained and selected on, by seed,
-count and generator options, with their slice counts). The folder has no ``splits.json``:
+count and generator options, with their slice counts); with ``--epochs-run``, a
+``checkpoint.json`` that says where an early-stopped stage 1 ended (state only: the folder
+is for adopting, not for ``train_cnn --resume``). The folder has no ``splits.json``:
 `make_demo_weights` regenerates the data from the seeds and checks it against ``data.json``
 instead of a list of study ids.
 """
@@ -50,13 +52,24 @@ def cnn_tensors(weights: Path) -> dict[str, Any]:
     return cnn
 
 
+#: Stage-1 arguments the later stages read from ``args.json`` (make_demo_weights.resolve
+#: and reused_cnn_args, extract_embeddings.read_cnn_run).
+NEEDED_ARGS = ("arch", "mode", "size", "crop", "window", "epochs", "batch_size", "lr",
+               "positive_fraction")
+
+
 def run_record(config: dict[str, Any], weights: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(stage-1 args, train/val data record) from a weights folder's config."""
-    cnn = config.get("training", {}).get("cnn")
-    if not cnn:
+    training = config.get("training")
+    cnn = training.get("cnn") if isinstance(training, dict) else None
+    if not isinstance(cnn, dict) or not cnn:
         raise SystemExit(f"{weights / 'config.json'}: no training.cnn record (weights made "
                          "before the recipe stored its stage-1 arguments)")
-    data = config.get("data", {})
+    missing_args = [k for k in NEEDED_ARGS if k not in cnn]
+    if missing_args:
+        raise SystemExit(f"{weights / 'config.json'}: training.cnn lacks {missing_args}")
+    data = config.get("data")
+    data = data if isinstance(data, dict) else {}
     sets, stats = data.get("sets", {}), data.get("stats", {})
     missing = [s for s in ("train", "val") if s not in sets or s not in stats]
     if missing:
@@ -66,19 +79,27 @@ def run_record(config: dict[str, Any], weights: Path) -> tuple[dict[str, Any], d
 
 
 def write_run(weights: Path, out: Path, epochs_run: int | None = None) -> Path:
-    config = json.loads((weights / "config.json").read_text(encoding="utf-8"))
+    """Write the run folder; every check comes first, so a refusal writes nothing."""
+    where = weights / "config.json"
+    try:
+        config = json.loads(where.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{where}: cannot read it ({err})") from None
+    if not isinstance(config, dict):
+        raise SystemExit(f"{where}: not a JSON object")
     cnn, data = run_record(config, weights)
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"{out} is not empty")
+    if epochs_run is not None and not 0 < epochs_run <= int(cnn["epochs"]):
+        raise SystemExit(f"--epochs-run {epochs_run}: outside 1..{cnn['epochs']}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SystemExit(f"{out} is not an empty folder")
+    tensors = cnn_tensors(weights)
     out.mkdir(parents=True, exist_ok=True)
-    save_tensors(out / "best_cnn.safetensors", cnn_tensors(weights),
-                 {"source": json.dumps(str(weights))})
+    save_tensors(out / "best_cnn.safetensors", tensors, {"source": json.dumps(str(weights))})
     common.write_json(out / "args.json", {**cnn, "output_dir": str(out.resolve())})
     common.write_json(out / "data.json", data)
     if epochs_run is not None:
-        if not 0 < epochs_run <= int(cnn["epochs"]):
-            raise SystemExit(f"--epochs-run {epochs_run}: outside 1..{cnn['epochs']}")
-        # the form train_cnn's checkpoint takes, which make_demo_weights reads for early stops
+        # train_cnn's checkpoint state, the part make_demo_weights reads for early stops (no
+        # checkpoint tensors: this folder can be adopted, not resumed with train_cnn --resume)
         common.write_json(out / "checkpoint.json", {"state": {"epoch": epochs_run - 1}})
     common.write_json(out / "machine.json", {
         "machine": f"as recorded in {weights / 'MODEL_CARD.md'}",

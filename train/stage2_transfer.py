@@ -56,7 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     f.add_argument("--index-cache", type=Path, default=None)
     f.add_argument("--out", type=Path, required=True)
     f.add_argument("--threads", type=int, default=1)
-    f.add_argument("--precision", default="fp32",
+    f.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
                    help="the CNN's arithmetic (Predictor's --precision; auto would give bf16 "
                         "on some CPUs and not others)")
     a = sub.add_parser("augment", help="augmented copies of a split from the stage-1 cache")
@@ -204,16 +204,29 @@ def folder_probs(pred: Any, table: EmbeddingTable) -> tuple[np.ndarray, np.ndarr
     return cnn, final
 
 
+def calibrated_cuts(pred: Any, table: EmbeddingTable) -> np.ndarray:
+    """The calibrated rule's CNN + LSTM cuts (F*/(1 + beta^2) per class) on a labelled
+    table; slices without a label (-1) are left out, as `evaluate.score` leaves them."""
+    from hohoho_core.shift import View, pick_thresholds
+
+    y = np.asarray(table.labels)
+    keep = (y >= 0).all(axis=1)
+    prob = folder_probs(pred, table)[1]
+    return pick_thresholds([View("cut", y[keep].astype(np.int64), prob[keep])], "calibrated")
+
+
 def score_folder(weights: Path, table: EmbeddingTable,
-                 cut_on: EmbeddingTable | None = None) -> dict[str, Any]:
+                 cut_on: EmbeddingTable | np.ndarray | None = None) -> dict[str, Any]:
     """CNN alone and CNN + LSTM of a weights folder on stored stage-1 outputs, scored as
     ``make_demo_weights.check_folder`` and ``bench.generalization`` score them. With
-    ``cut_on`` (a labelled table, e.g. the validation split), CNN + LSTM is also scored at
-    the calibrated rule's cuts (`hohoho_core.shift`, F*/(1 + beta^2)) picked there: how a
-    candidate is compared with the shipped thresholds' own rule without the views."""
+    ``cut_on`` (a labelled table, e.g. the validation split, or the cuts already picked on
+    it), CNN + LSTM is also scored at the calibrated rule's cuts (`calibrated_cuts`) picked
+    there: how a candidate is compared with the shipped thresholds' own rule without the
+    views."""
     from hohoho_core.predict import Predictor
 
-    pred = Predictor.from_folder(weights, batch_size=64)
+    # fp32: only the LSTM runs here (on stored CNN outputs); auto could build a bf16 CNN
+    pred = Predictor.from_folder(weights, batch_size=64, precision="fp32")
     cnn, final = folder_probs(pred, table)
     cfg = pred.config
     cnn_thr = np.asarray(cfg.cnn_thresholds if cfg.cnn_thresholds is not None
@@ -223,10 +236,8 @@ def score_folder(weights: Path, table: EmbeddingTable,
         out["cnn_lstm"] = score(table.labels, final, pred.thresholds, table.study,
                                 study_auc=True, tune=True)
         if cut_on is not None:
-            from hohoho_core.shift import View, pick_thresholds
-
-            thr = pick_thresholds([View("cut", np.asarray(cut_on.labels),
-                                        folder_probs(pred, cut_on)[1])], "calibrated")
+            thr = (np.asarray(cut_on, dtype=np.float64) if isinstance(cut_on, np.ndarray)
+                   else calibrated_cuts(pred, cut_on))
             out["cnn_lstm_calibrated"] = score(table.labels, final, thr, table.study)
             out["cnn_lstm_calibrated"]["cut_thresholds"] = [float(t) for t in thr]
     return out
@@ -354,8 +365,14 @@ def main(args: argparse.Namespace) -> Any:
         raise SystemExit(f"--calibrated-on {cut_on}: not one of the --features names")
     for w in args.weights:
         rep = result.setdefault(str(w), {})
+        cuts = None
+        if cut_on is not None:
+            from hohoho_core.predict import Predictor
+
+            # picked once per folder, then applied to every table
+            cuts = calibrated_cuts(Predictor.from_folder(w, precision="fp32"), tables[cut_on])
         for name, table in tables.items():
-            rep[name] = score_folder(w, table, None if cut_on is None else tables[cut_on])
+            rep[name] = score_folder(w, table, cuts)
             m = rep[name]
             log.info("%s %s: CNN %.3f, CNN+LSTM %s", w, name, m["cnn"]["slice"]["macro"],
                      f"{m['cnn_lstm']['slice']['macro']:.3f}" if "cnn_lstm" in m else "-")
