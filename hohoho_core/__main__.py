@@ -264,6 +264,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 f"{len(records)} studies, {n_images} images -> "
                 + ", ".join(str(p) for p in written)
             )
+            noted = [r for r in records if r.get("notes")]
+            if noted:
+                # One line for the run; each series' own note is in the output file.
+                print(f"hohoho: note: {len(noted)} of {len(records)} series: "
+                      f"{noted[0]['notes'][0]}" + (" (the first; each series' note is in "
+                                                   "the output)" if len(noted) > 1 else ""),
+                      file=sys.stderr)
             if skipped:
                 print(_listing(f"{len(skipped)} files not used", sorted(
                     f"{name} ({why})" for name, why in skipped.items())), file=sys.stderr)
@@ -319,6 +326,7 @@ class _Numbered:
     x: Any
     skipped: list[tuple[str, str]]
     order: int
+    slice_spacing: float | None = None  # mm, checked against the model's training range
 
 
 class _SourceItems:
@@ -389,7 +397,8 @@ class _SourceItems:
                     for item in items:
                         loaded += item.x is not None
                         yield _Numbered(item.study_uid, item.series_uid, item.image_ids,
-                                        item.x, item.skipped, owned[item.key])
+                                        item.x, item.skipped, owned[item.key],
+                                        item.slice_spacing)
                 finally:
                     items.close()  # stops and joins the reader processes
             if loaded == 0 and len(jobs) == len(loadable):

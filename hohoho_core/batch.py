@@ -72,6 +72,7 @@ class PreparedStudy:
     image_ids: list[str]
     x: np.ndarray | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    slice_spacing: float | None = None  # mm, for `Predictor.input_notes`
 
     @property
     def key(self) -> str:
@@ -176,6 +177,7 @@ class _PreparedStudies(IterableDataset[PreparedStudy]):
                     image_ids=list(study.image_ids),
                     x=self.prepare(study.hu),
                     skipped=[s for s in extra if s not in shared],
+                    slice_spacing=study.slice_spacing,
                 )
         except StudyLoadError:
             pass  # raised only when none of this worker's series loaded: all reported below

@@ -57,6 +57,7 @@ from hohoho_core.precision import (
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.rsna_csv import row_id, write_rsna_csv
 from hohoho_core.runtime import QUANTIZED_ENGINES, cpu_flags
+from hohoho_core.spacing import spacing_note, trained_spacing
 from hohoho_core.study import Study
 from hohoho_core.weights import ModelConfig, WeightsError, load_calibration, load_weights
 
@@ -131,6 +132,7 @@ class StudyPrediction:
         labels: ``(S, K)`` bool, ``prob >= thresholds``.
         thresholds: ``(K,)`` the thresholds used.
         summary: `StudySummary`.
+        notes: one-line notes on the input (`spacing.spacing_note`), empty when none.
     """
 
     study_uid: str
@@ -144,6 +146,9 @@ class StudyPrediction:
     thresholds: np.ndarray
     summary: StudySummary
     classes: tuple[str, ...] = field(default=CLASSES)
+    #: What a reader should know about this series before trusting the calls (for example
+    #: a slice spacing the model was not trained on, `spacing.spacing_note`).
+    notes: tuple[str, ...] = ()
 
 
 def summarise(
@@ -663,8 +668,10 @@ class Predictor:
                 emb = torch.cat(entry.embs).numpy()
                 logits = torch.cat(entry.logits).numpy()
                 item = entry.item
+                # slice_spacing is optional on an item (PreparedInput needs only the rest)
                 yield item, self._prediction(emb, logits, item.study_uid, item.series_uid,
-                                             item.image_ids)
+                                             item.image_ids,
+                                             getattr(item, "slice_spacing", None))
 
         try:
             for item in items:
@@ -737,23 +744,33 @@ class Predictor:
     def predict(self, study: Study) -> StudyPrediction:
         """Run the whole pipeline on one sorted study."""
         return self.predict_prepared(self.preprocess(study), study.study_uid, study.series_uid,
-                                     list(study.image_ids))
+                                     list(study.image_ids), slice_spacing=study.slice_spacing)
 
     def predict_prepared(
-        self, x: np.ndarray, study_uid: str, series_uid: str, image_ids: Sequence[str]
+        self, x: np.ndarray, study_uid: str, series_uid: str, image_ids: Sequence[str],
+        slice_spacing: float | None = None,
     ) -> StudyPrediction:
         """`predict` from the study's model input ``[S, C, H, W]`` (`preprocess`'s output).
 
         What a batch pipeline calls when the preprocessing ran in another process; the
-        same input gives the same bits as `predict`.
+        same input gives the same bits as `predict`. ``slice_spacing`` (mm), when known,
+        is checked against the model's training range (`input_notes`).
         """
         if len(image_ids) != len(x):
             raise ValueError(f"{len(image_ids)} image ids for {len(x)} slices")
         emb, logits = self.predict_input(x)
-        return self._prediction(emb, logits, study_uid, series_uid, image_ids)
+        return self._prediction(emb, logits, study_uid, series_uid, image_ids, slice_spacing)
+
+    def input_notes(self, slice_spacing: float | None) -> tuple[str, ...]:
+        """Notes on a series this model was not trained for (`StudyPrediction.notes`)."""
+        if slice_spacing is None:
+            return ()
+        note = spacing_note(float(slice_spacing), trained_spacing(self.config.data))
+        return () if note is None else (note,)
 
     def _prediction(self, emb: np.ndarray, logits: np.ndarray, study_uid: str, series_uid: str,
-                    image_ids: Sequence[str]) -> StudyPrediction:
+                    image_ids: Sequence[str], slice_spacing: float | None = None
+                    ) -> StudyPrediction:
         """The CNN's output for one study -> calibrated probabilities, sequence model, labels."""
         cnn_prob = torch.sigmoid(torch.from_numpy(logits / self.cnn_temperatures)).numpy()
         lstm_prob = self.sequence_prob(emb, logits)
@@ -771,6 +788,7 @@ class Predictor:
             thresholds=self.thresholds.copy(),
             summary=summarise(prob, labels, self.classes),
             classes=self.classes,
+            notes=self.input_notes(slice_spacing),
         )
 
 
@@ -808,6 +826,7 @@ def prediction_record(pred: StudyPrediction) -> dict[str, Any]:
         "labels": pred.labels.astype(int).tolist(),
         "thresholds": pred.thresholds.astype(float).tolist(),
         "summary": pred.summary.to_dict(),
+        "notes": list(pred.notes),
     }
 
 
@@ -821,7 +840,8 @@ def write_predictions(records: Sequence[dict[str, Any]], out: str | Path) -> lis
 
     ``.csv``: the RSNA submission format (header ``ID,Label``; six rows per image,
     ``ID_<image>_<class>`` with the final probability) plus ``<stem>_studies.csv`` (study_uid,
-    series_uid, n_slices, ``max_<class>``, ``positive_<class>`` as 0/1). ``.json``: one
+    series_uid, n_slices, ``max_<class>``, ``positive_<class>`` as 0/1, ``notes``: the
+    series' `StudyPrediction.notes`, ``|``-joined). ``.json``: one
     object with every record (per-slice probabilities and study summaries).
 
     Returns:
@@ -852,6 +872,7 @@ def write_predictions(records: Sequence[dict[str, Any]], out: str | Path) -> lis
             ["study_uid", "series_uid", "n_slices"]
             + [f"max_{c}" for c in CLASSES]
             + [f"positive_{c}" for c in CLASSES]
+            + ["notes"]
         )
         for rec in records:
             s = rec["summary"]
@@ -860,5 +881,6 @@ def write_predictions(records: Sequence[dict[str, Any]], out: str | Path) -> lis
                 [safe_cell(rec["study_uid"]), safe_cell(rec["series_uid"]), s["n_slices"]]
                 + [f"{s['max_prob'][c]:.6g}" for c in CLASSES]
                 + [int(s["positive"][c]) for c in CLASSES]
+                + [safe_cell(" | ".join(rec.get("notes") or []))]
             )
     return [out, summary_path]

@@ -609,6 +609,8 @@ def summary_ui(item: state.OpenStudy, pred: StudyPrediction | None) -> None:
         positive = bool(pred.labels[:, ANY_INDEX].any())
         verdict = "positive for hemorrhage" if positive else "no slice above threshold"
         st.markdown(f"Model: **{verdict}** (highest 'any' probability {any_max:.2f}).")
+        for note in pred.notes:
+            st.warning(md_literal(note))
     frame = summary_table(
         None if pred is None else pred.cnn_prob,
         None if pred is None else pred.lstm_prob,

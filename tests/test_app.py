@@ -535,3 +535,27 @@ def test_the_model_is_loaded_once_per_process(
     second = run_app()  # another browser session in the same server process
     assert not first.exception and not second.exception
     assert loads == [str(weights.resolve())]
+
+
+def test_a_thin_series_is_flagged_beside_the_verdict(
+    app_env: AppData, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, write_ct_series
+) -> None:
+    """A series whose slice spacing the model was not trained on gets a warning on its
+    summary; one inside the range gets none (hohoho_core.spacing)."""
+    weights = save_random_weights(tmp_path / "ranged",
+                                  data={"description": "random init",
+                                        "slice_spacing_mm": [3.0, 6.0]})
+    monkeypatch.setenv("HOHOHO_WEIGHTS", str(weights))
+    thin = write_ct_series(tmp_path / "thin", n_slices=6, spacing=1.0)
+    thick = write_ct_series(tmp_path / "thick", n_slices=4, spacing=5.0, seed=1)
+    at = run_app()
+    at.radio(key="_w_source_kind").set_value("Upload").run()
+    for series, flagged in ((thin, True), (thick, False)):
+        at.file_uploader(key="uploads").set_value(
+            [(p.name, p.read_bytes(), "application/dicom") for p in series.paths]).run()
+        at.button(key="open_uploads").click().run()
+        assert not at.exception and not at.error
+        notes = [w for w in texts(at.warning) if "the model was trained on" in w]
+        assert bool(notes) is flagged, texts(at.warning)
+        if flagged:
+            assert "slices 1 mm apart, thinner than the 3-6 mm" in notes[0]

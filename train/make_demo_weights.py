@@ -801,9 +801,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     splits.setdefault("test", [])  # --stop-after cnn: the test split is made where it ends
     times["index+cache"] = time.perf_counter() - t
     common.write_json(work / "splits.json", splits)
+    from hohoho_core.spacing import CONFIG_KEY as SPACING_KEY
+    from hohoho_core.synthetic.anatomy import SPACING_RANGE_MM
+
     common.write_json(work / "data.json", {"description": "synthetic phantom head CT "
                                            "(hohoho_core.synthetic)", "sets": data,
-                                           "stats": stats})
+                                           "stats": stats,
+                                           SPACING_KEY: list(SPACING_RANGE_MM)})
     planned = args.epochs == "auto"
     args.epochs = (plan_epochs(args, stats, time.perf_counter() - t_start) if planned
                    else int(args.epochs))

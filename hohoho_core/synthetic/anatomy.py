@@ -13,6 +13,14 @@ import numpy as np
 
 from hohoho_core.synthetic.plan import StudyPlan
 
+#: Slice spacings (mm) a study is drawn with (repeats weight the draw), and the thinner one
+#: long studies get half the time: every generated study, plain or randomised, lies in
+#: `SPACING_RANGE_MM`, which a model trained on them states in its config
+#: (`hohoho_core.spacing`).
+SLICE_SPACINGS_MM = (4.0, 4.5, 5.0, 5.0, 5.0, 6.0)
+THIN_SPACING_MM = 3.0
+SPACING_RANGE_MM = (THIN_SPACING_MM, max(SLICE_SPACINGS_MM))
+
 #: A tapered capsule ``(p0, p1, r0, r1, rh)`` in head coordinates (mm), see `shapes.capsule`.
 Point = tuple[float, float, float]
 Capsule = tuple[Point, Point, float, float, float]
@@ -90,10 +98,10 @@ def draw_anatomy(rng: np.random.Generator, size: int, plan: StudyPlan) -> Anatom
     kt = np.arange(1, 5)
     thick = np.stack([kt, rng.normal(0, 0.1, kt.size), rng.uniform(0, 2 * np.pi, kt.size)], 1)
     atrophy = float(rng.beta(2.0, 4.0))
-    sp = float(rng.choice([4.0, 4.5, 5.0, 5.0, 5.0, 6.0]))
+    sp = float(rng.choice(list(SLICE_SPACINGS_MM)))
     n = plan.n_slices
     if n >= 34 and rng.random() < 0.5:
-        sp = 3.0
+        sp = THIN_SPACING_MM
     sp = min(sp, (H + 45) / (n - 1))
     extent = (n - 1) * sp
     top = H + float(rng.uniform(-6, 6))

@@ -1,0 +1,104 @@
+"""Slice spacing outside the model's training range is said, never silently scored."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hohoho_core.__main__ import main
+from hohoho_core.spacing import spacing_note, trained_spacing
+from tests.test_predict import make_weights
+
+
+def test_trained_spacing_reads_only_a_valid_range() -> None:
+    assert trained_spacing({"slice_spacing_mm": [3, 6.0]}) == (3.0, 6.0)
+    for bad in ({}, {"slice_spacing_mm": None}, {"slice_spacing_mm": [6.0, 3.0]},
+                {"slice_spacing_mm": [0, 5]}, {"slice_spacing_mm": [3.0]},
+                {"slice_spacing_mm": ["a", 5]}, {"slice_spacing_mm": [3.0, float("inf")]},
+                {"slice_spacing_mm": "3-6"}):
+        assert trained_spacing(bad) is None, bad
+
+
+def test_spacing_note_says_which_side_and_keeps_quiet_near_the_range() -> None:
+    trained = (3.0, 6.0)
+    for inside in (3.0, 5.0, 6.0, 2.1, 8.9):  # within x/÷ 1.5 of the range
+        assert spacing_note(inside, trained) is None, inside
+    thin = spacing_note(0.625, trained)
+    assert thin is not None and "0.62 mm apart, thinner than the 3-6 mm" in thin
+    assert "thicker series" in thin
+    thick = spacing_note(10.0, trained)
+    assert thick is not None and "thicker than the 3-6 mm" in thick
+    assert "thicker series" not in thick
+    assert spacing_note(0.625, None) is None  # a folder that states no range
+    for unknown in (0.0, float("nan")):  # a single slice has no spacing
+        assert spacing_note(unknown, trained) is None
+    assert spacing_note(2.1, trained, tolerance=1.0) is not None
+
+
+def test_shipped_weights_state_the_generator_range() -> None:
+    from hohoho_core.synthetic.anatomy import SPACING_RANGE_MM
+
+    config = json.loads(Path("weights/config.json").read_text(encoding="utf-8"))
+    assert trained_spacing(config["data"]) == SPACING_RANGE_MM == (3.0, 6.0)
+
+
+@pytest.fixture(scope="module")
+def ranged_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = make_weights(tmp_path_factory.mktemp("spacing_weights"))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["data"]["slice_spacing_mm"] = [3.0, 6.0]
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def test_predictor_notes_a_thin_series(ranged_weights: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from hohoho_core.predict import Predictor, prediction_record
+    from tests.test_predict import make_study
+
+    pred = Predictor.from_folder(ranged_weights, precision="fp32")
+    unranged = Predictor.from_folder(make_weights(tmp_path / "plain"), precision="fp32")
+    study = make_study(n_slices=4)
+    assert 3.0 <= study.slice_spacing <= 6.0
+    thin = dataclasses.replace(study, slice_spacing=1.0)
+    got = pred.predict(thin)
+    assert len(got.notes) == 1 and "thinner than the 3-6 mm" in got.notes[0]
+    assert prediction_record(got)["notes"] == list(got.notes)
+    same = pred.predict(study)
+    assert same.notes == ()
+    np.testing.assert_array_equal(got.prob, same.prob)  # a note, not another computation
+    assert unranged.predict(thin).notes == ()  # no range stated, no note
+
+
+def test_predict_command_notes_the_thin_series_of_an_exam(
+    ranged_weights: Path, tmp_path: Path, write_ct_series,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    thick = write_ct_series(tmp_path / "exam" / "thick", n_slices=4, spacing=5.0)
+    thin = write_ct_series(tmp_path / "exam" / "thin", n_slices=8, spacing=1.0,
+                           study_uid=thick.study_uid, seed=1, slice_thickness=1.0)
+    out = tmp_path / "p.csv"
+    base = ["predict", str(tmp_path / "exam"), "--weights", str(ranged_weights),
+            "--out", str(out), "--precision", "fp32"]
+    assert main(base) == 0
+    err = capsys.readouterr().err
+    assert "hohoho: note: 1 of 2 series: slices 1 mm apart, thinner than the 3-6 mm" in err
+    rows = {r["series_uid"]: r for r in
+            csv.DictReader(out.with_name("p_studies.csv").open(encoding="utf-8"))}
+    assert "thinner than the 3-6 mm" in rows[thin.series_uid]["notes"]
+    assert rows[thick.series_uid]["notes"] == ""
+    # the JSON output carries each series' notes too
+    js = tmp_path / "p.json"
+    assert main([*base[:-3], str(js), "--precision", "fp32"]) == 0
+    notes = {r["series_uid"]: r["notes"] for r in
+             json.loads(js.read_text(encoding="utf-8"))["studies"]}
+    assert notes[thick.series_uid] == [] and len(notes[thin.series_uid]) == 1
+    # the thick series alone: nothing to say
+    capsys.readouterr()
+    assert main([*base, "--series", "thickest"]) == 0
+    assert "hohoho: note" not in capsys.readouterr().err
