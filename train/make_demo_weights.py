@@ -631,6 +631,18 @@ def _compute_line(info: dict[str, Any]) -> str:
             + "); " + rest)
 
 
+def _spacing_line() -> str:
+    """The card's line on the slice spacing the model saw (`hohoho_core.spacing`)."""
+    from hohoho_core.spacing import TOLERANCE
+    from hohoho_core.synthetic.anatomy import SPACING_RANGE_MM
+
+    low, high = SPACING_RANGE_MM
+    return (f"- Slice spacing: every training study is {low:g}-{high:g} mm between slices "
+            "(`data.slice_spacing_mm` in config.json); a series outside "
+            f"{low / TOLERANCE:g}-{high * TOLERANCE:g} mm gets a note from `predict` and the app "
+            "(`hohoho_core.spacing`), since nothing is resampled along z.")
+
+
 def write_card(path: Path, info: dict[str, Any]) -> None:
     """``MODEL_CARD.md`` from the measured numbers."""
     m, test = info["metrics"], info["shipped_test"]
@@ -684,6 +696,8 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         f"Training studies were drawn with "
         f"{info['data']['train'].get('positive_studies', 0.4):.0%} positive (validation and test "
         "40 %), so the sampler has more distinct bleeds to draw from.",
+        "",
+        _spacing_line(),
         "",
         "## Settings",
         f"- Stage 1: {info['epochs']} epoch{'s' if info['epochs'] != 1 else ''}"
