@@ -257,6 +257,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             for r in records:
                 r.pop("order", None)
             written = write_predictions(records, out)
+            from hohoho_core.spacing import notes_line
+
             for lg in logs:
                 lg.remove()
             n_images = sum(len(r["image_ids"]) for r in records)
@@ -264,13 +266,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 f"{len(records)} studies, {n_images} images -> "
                 + ", ".join(str(p) for p in written)
             )
-            noted = [r for r in records if r.get("notes")]
-            if noted:
-                # One line for the run; each series' own note is in the output file.
-                print(f"hohoho: note: {len(noted)} of {len(records)} series: "
-                      f"{noted[0]['notes'][0]}" + (" (the first; each series' note is in "
-                                                   "the output)" if len(noted) > 1 else ""),
-                      file=sys.stderr)
+            line = notes_line(records)
+            if line is not None:  # one line for the run; each series' note is in the output
+                print(line, file=sys.stderr)
             if skipped:
                 print(_listing(f"{len(skipped)} files not used", sorted(
                     f"{name} ({why})" for name, why in skipped.items())), file=sys.stderr)

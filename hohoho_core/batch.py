@@ -37,6 +37,7 @@ from hohoho_core.dicom import StudyLoadError
 from hohoho_core.dicom.loader import SourceScan
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.resultlog import study_key
+from hohoho_core.spacing import measured_spacing
 
 __all__ = [
     "CnnSeconds",
@@ -177,7 +178,7 @@ class _PreparedStudies(IterableDataset[PreparedStudy]):
                     image_ids=list(study.image_ids),
                     x=self.prepare(study.hu),
                     skipped=[s for s in extra if s not in shared],
-                    slice_spacing=study.slice_spacing,
+                    slice_spacing=measured_spacing(study),
                 )
         except StudyLoadError:
             pass  # raised only when none of this worker's series loaded: all reported below

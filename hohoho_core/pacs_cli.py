@@ -300,9 +300,14 @@ def predict_dicomweb(
     if not failures:
         results.remove()
     if records:
+        from hohoho_core.spacing import notes_line
+
         n_images = sum(len(r["image_ids"]) for r in records)
         print(f"{len(records)} studies, {n_images} images -> "
               + ", ".join(str(p) for p in written))
+        line = notes_line(records)
+        if line is not None:
+            print(line, file=sys.stderr)
     if stored:
         print(f"{stored} DICOM objects (structured reports, saliency images) stored on "
               f"{server.display_url}")

@@ -57,7 +57,7 @@ from hohoho_core.precision import (
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.rsna_csv import row_id, write_rsna_csv
 from hohoho_core.runtime import QUANTIZED_ENGINES, cpu_flags
-from hohoho_core.spacing import spacing_note, trained_spacing
+from hohoho_core.spacing import measured_spacing, spacing_note, trained_spacing
 from hohoho_core.study import Study
 from hohoho_core.weights import ModelConfig, WeightsError, load_calibration, load_weights
 
@@ -744,7 +744,8 @@ class Predictor:
     def predict(self, study: Study) -> StudyPrediction:
         """Run the whole pipeline on one sorted study."""
         return self.predict_prepared(self.preprocess(study), study.study_uid, study.series_uid,
-                                     list(study.image_ids), slice_spacing=study.slice_spacing)
+                                     list(study.image_ids),
+                                     slice_spacing=measured_spacing(study))
 
     def predict_prepared(
         self, x: np.ndarray, study_uid: str, series_uid: str, image_ids: Sequence[str],

@@ -13,8 +13,11 @@ high]`` in mm); a folder without it gets no note.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hohoho_core.study import Study
 
 #: How far outside the trained range a spacing may fall (times or divided by this) before
 #: a note: 2.5 mm against 3-6 mm is a neighbour of what was seen, 1.25 mm is not.
@@ -38,17 +41,40 @@ def trained_spacing(data: Mapping[str, Any]) -> tuple[float, float] | None:
     return low, high
 
 
+def measured_spacing(study: Study) -> float | None:
+    """The study's slice spacing when the slices' positions measured it, else None.
+
+    A single slice has no spacing (the loader falls back to its SliceThickness), and a
+    series sorted by InstanceNumber or file name (no usable ImagePositionPatient) has the
+    spacing of a tag or of a 1 mm guess: neither may call a series thin.
+    """
+    if len(study.slices) < 2 or study.report.sort_method != "normal":
+        return None
+    return float(study.slice_spacing)
+
+
 def spacing_note(spacing: float, trained: tuple[float, float] | None,
                  tolerance: float = TOLERANCE) -> str | None:
     """A one-line note when ``spacing`` (mm between slices) is outside ``trained`` by more
-    than ``tolerance``; None when it is inside, unknown (a single slice) or no range is known."""
+    than ``tolerance``; None when it is inside, unknown (not finite or not positive) or no
+    range is known."""
     if trained is None or not math.isfinite(spacing) or spacing <= 0:
         return None
     low, high = trained
     if low / tolerance <= spacing <= high * tolerance:
         return None
-    side = "thinner" if spacing < low else "thicker"
-    hint = "; a thicker series of the study, or a reformat, fits it better" if side == "thinner" else ""
-    return (f"slices {spacing:.2g} mm apart, {side} than the {low:g}-{high:g} mm the model was "
-            "trained on: nothing is resampled along z, so its calls on this series are less "
-            f"certain than its measured figures{hint}")
+    side = "closer together" if spacing < low else "further apart"
+    hint = ("; a thicker series of the study (--series thickest) or a 5 mm reformat is "
+            "closer to what it was trained on" if spacing < low else "")
+    return (f"slices {spacing:.3g} mm apart, {side} than the {low:g}-{high:g} mm the model "
+            "was trained on: nothing is resampled along z, so its measured figures may not "
+            f"hold for this series{hint}")
+
+
+def notes_line(records: Sequence[Mapping[str, Any]]) -> str | None:
+    """The one stderr line of a run for its prediction records' notes, or None."""
+    noted = [r for r in records if r.get("notes")]
+    if not noted:
+        return None
+    more = " (the first; each series' note is in the output)" if len(noted) > 1 else ""
+    return f"hohoho: note: {len(noted)} of {len(records)} series: {noted[0]['notes'][0]}{more}"

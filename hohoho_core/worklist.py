@@ -148,6 +148,7 @@ class StudyResult:
     any_runs: tuple[tuple[int, int], ...]
     seconds: float
     error: str | None = None
+    notes: tuple[str, ...] = ()  # `StudyPrediction.notes` (e.g. a slice spacing not trained on)
 
 
 def summarise_prediction(
@@ -171,6 +172,7 @@ def summarise_prediction(
         subtype_max=sub_max,
         any_runs=tuple(positive_runs(calls[:, ANY_INDEX])),
         seconds=float(seconds),
+        notes=tuple(pred.notes),
     )
 
 

@@ -64,6 +64,9 @@ def row_ui(rank: int, result: StudyResult, settings: Settings, nav: state.Workli
         cols[3].markdown(badges or ("any only" if result.positive else "no bleed called"))
         cols[4].markdown(f"slices {format_ranges(list(result.any_runs))}"
                          if result.any_runs else "—")
+        if result.notes:  # a series the model was not trained for: say so in the list
+            cols[3].markdown(":orange-badge[spacing not trained on]",
+                             help=md_literal(" ".join(result.notes)))
     cols[5].caption(f"{result.seconds:.1f} s")
     if cols[6].button("Open", key=f"wl_open_{result.key}", disabled=result.error is not None,
                       width="stretch"):

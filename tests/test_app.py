@@ -558,4 +558,4 @@ def test_a_thin_series_is_flagged_beside_the_verdict(
         notes = [w for w in texts(at.warning) if "the model was trained on" in w]
         assert bool(notes) is flagged, texts(at.warning)
         if flagged:
-            assert "slices 1 mm apart, thinner than the 3-6 mm" in notes[0]
+            assert "slices 1 mm apart, closer together than the 3-6 mm" in notes[0]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hohoho_core.__main__ import main
-from hohoho_core.spacing import spacing_note, trained_spacing
+from hohoho_core.spacing import measured_spacing, notes_line, spacing_note, trained_spacing
 from tests.test_predict import make_weights
 
 
@@ -28,13 +28,13 @@ def test_spacing_note_says_which_side_and_keeps_quiet_near_the_range() -> None:
     for inside in (3.0, 5.0, 6.0, 2.1, 8.9):  # within x/÷ 1.5 of the range
         assert spacing_note(inside, trained) is None, inside
     thin = spacing_note(0.625, trained)
-    assert thin is not None and "0.62 mm apart, thinner than the 3-6 mm" in thin
+    assert thin is not None and "0.625 mm apart, closer together than the 3-6 mm" in thin
     assert "thicker series" in thin
     thick = spacing_note(10.0, trained)
-    assert thick is not None and "thicker than the 3-6 mm" in thick
+    assert thick is not None and "10 mm apart, further apart than the 3-6 mm" in thick
     assert "thicker series" not in thick
     assert spacing_note(0.625, None) is None  # a folder that states no range
-    for unknown in (0.0, float("nan")):  # a single slice has no spacing
+    for unknown in (0.0, float("nan")):
         assert spacing_note(unknown, trained) is None
     assert spacing_note(2.1, trained, tolerance=1.0) is not None
 
@@ -67,7 +67,7 @@ def test_predictor_notes_a_thin_series(ranged_weights: Path, tmp_path: Path) -> 
     assert 3.0 <= study.slice_spacing <= 6.0
     thin = dataclasses.replace(study, slice_spacing=1.0)
     got = pred.predict(thin)
-    assert len(got.notes) == 1 and "thinner than the 3-6 mm" in got.notes[0]
+    assert len(got.notes) == 1 and "closer together than the 3-6 mm" in got.notes[0]
     assert prediction_record(got)["notes"] == list(got.notes)
     same = pred.predict(study)
     assert same.notes == ()
@@ -87,10 +87,10 @@ def test_predict_command_notes_the_thin_series_of_an_exam(
             "--out", str(out), "--precision", "fp32"]
     assert main(base) == 0
     err = capsys.readouterr().err
-    assert "hohoho: note: 1 of 2 series: slices 1 mm apart, thinner than the 3-6 mm" in err
+    assert "hohoho: note: 1 of 2 series: slices 1 mm apart, closer together than the 3-6 mm" in err
     rows = {r["series_uid"]: r for r in
             csv.DictReader(out.with_name("p_studies.csv").open(encoding="utf-8"))}
-    assert "thinner than the 3-6 mm" in rows[thin.series_uid]["notes"]
+    assert "closer together than the 3-6 mm" in rows[thin.series_uid]["notes"]
     assert rows[thick.series_uid]["notes"] == ""
     # the JSON output carries each series' notes too
     js = tmp_path / "p.json"
@@ -102,3 +102,39 @@ def test_predict_command_notes_the_thin_series_of_an_exam(
     capsys.readouterr()
     assert main([*base, "--series", "thickest"]) == 0
     assert "hohoho: note" not in capsys.readouterr().err
+
+
+def test_only_a_spacing_the_positions_measured_counts(tmp_path: Path, write_ct_series) -> None:
+    """A single slice (the loader falls back to its SliceThickness) and a series without
+    positions (sorted by InstanceNumber, spaced by a tag or a 1 mm guess) are never called
+    thin; a series whose positions say 1 mm is."""
+    from hohoho_core.dicom import load_study
+
+    thin = write_ct_series(tmp_path / "thin", n_slices=4, spacing=1.0, slice_thickness=1.0)
+    study = load_study(tmp_path / "thin")
+    assert study.report.sort_method == "normal"
+    assert measured_spacing(study) == pytest.approx(1.0)
+    one = write_ct_series(tmp_path / "one", n_slices=1, slice_thickness=0.625)
+    single = load_study(tmp_path / "one")
+    assert len(single.slices) == 1 and single.slice_spacing == pytest.approx(0.625)
+    assert measured_spacing(single) is None
+    # positions removed: the reader sorts by InstanceNumber and guesses the spacing
+    import pydicom
+
+    for p in thin.paths:
+        ds = pydicom.dcmread(p)
+        del ds.ImagePositionPatient
+        del ds.SliceThickness
+        ds.save_as(p)
+    unplaced = load_study(tmp_path / "thin")
+    assert unplaced.report.sort_method != "normal"
+    assert measured_spacing(unplaced) is None
+    assert one.paths  # the single-slice series was written
+
+
+def test_notes_line_counts_the_noted_series() -> None:
+    assert notes_line([{"notes": []}, {}]) is None
+    one = notes_line([{"notes": ["slices 1 mm apart"]}, {"notes": []}])
+    assert one == "hohoho: note: 1 of 2 series: slices 1 mm apart"
+    two = notes_line([{"notes": ["a"]}, {"notes": ["b"]}, {}])
+    assert two is not None and two.startswith("hohoho: note: 2 of 3 series: a (the first;")

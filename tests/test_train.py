@@ -254,6 +254,17 @@ def test_stage2_retrained_from_a_weights_folder(demo, tmp_path) -> None:
     assert not (tmp_path / "w2").exists()
 
 
+def test_recipe_states_the_slice_spacing_it_trained_on(demo) -> None:
+    from hohoho_core.spacing import trained_spacing
+    from hohoho_core.synthetic.anatomy import spacing_range_mm
+
+    config = json.loads((demo["weights"] / "config.json").read_text())
+    assert trained_spacing(config["data"]) == spacing_range_mm(10) == (3.0, 6.0)
+    card = (demo["weights"] / "MODEL_CARD.md").read_text()
+    assert "Slice spacing: every training study is 3-6 mm between slices" in card
+    assert spacing_range_mm(80)[0] < 3.0  # long studies are squeezed to fit the head
+
+
 def test_weights_without_a_stage1_record_are_refused(demo, tmp_path) -> None:
     import shutil
 

@@ -3,6 +3,7 @@ events (hohoho_ui.viewer_component), and the worklist page through AppTest."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -106,6 +107,9 @@ def test_summary_of_a_prediction_by_hand() -> None:
     assert r.subtype_max["SAH"] == pytest.approx(0.4)
     assert r.any_runs == ((1, 2), (5, 5))
     assert r.n_slices == 6 and r.seconds == 1.5 and r.error is None
+    assert r.notes == ()
+    noted = dataclasses.replace(make_prediction(prob), notes=("slices 1 mm apart",))
+    assert summarise_prediction(entry, noted, 1.5).notes == ("slices 1 mm apart",)
 
 
 def test_worklist_run_analyses_in_the_background_and_survives_a_bad_study() -> None:

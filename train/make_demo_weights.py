@@ -631,15 +631,15 @@ def _compute_line(info: dict[str, Any]) -> str:
             + "); " + rest)
 
 
-def _spacing_line() -> str:
+def _spacing_line(max_slices: int) -> str:
     """The card's line on the slice spacing the model saw (`hohoho_core.spacing`)."""
     from hohoho_core.spacing import TOLERANCE
-    from hohoho_core.synthetic.anatomy import SPACING_RANGE_MM
+    from hohoho_core.synthetic.anatomy import spacing_range_mm
 
-    low, high = SPACING_RANGE_MM
-    return (f"- Slice spacing: every training study is {low:g}-{high:g} mm between slices "
+    low, high = spacing_range_mm(max_slices)
+    return (f"Slice spacing: every training study is {low:.3g}-{high:g} mm between slices "
             "(`data.slice_spacing_mm` in config.json); a series outside "
-            f"{low / TOLERANCE:g}-{high * TOLERANCE:g} mm gets a note from `predict` and the app "
+            f"{low / TOLERANCE:.3g}-{high * TOLERANCE:g} mm gets a note from `predict` and the app "
             "(`hohoho_core.spacing`), since nothing is resampled along z.")
 
 
@@ -697,7 +697,7 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         f"{info['data']['train'].get('positive_studies', 0.4):.0%} positive (validation and test "
         "40 %), so the sampler has more distinct bleeds to draw from.",
         "",
-        _spacing_line(),
+        _spacing_line(int(info["data"]["train"]["slices"][1])),
         "",
         "## Settings",
         f"- Stage 1: {info['epochs']} epoch{'s' if info['epochs'] != 1 else ''}"
@@ -816,12 +816,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     times["index+cache"] = time.perf_counter() - t
     common.write_json(work / "splits.json", splits)
     from hohoho_core.spacing import CONFIG_KEY as SPACING_KEY
-    from hohoho_core.synthetic.anatomy import SPACING_RANGE_MM
+    from hohoho_core.synthetic.anatomy import spacing_range_mm
 
     common.write_json(work / "data.json", {"description": "synthetic phantom head CT "
                                            "(hohoho_core.synthetic)", "sets": data,
                                            "stats": stats,
-                                           SPACING_KEY: list(SPACING_RANGE_MM)})
+                                           SPACING_KEY: list(spacing_range_mm(
+                                               args.max_slices))})
     planned = args.epochs == "auto"
     args.epochs = (plan_epochs(args, stats, time.perf_counter() - t_start) if planned
                    else int(args.epochs))

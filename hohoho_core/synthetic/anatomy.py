@@ -14,12 +14,21 @@ import numpy as np
 from hohoho_core.synthetic.plan import StudyPlan
 
 #: Slice spacings (mm) a study is drawn with (repeats weight the draw), and the thinner one
-#: long studies get half the time: every generated study, plain or randomised, lies in
-#: `SPACING_RANGE_MM`, which a model trained on them states in its config
-#: (`hohoho_core.spacing`).
+#: long studies get half the time. Studies of up to 58 slices (the recipes use 20-40), plain
+#: or randomised, lie in `SPACING_RANGE_MM`, which a model trained on them states in its
+#: config (`hohoho_core.spacing`); longer ones are squeezed below 3 mm to fit the head.
 SLICE_SPACINGS_MM = (4.0, 4.5, 5.0, 5.0, 5.0, 6.0)
 THIN_SPACING_MM = 3.0
 SPACING_RANGE_MM = (THIN_SPACING_MM, max(SLICE_SPACINGS_MM))
+#: Smallest head height (mm) `draw_anatomy` draws; with 45 mm below it, the z extent a
+#: study's slices must fit in.
+_MIN_HEAD_MM = 128.0
+
+
+def spacing_range_mm(max_slices: int) -> tuple[float, float]:
+    """The slice spacings (mm) studies of at most ``max_slices`` slices can have."""
+    squeezed = (_MIN_HEAD_MM + 45.0) / max(1, max_slices - 1)
+    return min(SPACING_RANGE_MM[0], squeezed), SPACING_RANGE_MM[1]
 
 #: A tapered capsule ``(p0, p1, r0, r1, rh)`` in head coordinates (mm), see `shapes.capsule`.
 Point = tuple[float, float, float]
@@ -83,7 +92,7 @@ def draw_anatomy(rng: np.random.Generator, size: int, plan: StudyPlan) -> Anatom
     """Draw one study's anatomy and acquisition for ``plan`` at ``size`` pixels."""
     ps512 = float(rng.uniform(0.40, 0.55))
     fov = 512 * ps512
-    H = float(rng.uniform(128, 145))
+    H = float(rng.uniform(_MIN_HEAD_MM, 145))
     hc = H * float(rng.uniform(0.46, 0.52))
     c_top = H - hc
     b = float(rng.uniform(84, 96))
