@@ -122,6 +122,7 @@ class SrFindings:
     model_version: str
     disclaimer: str
     findings: dict[str, Finding]
+    notes: tuple[str, ...] = ()  # comments after the disclaimer (`StudyPrediction.notes`)
 
 
 def evidence_headers(uploads: Sequence[Upload]) -> dict[str, pydicom.Dataset]:
@@ -213,6 +214,10 @@ def build_sr(
         hd.sr.UIDRefContentItem(codes.DCM.SeriesInstanceUID, study.series_uid,
                                 relationship_type="CONTAINS"),
     ]
+    # What the reader must know before trusting the findings (a slice spacing the model
+    # was not trained on), as comments beside the disclaimer; UT holds a whole note.
+    items += [hd.sr.TextContentItem(codes.DCM.Comment, note, relationship_type="CONTAINS")
+              for note in pred.notes]
     items += [_finding_item(k, cls, pred, study, headers) for k, cls in enumerate(pred.classes)]
     root.ContentSequence = hd.sr.ContentSequence(items)
     sr = hd.sr.ComprehensiveSR(
@@ -306,6 +311,8 @@ def read_sr(ds: pydicom.Dataset) -> SrFindings:
     if not is_hohoho_sr(ds):
         raise SrError("not a HOHOHO structured report")
     text: dict[tuple[str, str], str] = {}
+    comments: list[str] = []  # the disclaimer first, then the prediction's notes
+    comment = _key(CodedConcept.from_code(codes.DCM.Comment))
     series_uid = ""
     findings: dict[str, Finding] = {}
     try:
@@ -316,6 +323,8 @@ def read_sr(ds: pydicom.Dataset) -> SrFindings:
                 findings[f.subtype] = f
             elif name == _key(CodedConcept.from_code(codes.DCM.SeriesInstanceUID)):
                 series_uid = str(item.UID)
+            elif "TextValue" in item and name == comment:
+                comments.append(str(item.TextValue))
             elif "TextValue" in item:
                 text[name] = str(item.TextValue)
     except SrError:
@@ -328,6 +337,7 @@ def read_sr(ds: pydicom.Dataset) -> SrFindings:
         sop_uid=str(ds.SOPInstanceUID),
         model_name=text.get(_key(CodedConcept.from_code(codes.DCM.AlgorithmName)), ""),
         model_version=text.get(_key(CodedConcept.from_code(codes.DCM.AlgorithmVersion)), ""),
-        disclaimer=text.get(_key(CodedConcept.from_code(codes.DCM.Comment)), ""),
+        disclaimer=comments[0] if comments else "",
         findings=findings,
+        notes=tuple(comments[1:]),
     )

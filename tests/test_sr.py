@@ -76,6 +76,19 @@ def test_report_round_trip(analysed, predictor):
     assert sub.positive
     assert [(r.first, r.last) for r in sub.runs] == [(3, 5)]
     assert sub.runs[0].sop_uids == tuple(study.image_ids[2:5])  # SOP UIDs of those slices
+    assert back.notes == ()
+
+
+def test_report_carries_the_predictions_notes(analysed, predictor):
+    """A note on the input (e.g. a slice spacing not trained on) reaches the PACS beside
+    the disclaimer, which stays the first comment."""
+    uploads, study, pred = analysed
+    noted = dataclasses.replace(pred, notes=("slices 1 mm apart, closer together",))
+    model = model_identity(predictor.config, shipped_weights_dir())
+    sr = build_sr(noted, study, evidence_headers(uploads), model)
+    back = read_sr(pydicom.dcmread(io.BytesIO(sr_bytes(sr))))
+    assert "not for clinical use" in back.disclaimer
+    assert back.notes == ("slices 1 mm apart, closer together",)
 
 
 def test_report_is_never_a_slice(analysed, predictor):
