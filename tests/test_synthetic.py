@@ -309,6 +309,32 @@ def test_cli_randomise_fraction_is_the_library_mix(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_thin_slice_series_of_the_same_exams(tmp_path, capsys):
+    """--slice-spacing 1.25: every study is another series of the same exam, cut at 1.25 mm
+    (about four times the slices over about the same extent), labelled by the same rule."""
+    args = ["--studies", "3", "--seed", "7", "--size", "48", "--min-slices", "10",
+            "--max-slices", "12"]
+    assert main(["--out", str(tmp_path / "thick"), *args]) == 0
+    assert main(["--out", str(tmp_path / "thin"), *args, "--slice-spacing", "1.25"]) == 0
+    thick = pd.read_csv(tmp_path / "thick" / "truth.csv")
+    thin = pd.read_csv(tmp_path / "thin" / "truth.csv")
+    assert set(thick["study_uid"]) == set(thin["study_uid"])
+    assert not set(thick["series_uid"]) & set(thin["series_uid"])
+    assert not set(thick["image_id"]) & set(thin["image_id"])
+    n_thick = thick.groupby("study_uid").size()
+    n_thin = thin.groupby("study_uid").size()
+    for uid, n in n_thick.items():  # (n - 1) x 5 mm / 1.25 mm + 1 slices
+        assert n_thin[uid] == round((n - 1) * 5.0 / 1.25) + 1
+    for uid, rows in thin.groupby("study_uid"):
+        z = np.sort(rows["z"].to_numpy())
+        assert np.allclose(np.diff(z), 1.25, atol=0.05), uid
+    files = sorted((tmp_path / "thin" / "stage_2_train").glob("*.dcm"))
+    assert float(pydicom.dcmread(files[0], stop_before_pixels=True).SliceThickness) == 1.25
+    with pytest.raises(ValueError, match="slice_spacing must be in"):
+        generate_dataset(tmp_path / "bad", 1, seed=1, size=48, slices=(8, 8), slice_spacing=0.1)
+    capsys.readouterr()
+
+
 def test_refuses_to_mix_with_other_files(tmp_path):
     generate_dataset(tmp_path, 1, seed=1, size=48, slices=(20, 20))
     generate_dataset(tmp_path, 1, seed=1, size=48, slices=(20, 20))  # same files: fine
@@ -368,6 +394,7 @@ def test_python_m_help_lists_every_option() -> None:
         "--max-slices",
         "--workers",
         "--positive-fraction",
+        "--slice-spacing",
         "--montage",
     ):
         assert option in res.stdout

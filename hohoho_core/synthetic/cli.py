@@ -51,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="randomise only this share of the studies (drawn per study from the seed; the "
         "others are the plain dataset's own studies), as the shipped model's data did",
     )
+    parser.add_argument("--slice-spacing", type=float, default=None, metavar="MM",
+                        help="render every study at this slice spacing (e.g. 1.25: a thin-slice "
+                             "series of the same exam) instead of the drawn 3-6 mm")
     parser.add_argument("--montage", type=Path, default=None, help="also save a PNG montage")
     args = parser.parse_args(argv)
     if args.randomise_fraction is not None:
@@ -69,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         positive_fraction=args.positive_fraction,
         randomise=(args.randomise_fraction if args.randomise_fraction is not None
                    else args.randomise),
+        slice_spacing=args.slice_spacing,
     )
     n_img = len(res.truth)
     pos = int((res.studies["subtypes"] != "").sum())

@@ -28,7 +28,7 @@ from hohoho_core.synthetic.plan import (
     WINDOW_TAGS,
     StudyPlan,
 )
-from hohoho_core.synthetic.study import make_study
+from hohoho_core.synthetic.study import MAX_THIN_SLICES, make_study
 from hohoho_core.synthetic.writer import ct_dataset, write_dataset
 
 _TILT_FRACTION = 1 / 5
@@ -58,6 +58,10 @@ class SyntheticTruth:
     errors: pd.DataFrame
     studies: pd.DataFrame
     seconds: float
+
+
+#: The slice spacing (mm) a forced-spacing dataset scales the planned slice count from.
+THICK_MM = 5.0
 
 
 def _plan_dataset(
@@ -145,6 +149,8 @@ def _write_study(
     st = make_study(seed, index, size=size, plan=plan)
     uid = [UID_ROOT, str(seed), str(index)]
     study_uid = generate_uid(entropy_srcs=[*uid, "study"])
+    if plan.slice_spacing is not None:  # another series of the same exam: new series/SOPs
+        uid = [*uid, f"spacing {plan.slice_spacing:g}"]
     series_uid = generate_uid(entropy_srcs=[*uid, "series"])
     n = st.hu.shape[0]
     inst = _instance_numbers(seed, index, n, plan.instance_order)
@@ -220,6 +226,7 @@ def generate_dataset(
     workers: int = 1,
     positive_fraction: float = DEFAULT_POSITIVE_FRACTION,
     randomise: bool | float = False,
+    slice_spacing: float | None = None,
 ) -> SyntheticTruth:
     """Write ``n_studies`` phantom studies in the RSNA 2019 layout under ``out``.
 
@@ -232,6 +239,11 @@ def generate_dataset(
     artefacts, hard negatives, blood density and the labelling rule vary per study; a
     fraction in (0, 1) randomises that share of the studies (drawn per study from the seed)
     and leaves the others plain, identical to the same studies of a plain dataset.
+    ``slice_spacing`` (mm) renders every study as a thin- (or thick-) slice reconstruction
+    of the same planned study: its slice count becomes the planned count times
+    `THICK_MM` / spacing (at most `MAX_THIN_SLICES`), the same head (its anatomy draws)
+    over about the same extent, with bleeds of the planned subtypes drawn on that grid:
+    another series of the same exam (same StudyInstanceUID, new series, SOP and image ids).
 
     Raises:
         FileExistsError: ``out/stage_2_train`` holds DICOM files of another dataset.
@@ -254,7 +266,14 @@ def generate_dataset(
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,)))
         pick = rng.random(n_studies) < fraction if fraction < 1 else np.ones(n_studies, bool)
         plans = [replace(plan, randomise=bool(k)) for plan, k in zip(plans, pick, strict=True)]
-    ids = _image_ids(seed, plans)
+    if slice_spacing is not None:
+        if not 0.3 <= slice_spacing <= 10.0:
+            raise ValueError(f"slice_spacing must be in 0.3..10 mm, got {slice_spacing}")
+        plans = [replace(plan, slice_spacing=float(slice_spacing),
+                         n_slices=min(MAX_THIN_SLICES, max(8, round(
+                             (plan.n_slices - 1) * THICK_MM / slice_spacing) + 1)))
+                 for plan in plans]
+    ids = _image_ids(seed if slice_spacing is None else seed + 10**6, plans)
     # Never mix with other files: stale slices would contradict the new label CSV.
     wanted = {f"{i}.dcm" for study_ids in ids for i in study_ids}
     stale = [p.name for p in folder.glob("*.dcm") if p.name not in wanted]

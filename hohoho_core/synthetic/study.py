@@ -56,6 +56,10 @@ class SyntheticStudy:
     head_height: float
 
 
+#: Most slices of a study rendered at a forced (thin) slice spacing.
+MAX_THIN_SLICES = 400
+
+
 def study_rng(seed: int, index: int, attempt: int = 0) -> np.random.Generator:
     """The generator of study ``index`` of a dataset (one stream per redraw attempt)."""
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1, index, attempt)))
@@ -82,8 +86,9 @@ def make_study(
         (a few tries), so ``labels`` carry every planned subtype.
     """
     plan = plan or StudyPlan()
-    if not 8 <= plan.n_slices <= 80:
-        raise ValueError("n_slices must be in 8..80")
+    top = 80 if plan.slice_spacing is None else MAX_THIN_SLICES
+    if not 8 <= plan.n_slices <= top:
+        raise ValueError(f"n_slices must be in 8..{top}")
     if size < 32:
         raise ValueError("size must be at least 32 pixels")
     for attempt in range(_ATTEMPTS):
