@@ -195,6 +195,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise CliError(f"weights {weights}: {err}") from None
         except ValueError as err:  # --engine onnxruntime, not installed or failed export
             raise CliError(f"--engine {args.engine}: {err}") from None
+        if args.thin_slabs is not None:
+            predictor.thin_slabs = args.thin_slabs
         is_main = info.rank == 0
         if is_main:
             readers = (f"{workers} reader process(es)" if workers else
@@ -325,6 +327,8 @@ class _Numbered:
     skipped: list[tuple[str, str]]
     order: int
     slice_spacing: float | None = None  # mm, checked against the model's training range
+    groups: Any = None  # slab index per slice when read as slabs (`Predictor.slabs_for`)
+    slice_ids: list[str] | None = None  # the slices' own ids then
 
 
 class _SourceItems:
@@ -390,13 +394,14 @@ class _SourceItems:
             loaded = 0
             if jobs:
                 items = prepared_studies(scan, jobs, self.predictor.preprocess_config,
-                                         workers=self.workers)
+                                         workers=self.workers,
+                                         slabs=self.predictor.slabs_for)
                 try:
                     for item in items:
                         loaded += item.x is not None
                         yield _Numbered(item.study_uid, item.series_uid, item.image_ids,
                                         item.x, item.skipped, owned[item.key],
-                                        item.slice_spacing)
+                                        item.slice_spacing, item.groups, item.slice_ids)
                 finally:
                     items.close()  # stops and joins the reader processes
             if loaded == 0 and len(jobs) == len(loadable):
@@ -428,11 +433,14 @@ def _predict_sources(sources: Sequence[Path], args: argparse.Namespace, predicto
                 tally.series += 1
                 progress.update(0)
                 continue
+            if item.groups is not None:  # read as slabs: every slice gets its slab's
+                pred = predictor.expand_slabs(pred, item.groups, item.slice_ids,
+                                              float(item.slice_spacing))
             rec = prediction_record(pred)
             rec["order"] = item.order
             results.append(rec)
             n_new += 1
-            progress.update(len(item.image_ids))
+            progress.update(len(pred.image_ids))
     finally:
         # On Ctrl-C or an error: the reader processes are stopped and joined here.
         stream.close()
@@ -639,6 +647,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except ValueError as err:  # --engine onnxruntime with bf16/int8/GPU, int8 on a GPU
         raise CliError(f"--engine {args.engine}: {err}" if args.engine != "auto"
                        else f"--precision {args.precision}: {err}") from None
+    if args.thin_slabs is not None:
+        predictor.thin_slabs = args.thin_slabs
     # Scores belong to the arithmetic that made them: say which ran.
     print(f"precision: {predictor.path_note}")
     try:
@@ -753,6 +763,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="no progress lines (errors and the final summary still print)")
     p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between progress lines on stderr")
+    p.add_argument("--thin-slabs", action=argparse.BooleanOptionalAction, default=None,
+                   help="read a series whose slices are closer together than the model was "
+                   "trained on as slabs of about 5 mm (each slice gets its slab's calls); "
+                   "default: the model's (hohoho_core.predict.THIN_SLABS)")
     p.add_argument("--series", choices=("all", "thinnest", "thickest"), default="all",
                    help="per study: every axial series, or only the thinnest / thickest one "
                    "(an exam exported with thin and thick reconstructions)")
@@ -813,6 +827,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "predict's default would run here")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="what runs the fp32 CNN on the CPU (as for predict)")
+    p.add_argument("--thin-slabs", action=argparse.BooleanOptionalAction, default=None,
+                   help="read a series whose slices are closer together than the model was "
+                   "trained on as slabs of about 5 mm (each slice gets its slab's calls); "
+                   "default: the model's (hohoho_core.predict.THIN_SLABS)")
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

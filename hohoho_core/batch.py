@@ -37,7 +37,7 @@ from hohoho_core.dicom import StudyLoadError
 from hohoho_core.dicom.loader import SourceScan
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.resultlog import study_key
-from hohoho_core.spacing import measured_spacing
+from hohoho_core.spacing import average_slabs, measured_spacing, slab_ids
 
 __all__ = [
     "CnnSeconds",
@@ -74,6 +74,10 @@ class PreparedStudy:
     x: np.ndarray | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     slice_spacing: float | None = None  # mm, for `Predictor.input_notes`
+    #: Read as slabs (`Predictor.slabs_for`): slab index per slice, and the slices' own ids
+    #: (``image_ids`` and ``x`` are then the slabs'); None for a series read slice by slice.
+    groups: np.ndarray | None = None
+    slice_ids: list[str] | None = None
 
     @property
     def key(self) -> str:
@@ -136,10 +140,12 @@ class _PreparedStudies(IterableDataset[PreparedStudy]):
     """The jobs of one worker (``j % n_workers == worker id``), in job order."""
 
     def __init__(self, scan: SourceScan, jobs: Sequence[tuple[str, str]],
-                 prepare: Callable[[np.ndarray], np.ndarray]) -> None:
+                 prepare: Callable[[np.ndarray], np.ndarray],
+                 slabs: Callable[[float | None, int], np.ndarray | None] | None = None) -> None:
         self.scan = scan
         self.jobs = list(jobs)
         self.prepare = prepare
+        self.slabs = slabs
 
     def __iter__(self) -> Iterator[PreparedStudy]:
         info = get_worker_info()
@@ -171,14 +177,20 @@ class _PreparedStudies(IterableDataset[PreparedStudy]):
                 if pending:
                     pending.pop(0)
                 extra = [(s.source, s.reason.value) for s in study.report.skipped]
+                spacing = measured_spacing(study)
+                ids = list(study.image_ids)
+                groups = None if self.slabs is None else self.slabs(spacing, len(ids))
                 yield PreparedStudy(
                     index=mine[key],
                     study_uid=study.study_uid,
                     series_uid=study.series_uid,
-                    image_ids=list(study.image_ids),
-                    x=self.prepare(study.hu),
+                    image_ids=ids if groups is None else slab_ids(ids, groups),
+                    x=self.prepare(study.hu if groups is None
+                                   else average_slabs(study.hu, groups)),
                     skipped=[s for s in extra if s not in shared],
-                    slice_spacing=measured_spacing(study),
+                    slice_spacing=spacing,
+                    groups=groups,
+                    slice_ids=None if groups is None else ids,
                 )
         except StudyLoadError:
             pass  # raised only when none of this worker's series loaded: all reported below
@@ -194,6 +206,7 @@ def prepared_studies(
     workers: int = 0,
     prefetch: int = 2,
     prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+    slabs: Callable[[float | None, int], np.ndarray | None] | None = None,
 ) -> Iterator[PreparedStudy]:
     """`PreparedStudy` for each ``(study_uid, series_uid)`` job, in job order.
 
@@ -205,6 +218,8 @@ def prepared_studies(
             time. Needs the ``fork`` start method (Linux); elsewhere runs serially.
         prefetch: items each worker may have ready ahead of the consumer (the bound).
         prepare: HU ``[S, H, W]`` -> model input; default ``make_input(hu, cfg)``.
+        slabs: (measured spacing, slices) -> slab index per slice or None
+            (`Predictor.slabs_for`): such a series is prepared as slabs.
 
     Closing the iterator (or an exception in the consumer) stops and joins the workers.
     """
@@ -219,7 +234,7 @@ def prepared_studies(
         # restores the jobs' order only if that is the scan's order too.
         raise ValueError("jobs must be loadable series of the scan, in loadable_series() order")
     fn = prepare if prepare is not None else _MakeInput(cfg)
-    dataset = _PreparedStudies(scan, jobs, fn)
+    dataset = _PreparedStudies(scan, jobs, fn, slabs)
     workers = min(workers, len(dataset.jobs))
     if workers == 0 or "fork" not in multiprocessing.get_all_start_methods():
         yield from dataset

@@ -233,6 +233,8 @@ def predict_dicomweb(
         raise error(f"weights {weights}: {err}") from None
     except ValueError as err:  # --engine onnxruntime where it cannot run
         raise error(f"--engine {args.engine}: {err}") from None
+    if getattr(args, "thin_slabs", None) is not None:
+        predictor.thin_slabs = args.thin_slabs
     print(f"precision: {predictor.path_note}")
     model = model_identity(predictor.config, weights)
 

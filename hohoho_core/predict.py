@@ -33,7 +33,7 @@ import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -57,7 +57,15 @@ from hohoho_core.precision import (
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.rsna_csv import row_id, write_rsna_csv
 from hohoho_core.runtime import QUANTIZED_ENGINES, cpu_flags
-from hohoho_core.spacing import measured_spacing, spacing_note, trained_spacing
+from hohoho_core.spacing import (
+    average_slabs,
+    measured_spacing,
+    slab_groups,
+    slab_ids,
+    slab_note,
+    spacing_note,
+    trained_spacing,
+)
 from hohoho_core.study import Study
 from hohoho_core.weights import ModelConfig, WeightsError, load_calibration, load_weights
 
@@ -407,6 +415,11 @@ class _Pending(Generic[_P]):
     logits: list[torch.Tensor] = field(default_factory=list)
 
 
+#: Whether a `Predictor` reads a series thinner than its trained spacing as slabs
+#: (docs/rules/2026-12-02-thin-slabs.md decides the default).
+THIN_SLABS = False
+
+
 class Predictor:
     """Runs a loaded model on whole studies.
 
@@ -467,6 +480,9 @@ class Predictor:
         if lanes > 1 and self.device.type != "cpu":
             raise ValueError(f"lanes > 1 run the CNN on the CPU only, not on {self.device}")
         self.lanes = lanes
+        #: Read a series thinner than the trained spacing as slabs (`slabs_for`); the
+        #: default is `THIN_SLABS`, an entry point may set it per run.
+        self.thin_slabs = THIN_SLABS
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision 'int8' runs on the CPU only")
         self.config = config
@@ -742,10 +758,45 @@ class Predictor:
         return torch.sigmoid(out).numpy()
 
     def predict(self, study: Study) -> StudyPrediction:
-        """Run the whole pipeline on one sorted study."""
-        return self.predict_prepared(self.preprocess(study), study.study_uid, study.series_uid,
-                                     list(study.image_ids),
-                                     slice_spacing=measured_spacing(study))
+        """Run the whole pipeline on one sorted study (a thin series as slabs when
+        ``thin_slabs`` is on, `slabs_for`)."""
+        spacing = measured_spacing(study)
+        groups = self.slabs_for(spacing, study.n_slices)
+        if groups is None:
+            return self.predict_prepared(self.preprocess(study), study.study_uid,
+                                         study.series_uid, list(study.image_ids),
+                                         slice_spacing=spacing)
+        x = make_input(average_slabs(study.hu, groups), self.preprocess_config)
+        ids = list(study.image_ids)
+        slab = self.predict_prepared(x, study.study_uid, study.series_uid,
+                                     slab_ids(ids, groups))
+        return self.expand_slabs(slab, groups, ids, float(spacing or 0.0))
+
+    def slabs_for(self, slice_spacing: float | None, n_slices: int) -> np.ndarray | None:
+        """Slab index per slice (`spacing.slab_groups`) for a series this model reads as
+        slabs: ``thin_slabs`` on, a measured spacing below the trained range by more than
+        the tolerance, and at least two slices to a slab; else None (slice by slice)."""
+        trained = trained_spacing(self.config.data)
+        if (not self.thin_slabs or slice_spacing is None or trained is None
+                or spacing_note(slice_spacing, trained) is None or slice_spacing >= trained[0]):
+            return None
+        groups = slab_groups(n_slices, slice_spacing)
+        return groups if int(np.bincount(groups).max()) >= 2 else None
+
+    def expand_slabs(self, slab: StudyPrediction, groups: np.ndarray, image_ids: Sequence[str],
+                     slice_spacing: float) -> StudyPrediction:
+        """A prediction made on slabs, given back to every slice of the series."""
+        trained = trained_spacing(self.config.data)
+        if trained is None:
+            raise ValueError("this model states no trained slice spacing")
+        prob = slab.prob[groups]
+        labels = slab.labels[groups]
+        return replace(
+            slab, image_ids=list(image_ids), cnn_prob=slab.cnn_prob[groups],
+            lstm_prob=None if slab.lstm_prob is None else slab.lstm_prob[groups], prob=prob,
+            embeddings=slab.embeddings[groups], labels=labels,
+            summary=summarise(prob, labels, self.classes),
+            notes=(slab_note(slice_spacing, trained, groups),))
 
     def predict_prepared(
         self, x: np.ndarray, study_uid: str, series_uid: str, image_ids: Sequence[str],

@@ -3,8 +3,11 @@
 The sequence model reads a study's slices as steps of the spacing it was trained on, and the
 CNN learned the partial volume of slices that thick. A thin-slice series (0.6-1.25 mm, what
 most modern scanners reconstruct first) puts 4-8 times as many slices across the same bleed;
-a thick one skips what lies between. Nothing here resamples along z: the note says so, so a
-reader can pick a thicker series of the study (`predict --series thickest`) or a reformat.
+a thick one skips what lies between. By default nothing resamples along z: the note says
+so, so a reader can pick a thicker series of the study (`predict --series thickest`) or a
+reformat; `Predictor.thin_slabs` (`predict --thin-slabs`) reads a thin series as 5 mm slabs
+instead (`slab_groups`, `average_slabs`), each slice given its slab's calls: better study-
+level, worse slice-level calls on synthetic exams (docs/ablation.md).
 
 A weights folder states the range in ``config.json``, ``data.slice_spacing_mm`` (``[low,
 high]`` in mm); a folder without it gets no note.
@@ -15,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from hohoho_core.study import Study
@@ -78,3 +83,39 @@ def notes_line(records: Sequence[Mapping[str, Any]]) -> str | None:
         return None
     more = " (the first; each series' note is in the output)" if len(noted) > 1 else ""
     return f"hohoho: note: {len(noted)} of {len(records)} series: {noted[0]['notes'][0]}{more}"
+
+
+#: The slab (mm) a thin series is averaged into when read as slabs: about the middle of
+#: the range the shipped model was trained on.
+SLAB_MM = 5.0
+
+
+def slab_groups(n_slices: int, spacing: float, slab_mm: float = SLAB_MM) -> np.ndarray:
+    """Slab index of each of ``n_slices`` slices: runs of ``round(slab_mm / spacing)``
+    consecutive slices (the last run may be shorter)."""
+    k = max(1, round(slab_mm / spacing))
+    return np.arange(n_slices) // k
+
+
+def average_slabs(hu: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Mean HU of each slab, ``[G, H, W]`` float32: the thick reformat a reader would make."""
+    n_groups = int(groups.max()) + 1
+    out = np.empty((n_groups, *hu.shape[1:]), dtype=np.float32)
+    for j in range(n_groups):
+        out[j] = hu[groups == j].mean(axis=0, dtype=np.float64)
+    return out
+
+
+def slab_ids(image_ids: Sequence[str], groups: np.ndarray) -> list[str]:
+    """One id per slab: its first slice's."""
+    first = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    return [image_ids[i] for i in first]
+
+
+def slab_note(spacing: float, trained: tuple[float, float], groups: np.ndarray) -> str:
+    """The note of a series that was read as slabs (`slab_groups`)."""
+    k = int(np.bincount(groups).max())
+    low, high = trained
+    return (f"slices {spacing:.3g} mm apart, closer together than the {low:g}-{high:g} mm the "
+            f"model was trained on: read as slabs of {k} slices (about {k * spacing:.3g} mm, "
+            "a thick reformat), each slice given its slab's probabilities and calls")

@@ -138,3 +138,68 @@ def test_notes_line_counts_the_noted_series() -> None:
     assert one == "hohoho: note: 1 of 2 series: slices 1 mm apart"
     two = notes_line([{"notes": ["a"]}, {"notes": ["b"]}, {}])
     assert two is not None and two.startswith("hohoho: note: 2 of 3 series: a (the first;")
+
+
+def test_slab_helpers_by_hand() -> None:
+    from hohoho_core.spacing import average_slabs, slab_groups, slab_ids
+
+    groups = slab_groups(10, 1.25)  # 5 mm / 1.25 mm = 4 slices a slab
+    assert groups.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2]
+    hu = np.arange(10, dtype=np.float32)[:, None, None] * np.ones((10, 2, 3), np.float32)
+    slabs = average_slabs(hu, groups)
+    assert slabs.shape == (3, 2, 3) and slabs[:, 0, 0].tolist() == [1.5, 5.5, 8.5]
+    assert slab_ids([f"i{k}" for k in range(10)], groups) == ["i0", "i4", "i8"]
+    assert slab_groups(4, 5.0).tolist() == [0, 1, 2, 3]
+
+
+def test_predictor_reads_a_thin_series_as_slabs_when_asked(ranged_weights: Path) -> None:
+    import dataclasses
+
+    from hohoho_core.predict import Predictor
+    from tests.test_predict import make_study
+
+    pred = Predictor.from_folder(ranged_weights, precision="fp32")
+    study = make_study(n_slices=8)
+    thin = dataclasses.replace(study, slice_spacing=1.25)
+    assert pred.slabs_for(1.25, 8) is None  # off unless asked (the shipped default)
+    pred.thin_slabs = True
+    assert pred.slabs_for(1.25, 8).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert pred.slabs_for(2.5, 8) is None  # within the tolerance: slice by slice
+    assert pred.slabs_for(None, 8) is None
+    got = pred.predict(thin)
+    assert got.image_ids == list(study.image_ids) and got.prob.shape == (8, 6)
+    np.testing.assert_array_equal(got.prob[:4], np.repeat(got.prob[:1], 4, axis=0))
+    np.testing.assert_array_equal(got.prob[4:], np.repeat(got.prob[4:5], 4, axis=0))
+    assert len(got.notes) == 1 and "read as slabs of 4 slices (about 5 mm" in got.notes[0]
+    # the slabs are what the model saw: the same as predicting the averaged study
+    from hohoho_core.spacing import average_slabs, slab_groups
+
+    slab_study = dataclasses.replace(study, hu=average_slabs(study.hu, slab_groups(8, 1.25)),
+                                     slices=study.slices[::4], slice_spacing=5.0)
+    direct = pred.predict(slab_study)
+    np.testing.assert_allclose(got.prob[[0, 4]], direct.prob, atol=1e-6)
+    # a series inside the range is untouched by the switch
+    pred.thin_slabs = False
+    plain = pred.predict(study)
+    pred.thin_slabs = True
+    np.testing.assert_array_equal(pred.predict(study).prob, plain.prob)
+
+
+def test_predict_command_reads_thin_series_as_slabs_like_the_predictor(
+    ranged_weights: Path, tmp_path: Path, write_ct_series,
+) -> None:
+    from hohoho_core.dicom import load_study
+    from hohoho_core.predict import Predictor
+
+    thin = write_ct_series(tmp_path / "thin", n_slices=9, spacing=1.25, slice_thickness=1.25)
+    out = tmp_path / "p.json"
+    assert main(["predict", str(tmp_path / "thin"), "--weights", str(ranged_weights),
+                 "--out", str(out), "--precision", "fp32", "--thin-slabs"]) == 0
+    rec = json.loads(out.read_text(encoding="utf-8"))["studies"][0]
+    assert len(rec["image_ids"]) == 9 and "read as slabs of 4 slices" in rec["notes"][0]
+    pred = Predictor.from_folder(ranged_weights, precision="fp32")
+    pred.thin_slabs = True
+    want = pred.predict(load_study(tmp_path / "thin"))
+    assert rec["image_ids"] == want.image_ids
+    np.testing.assert_allclose(np.asarray(rec["prob"]), want.prob, atol=1e-6)
+    assert thin.paths
