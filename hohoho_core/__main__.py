@@ -613,6 +613,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         retune.resolve() == weights.resolve() or not retune.is_dir() or any(retune.iterdir())
     ):
         raise CliError(f"--retune {retune} exists and is not an empty folder: choose a new one")
+    if retune is not None and args.thin_slabs:
+        # thresholds tuned on slab outputs would ship in a folder that reads slice by slice
+        raise CliError("--retune with --thin-slabs: the thresholds would be tuned on slab "
+                       "outputs; retune without --thin-slabs")
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_out(out)
@@ -678,6 +682,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "precision": resolution.precision, "engine": predictor.engine,
         "studies": int(len(set(pred.study_ids.tolist()))), "slices": int(len(pred)),
         "unreadable_files": len(index.unreadable), "skipped_slices": len(index.skipped),
+        "thin_slabs": bool(predictor.thin_slabs),
         "reports": reports,
     }
     for line in _evaluation_table(reports):

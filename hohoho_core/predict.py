@@ -780,7 +780,8 @@ class Predictor:
         if (not self.thin_slabs or slice_spacing is None or trained is None
                 or spacing_note(slice_spacing, trained) is None or slice_spacing >= trained[0]):
             return None
-        groups = slab_groups(n_slices, slice_spacing)
+        # slabs as thick as the middle of the trained range (4.5 mm for 3-6 mm)
+        groups = slab_groups(n_slices, slice_spacing, slab_mm=sum(trained) / 2)
         return groups if int(np.bincount(groups).max()) >= 2 else None
 
     def expand_slabs(self, slab: StudyPrediction, groups: np.ndarray, image_ids: Sequence[str],

@@ -5,7 +5,7 @@ CNN learned the partial volume of slices that thick. A thin-slice series (0.6-1.
 most modern scanners reconstruct first) puts 4-8 times as many slices across the same bleed;
 a thick one skips what lies between. By default nothing resamples along z: the note says
 so, so a reader can pick a thicker series of the study (`predict --series thickest`) or a
-reformat; `Predictor.thin_slabs` (`predict --thin-slabs`) reads a thin series as 5 mm slabs
+reformat; `Predictor.thin_slabs` (`predict --thin-slabs`) reads a thin series as slabs
 instead (`slab_groups`, `average_slabs`), each slice given its slab's calls: better study-
 level, worse slice-level calls on synthetic exams (docs/ablation.md).
 
@@ -85,8 +85,8 @@ def notes_line(records: Sequence[Mapping[str, Any]]) -> str | None:
     return f"hohoho: note: {len(noted)} of {len(records)} series: {noted[0]['notes'][0]}{more}"
 
 
-#: The slab (mm) a thin series is averaged into when read as slabs: about the middle of
-#: the range the shipped model was trained on.
+#: The default slab (mm) of `slab_groups`; `Predictor.slabs_for` uses the middle of the
+#: weights' trained range instead (4.5 mm for the shipped 3-6 mm).
 SLAB_MM = 5.0
 
 

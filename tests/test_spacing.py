@@ -192,14 +192,38 @@ def test_predict_command_reads_thin_series_as_slabs_like_the_predictor(
     from hohoho_core.predict import Predictor
 
     thin = write_ct_series(tmp_path / "thin", n_slices=9, spacing=1.25, slice_thickness=1.25)
-    out = tmp_path / "p.json"
-    assert main(["predict", str(tmp_path / "thin"), "--weights", str(ranged_weights),
-                 "--out", str(out), "--precision", "fp32", "--thin-slabs"]) == 0
-    rec = json.loads(out.read_text(encoding="utf-8"))["studies"][0]
-    assert len(rec["image_ids"]) == 9 and "read as slabs of 4 slices" in rec["notes"][0]
     pred = Predictor.from_folder(ranged_weights, precision="fp32")
     pred.thin_slabs = True
     want = pred.predict(load_study(tmp_path / "thin"))
-    assert rec["image_ids"] == want.image_ids
-    np.testing.assert_allclose(np.asarray(rec["prob"]), want.prob, atol=1e-6)
-    assert thin.paths
+    # in the main thread and in a reader process (the slabs are made where the study is read)
+    for workers in ("0", "1"):
+        out = tmp_path / f"p{workers}.json"
+        assert main(["predict", str(tmp_path / "thin"), "--weights", str(ranged_weights),
+                     "--out", str(out), "--precision", "fp32", "--thin-slabs",
+                     "--workers", workers]) == 0
+        rec = json.loads(out.read_text(encoding="utf-8"))["studies"][0]
+        assert len(rec["image_ids"]) == 9 and "read as slabs of 4 slices" in rec["notes"][0]
+        assert rec["image_ids"] == want.image_ids
+        np.testing.assert_allclose(np.asarray(rec["prob"]), want.prob, atol=1e-6)
+    assert len(thin.paths) == 9
+
+
+def test_evaluate_says_whether_slabs_ran_and_never_retunes_on_them(
+    ranged_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from hohoho_core.synthetic import generate_dataset
+
+    data = tmp_path / "thin"
+    generate_dataset(data, 2, seed=3, size=64, slices=(8, 8), slice_spacing=1.25)
+    out = tmp_path / "r.json"
+    base = ["evaluate", "--data", str(data), "--weights", str(ranged_weights),
+            "--out", str(out)]
+    assert main([*base, "--thin-slabs"]) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["thin_slabs"] is True and report["slices"] > 16
+    assert main([*base[:-1], str(tmp_path / "r2.json")]) == 0
+    assert json.loads((tmp_path / "r2.json").read_text())["thin_slabs"] is False
+    capsys.readouterr()
+    assert main([*base[:-2], "--thin-slabs", "--retune", str(tmp_path / "new")]) == 2
+    assert "--retune with --thin-slabs" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

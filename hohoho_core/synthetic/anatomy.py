@@ -111,7 +111,7 @@ def draw_anatomy(rng: np.random.Generator, size: int, plan: StudyPlan) -> Anatom
     n = plan.n_slices
     if n >= 34 and rng.random() < 0.5:
         sp = THIN_SPACING_MM
-    if plan.slice_spacing is not None:  # after the draws above, so the rest are the same
+    if plan.slice_spacing is not None:  # a forced (thin) spacing: the plan's n is its own
         sp = float(plan.slice_spacing)
     sp = min(sp, (H + 45) / (n - 1))
     extent = (n - 1) * sp

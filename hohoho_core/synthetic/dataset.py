@@ -241,9 +241,10 @@ def generate_dataset(
     and leaves the others plain, identical to the same studies of a plain dataset.
     ``slice_spacing`` (mm) renders every study as a thin- (or thick-) slice reconstruction
     of the same planned study: its slice count becomes the planned count times
-    `THICK_MM` / spacing (at most `MAX_THIN_SLICES`), the same head (its anatomy draws)
-    over about the same extent, with bleeds of the planned subtypes drawn on that grid:
-    another series of the same exam (same StudyInstanceUID, new series, SOP and image ids).
+    `THICK_MM` / spacing (at most `MAX_THIN_SLICES`): another series of the same planned
+    exam (same StudyInstanceUID, plan and subtypes; new series, SOP and image ids). Not
+    the same volume cut finer: the slice count enters the study's draws, so pose,
+    coverage and bleeds are drawn anew (compare such datasets as sets).
 
     Raises:
         FileExistsError: ``out/stage_2_train`` holds DICOM files of another dataset.

@@ -50,6 +50,6 @@ class StudyPlan:
     pad_fov: bool = False  # circular field of view padded with -2000 (signed only)
     bits12_plain: bool = False  # unsigned with BitsStored 12 and intercept -1024 (no wrap)
     randomise: bool = False  # domain randomisation (synthetic/randomise.py), own RNG stream
-    #: Slice spacing (mm) instead of the drawn 3-6 mm (a thin-slice reconstruction); the
-    #: anatomy's draws stay those of the plain study, the bleeds are drawn on the new grid.
+    #: Slice spacing (mm) instead of the drawn 3-6 mm (a thin-slice rendering of the plan;
+    #: its other draws differ from the plain study's, `dataset.generate_dataset`).
     slice_spacing: float | None = None
