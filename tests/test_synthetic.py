@@ -330,6 +330,12 @@ def test_thin_slice_series_of_the_same_exams(tmp_path, capsys):
         assert np.allclose(np.diff(z), 1.25, atol=0.05), uid
     files = sorted((tmp_path / "thin" / "stage_2_train").glob("*.dcm"))
     assert float(pydicom.dcmread(files[0], stop_before_pixels=True).SliceThickness) == 1.25
+    # two spacings of one seed, and another seed's plain dataset, share no image id
+    other = generate_dataset(tmp_path / "thin2", 3, seed=7, size=48, slices=(10, 12),
+                             slice_spacing=2.0)
+    plain8 = generate_dataset(tmp_path / "plain8", 3, seed=7 + 10**6, size=48, slices=(10, 12))
+    for ids in (set(other.truth["image_id"]), set(plain8.truth["image_id"])):
+        assert not ids & set(thin["image_id"])
     with pytest.raises(ValueError, match="slice_spacing must be in"):
         generate_dataset(tmp_path / "bad", 1, seed=1, size=48, slices=(8, 8), slice_spacing=0.1)
     capsys.readouterr()

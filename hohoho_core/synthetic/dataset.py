@@ -127,10 +127,12 @@ def _image_ids(seed: int, plans: Sequence[StudyPlan]) -> list[list[str]]:
     out = []
     for i, plan in enumerate(plans):
         ids = []
+        # a forced spacing is another series of the exam: its own ids (plain keys unchanged)
+        extra = "" if plan.slice_spacing is None else f":spacing {plan.slice_spacing:g}"
         for k in range(plan.n_slices):
             salt = 0
             while True:
-                key = f"{UID_ROOT}:{seed}:{i}:{k}:{salt}".encode()
+                key = f"{UID_ROOT}:{seed}:{i}:{k}:{salt}{extra}".encode()
                 hx = hashlib.sha256(key).hexdigest()[:9]
                 if hx not in seen:
                     break
@@ -274,7 +276,7 @@ def generate_dataset(
                          n_slices=min(MAX_THIN_SLICES, max(8, round(
                              (plan.n_slices - 1) * THICK_MM / slice_spacing) + 1)))
                  for plan in plans]
-    ids = _image_ids(seed if slice_spacing is None else seed + 10**6, plans)
+    ids = _image_ids(seed, plans)
     # Never mix with other files: stale slices would contradict the new label CSV.
     wanted = {f"{i}.dcm" for study_ids in ids for i in study_ids}
     stale = [p.name for p in folder.glob("*.dcm") if p.name not in wanted]
