@@ -259,8 +259,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             for r in records:
                 r.pop("order", None)
             written = write_predictions(records, out)
-            from hohoho_core.spacing import notes_line
-
             for lg in logs:
                 lg.remove()
             n_images = sum(len(r["image_ids"]) for r in records)
@@ -268,6 +266,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 f"{len(records)} studies, {n_images} images -> "
                 + ", ".join(str(p) for p in written)
             )
+            from hohoho_core.spacing import notes_line
+
             line = notes_line(records)
             if line is not None:  # one line for the run; each series' note is in the output
                 print(line, file=sys.stderr)
@@ -717,6 +717,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+_THIN_SLABS_HELP = (
+    "read a series whose slices are much closer together than the model was trained on as "
+    "slabs as thick as the middle of its trained range (4.5 mm for the demo model), each "
+    "slice given its slab's calls; default: off (hohoho_core.predict.THIN_SLABS)")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     from hohoho_core.pacs_cli import add_pacs_parser, add_predict_arguments
 
@@ -769,9 +775,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between progress lines on stderr")
     p.add_argument("--thin-slabs", action=argparse.BooleanOptionalAction, default=None,
-                   help="read a series whose slices are closer together than the model was "
-                   "trained on as slabs of about 5 mm (each slice gets its slab's calls); "
-                   "default: the model's (hohoho_core.predict.THIN_SLABS)")
+                   help=_THIN_SLABS_HELP)
     p.add_argument("--series", choices=("all", "thinnest", "thickest"), default="all",
                    help="per study: every axial series, or only the thinnest / thickest one "
                    "(an exam exported with thin and thick reconstructions)")
@@ -833,9 +837,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="what runs the fp32 CNN on the CPU (as for predict)")
     p.add_argument("--thin-slabs", action=argparse.BooleanOptionalAction, default=None,
-                   help="read a series whose slices are closer together than the model was "
-                   "trained on as slabs of about 5 mm (each slice gets its slab's calls); "
-                   "default: the model's (hohoho_core.predict.THIN_SLABS)")
+                   help=_THIN_SLABS_HELP)
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

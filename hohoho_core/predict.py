@@ -57,6 +57,7 @@ from hohoho_core.precision import (
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.rsna_csv import row_id, write_rsna_csv
 from hohoho_core.runtime import QUANTIZED_ENGINES, cpu_flags
+from hohoho_core.spacing import TOLERANCE as SPACING_TOLERANCE
 from hohoho_core.spacing import (
     average_slabs,
     measured_spacing,
@@ -778,7 +779,7 @@ class Predictor:
         the tolerance, and at least two slices to a slab; else None (slice by slice)."""
         trained = trained_spacing(self.config.data)
         if (not self.thin_slabs or slice_spacing is None or trained is None
-                or spacing_note(slice_spacing, trained) is None or slice_spacing >= trained[0]):
+                or not 0 < slice_spacing < trained[0] / SPACING_TOLERANCE):
             return None
         # slabs as thick as the middle of the trained range (4.5 mm for 3-6 mm)
         groups = slab_groups(n_slices, slice_spacing, slab_mm=sum(trained) / 2)

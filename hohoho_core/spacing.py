@@ -85,12 +85,7 @@ def notes_line(records: Sequence[Mapping[str, Any]]) -> str | None:
     return f"hohoho: note: {len(noted)} of {len(records)} series: {noted[0]['notes'][0]}{more}"
 
 
-#: The default slab (mm) of `slab_groups`; `Predictor.slabs_for` uses the middle of the
-#: weights' trained range instead (4.5 mm for the shipped 3-6 mm).
-SLAB_MM = 5.0
-
-
-def slab_groups(n_slices: int, spacing: float, slab_mm: float = SLAB_MM) -> np.ndarray:
+def slab_groups(n_slices: int, spacing: float, slab_mm: float) -> np.ndarray:
     """Slab index of each of ``n_slices`` slices: runs of ``round(slab_mm / spacing)``
     consecutive slices (the last run may be shorter)."""
     k = max(1, round(slab_mm / spacing))

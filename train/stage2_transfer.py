@@ -215,18 +215,28 @@ def calibrated_cuts(pred: Any, table: EmbeddingTable) -> np.ndarray:
     return pick_thresholds([View("cut", y[keep].astype(np.int64), prob[keep])], "calibrated")
 
 
-def score_folder(weights: Path, table: EmbeddingTable,
-                 cut_on: EmbeddingTable | np.ndarray | None = None) -> dict[str, Any]:
-    """CNN alone and CNN + LSTM of a weights folder on stored stage-1 outputs, scored as
-    ``make_demo_weights.check_folder`` and ``bench.generalization`` score them. With
-    ``cut_on`` (a labelled table, e.g. the validation split, or the cuts already picked on
-    it), CNN + LSTM is also scored at the calibrated rule's cuts (`calibrated_cuts`) picked
-    there: how a candidate is compared with the shipped thresholds' own rule without the
-    views."""
+def load_folder(weights: Path) -> Any:
+    """The weights folder's `Predictor`; fp32: only the LSTM runs here (on stored CNN
+    outputs), and auto could build a bf16 CNN for nothing."""
     from hohoho_core.predict import Predictor
 
-    # fp32: only the LSTM runs here (on stored CNN outputs); auto could build a bf16 CNN
-    pred = Predictor.from_folder(weights, batch_size=64, precision="fp32")
+    return Predictor.from_folder(weights, batch_size=64, precision="fp32")
+
+
+def score_folder(weights: Path, table: EmbeddingTable,
+                 cut_on: EmbeddingTable | None = None) -> dict[str, Any]:
+    """CNN alone and CNN + LSTM of a weights folder on stored stage-1 outputs, scored as
+    ``make_demo_weights.check_folder`` and ``bench.generalization`` score them. With
+    ``cut_on`` (a labelled table, e.g. the validation split), CNN + LSTM is also scored at
+    the calibrated rule's cuts (`calibrated_cuts`) picked there: how a candidate is
+    compared with the shipped thresholds' own rule without the views."""
+    pred = load_folder(weights)
+    return score_predictor(pred, table, None if cut_on is None else calibrated_cuts(pred, cut_on))
+
+
+def score_predictor(pred: Any, table: EmbeddingTable,
+                    cuts: np.ndarray | None = None) -> dict[str, Any]:
+    """`score_folder` with the `Predictor` loaded and the calibrated ``cuts`` picked."""
     cnn, final = folder_probs(pred, table)
     cfg = pred.config
     cnn_thr = np.asarray(cfg.cnn_thresholds if cfg.cnn_thresholds is not None
@@ -235,11 +245,9 @@ def score_folder(weights: Path, table: EmbeddingTable,
     if pred.lstm is not None:
         out["cnn_lstm"] = score(table.labels, final, pred.thresholds, table.study,
                                 study_auc=True, tune=True)
-        if cut_on is not None:
-            thr = (np.asarray(cut_on, dtype=np.float64) if isinstance(cut_on, np.ndarray)
-                   else calibrated_cuts(pred, cut_on))
-            out["cnn_lstm_calibrated"] = score(table.labels, final, thr, table.study)
-            out["cnn_lstm_calibrated"]["cut_thresholds"] = [float(t) for t in thr]
+        if cuts is not None:
+            out["cnn_lstm_calibrated"] = score(table.labels, final, cuts, table.study)
+            out["cnn_lstm_calibrated"]["cut_thresholds"] = [float(t) for t in cuts]
     return out
 
 
@@ -365,14 +373,10 @@ def main(args: argparse.Namespace) -> Any:
         raise SystemExit(f"--calibrated-on {cut_on}: not one of the --features names")
     for w in args.weights:
         rep = result.setdefault(str(w), {})
-        cuts = None
-        if cut_on is not None:
-            from hohoho_core.predict import Predictor
-
-            # picked once per folder, then applied to every table
-            cuts = calibrated_cuts(Predictor.from_folder(w, precision="fp32"), tables[cut_on])
+        pred = load_folder(w)  # once per folder, and the cuts once per folder
+        cuts = None if cut_on is None else calibrated_cuts(pred, tables[cut_on])
         for name, table in tables.items():
-            rep[name] = score_folder(w, table, cuts)
+            rep[name] = score_predictor(pred, table, cuts)
             m = rep[name]
             log.info("%s %s: CNN %.3f, CNN+LSTM %s", w, name, m["cnn"]["slice"]["macro"],
                      f"{m['cnn_lstm']['slice']['macro']:.3f}" if "cnn_lstm" in m else "-")
