@@ -395,7 +395,7 @@ class _SourceItems:
             if jobs:
                 items = prepared_studies(scan, jobs, self.predictor.preprocess_config,
                                          workers=self.workers,
-                                         slabs=self.predictor.slabs_for)
+                                         volume=self.predictor.model_volume)
                 try:
                     for item in items:
                         loaded += item.x is not None
@@ -613,10 +613,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         retune.resolve() == weights.resolve() or not retune.is_dir() or any(retune.iterdir())
     ):
         raise CliError(f"--retune {retune} exists and is not an empty folder: choose a new one")
-    if retune is not None and args.thin_slabs:
-        # thresholds tuned on slab outputs would ship in a folder that reads slice by slice
-        raise CliError("--retune with --thin-slabs: the thresholds would be tuned on slab "
-                       "outputs; retune without --thin-slabs")
+    if retune is not None and args.thin_slabs is not None:
+        # thresholds tuned on outputs of one reading would ship in a folder read another way
+        raise CliError("--retune with --thin-slabs: the thresholds would be tuned on "
+                       "outputs the retuned folder does not make; retune without --thin-slabs")
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_out(out)
@@ -682,7 +682,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "precision": resolution.precision, "engine": predictor.engine,
         "studies": int(len(set(pred.study_ids.tolist()))), "slices": int(len(pred)),
         "unreadable_files": len(index.unreadable), "skipped_slices": len(index.skipped),
-        "thin_slabs": bool(predictor.thin_slabs),
+        "thin_slabs": predictor.thin_slabs,
         "reports": reports,
     }
     for line in _evaluation_table(reports):
@@ -717,10 +717,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The modes of `predict.Predictor.thin_slabs` (kept here so --help needs no torch import).
+THIN_MODES = ("off", "blocks", "sliding")
 _THIN_SLABS_HELP = (
-    "read a series whose slices are much closer together than the model was trained on as "
-    "slabs as thick as the middle of its trained range (4.5 mm for the demo model), each "
-    "slice given its slab's calls; default: off (hohoho_core.predict.THIN_SLABS)")
+    "how to read a series whose slices are much closer together than the model was trained "
+    "on (below its trained range / 1.5): off, slice by slice; blocks, as slabs as thick as "
+    "the middle of the trained range (4.5 mm for the demo model), each slice given its "
+    "slab's calls; sliding, each slice as a reformat that thick centred on it, the sequence "
+    "model over interleaved phases at trained steps (default: hohoho_core.predict.THIN_SLABS)")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -774,8 +778,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="no progress lines (errors and the final summary still print)")
     p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
                    help="seconds between progress lines on stderr")
-    p.add_argument("--thin-slabs", action=argparse.BooleanOptionalAction, default=None,
-                   help=_THIN_SLABS_HELP)
+    p.add_argument("--thin-slabs", choices=THIN_MODES, default=None, help=_THIN_SLABS_HELP)
     p.add_argument("--series", choices=("all", "thinnest", "thickest"), default="all",
                    help="per study: every axial series, or only the thinnest / thickest one "
                    "(an exam exported with thin and thick reconstructions)")
@@ -836,8 +839,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "predict's default would run here")
     p.add_argument("--engine", choices=ENGINES, default="auto",
                    help="what runs the fp32 CNN on the CPU (as for predict)")
-    p.add_argument("--thin-slabs", action=argparse.BooleanOptionalAction, default=None,
-                   help=_THIN_SLABS_HELP)
+    p.add_argument("--thin-slabs", choices=THIN_MODES, default=None, help=_THIN_SLABS_HELP)
     p.set_defaults(func=_cmd_evaluate)
     return parser
 

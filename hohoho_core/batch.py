@@ -37,7 +37,7 @@ from hohoho_core.dicom import StudyLoadError
 from hohoho_core.dicom.loader import SourceScan
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.resultlog import study_key
-from hohoho_core.spacing import average_slabs, measured_spacing, slab_ids
+from hohoho_core.spacing import measured_spacing, slab_ids
 
 __all__ = [
     "CnnSeconds",
@@ -141,11 +141,13 @@ class _PreparedStudies(IterableDataset[PreparedStudy]):
 
     def __init__(self, scan: SourceScan, jobs: Sequence[tuple[str, str]],
                  prepare: Callable[[np.ndarray], np.ndarray],
-                 slabs: Callable[[float | None, int], np.ndarray | None] | None = None) -> None:
+                 volume: Callable[[np.ndarray, float | None],
+                                  tuple[np.ndarray, np.ndarray | None]] | None = None
+                 ) -> None:
         self.scan = scan
         self.jobs = list(jobs)
         self.prepare = prepare
-        self.slabs = slabs
+        self.volume = volume
 
     def __iter__(self) -> Iterator[PreparedStudy]:
         info = get_worker_info()
@@ -179,14 +181,14 @@ class _PreparedStudies(IterableDataset[PreparedStudy]):
                 extra = [(s.source, s.reason.value) for s in study.report.skipped]
                 spacing = measured_spacing(study)
                 ids = list(study.image_ids)
-                groups = None if self.slabs is None else self.slabs(spacing, len(ids))
+                hu, groups = ((study.hu, None) if self.volume is None
+                              else self.volume(study.hu, spacing))
                 yield PreparedStudy(
                     index=mine[key],
                     study_uid=study.study_uid,
                     series_uid=study.series_uid,
                     image_ids=ids if groups is None else slab_ids(ids, groups),
-                    x=self.prepare(study.hu if groups is None
-                                   else average_slabs(study.hu, groups)),
+                    x=self.prepare(hu),
                     skipped=[s for s in extra if s not in shared],
                     slice_spacing=spacing,
                     groups=groups,
@@ -206,7 +208,8 @@ def prepared_studies(
     workers: int = 0,
     prefetch: int = 2,
     prepare: Callable[[np.ndarray], np.ndarray] | None = None,
-    slabs: Callable[[float | None, int], np.ndarray | None] | None = None,
+    volume: Callable[[np.ndarray, float | None],
+                     tuple[np.ndarray, np.ndarray | None]] | None = None,
 ) -> Iterator[PreparedStudy]:
     """`PreparedStudy` for each ``(study_uid, series_uid)`` job, in job order.
 
@@ -218,8 +221,9 @@ def prepared_studies(
             time. Needs the ``fork`` start method (Linux); elsewhere runs serially.
         prefetch: items each worker may have ready ahead of the consumer (the bound).
         prepare: HU ``[S, H, W]`` -> model input; default ``make_input(hu, cfg)``.
-        slabs: (measured spacing, slices) -> slab index per slice or None
-            (`Predictor.slabs_for`): such a series is prepared as slabs.
+        volume: (HU volume, measured spacing) -> (what the model reads, slab index per
+            slice or None) (`Predictor.model_volume`): a thin series is prepared as its
+            slabs or its sliding reformat, as the predictor reads it.
 
     Closing the iterator (or an exception in the consumer) stops and joins the workers.
     """
@@ -234,7 +238,7 @@ def prepared_studies(
         # restores the jobs' order only if that is the scan's order too.
         raise ValueError("jobs must be loadable series of the scan, in loadable_series() order")
     fn = prepare if prepare is not None else _MakeInput(cfg)
-    dataset = _PreparedStudies(scan, jobs, fn, slabs)
+    dataset = _PreparedStudies(scan, jobs, fn, volume)
     workers = min(workers, len(dataset.jobs))
     if workers == 0 or "fork" not in multiprocessing.get_all_start_methods():
         yield from dataset

@@ -61,9 +61,12 @@ from hohoho_core.spacing import TOLERANCE as SPACING_TOLERANCE
 from hohoho_core.spacing import (
     average_slabs,
     measured_spacing,
+    phase_stride,
     slab_groups,
     slab_ids,
     slab_note,
+    sliding_note,
+    sliding_reformat,
     spacing_note,
     trained_spacing,
 )
@@ -416,9 +419,12 @@ class _Pending(Generic[_P]):
     logits: list[torch.Tensor] = field(default_factory=list)
 
 
-#: Whether a `Predictor` reads a series thinner than its trained spacing as slabs
-#: (docs/rules/2026-12-02-thin-slabs.md decides the default).
-THIN_SLABS = False
+#: How a `Predictor` reads a series thinner than its trained spacing: "off" (slice by
+#: slice), "blocks" (slabs, each slice given its slab's calls) or "sliding" (a thick
+#: reformat centred on every slice, the sequence model over phases); the rules in
+#: docs/rules/ (2026-12-02-thin-slabs.md, 2026-12-02-sliding-slabs.md) decide the default.
+THIN_SLABS = "off"
+THIN_MODES = ("off", "blocks", "sliding")
 
 
 class Predictor:
@@ -481,9 +487,10 @@ class Predictor:
         if lanes > 1 and self.device.type != "cpu":
             raise ValueError(f"lanes > 1 run the CNN on the CPU only, not on {self.device}")
         self.lanes = lanes
-        #: Read a series thinner than the trained spacing as slabs (`slabs_for`); the
-        #: default is `THIN_SLABS`, an entry point may set it per run.
-        self.thin_slabs = THIN_SLABS
+        #: How to read a series thinner than the trained spacing (`THIN_MODES`:
+        #: `slabs_for`, `sliding_for`); the default is `THIN_SLABS`, an entry point may
+        #: set it per run.
+        self.thin_slabs: str = THIN_SLABS
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision 'int8' runs on the CPU only")
         self.config = config
@@ -746,10 +753,25 @@ class Predictor:
                     self._infer_cnn = quantize_int8(self.cnn, first_input)
         return self._infer_cnn
 
-    def sequence_prob(self, emb: np.ndarray, logits: np.ndarray) -> np.ndarray | None:
-        """Stage-2 probabilities ``(S, K)`` for one study, or None without a sequence model."""
+    def sequence_prob(self, emb: np.ndarray, logits: np.ndarray,
+                      phases: int = 1) -> np.ndarray | None:
+        """Stage-2 probabilities ``(S, K)`` for one study, or None without a sequence model.
+
+        ``phases > 1``: the model runs on every ``phases``-th slice separately (slices
+        ``r, r + phases, ...`` for each ``r``), each slice taking its own phase's output: a
+        thin series read at steps the model was trained on (`sliding_for`).
+        """
         if self.lstm is None:
             return None
+        if phases > 1:
+            out = np.empty(logits.shape, dtype=np.float32)
+            for r in range(min(phases, len(logits))):
+                out[r::phases] = self._sequence_prob(emb[r::phases], logits[r::phases])
+            return out
+        return self._sequence_prob(emb, logits)
+
+    def _sequence_prob(self, emb: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        assert self.lstm is not None
         e = torch.as_tensor(emb, dtype=torch.float32)[None].to(self.device)
         mask = torch.ones(e.shape[:2], dtype=torch.bool, device=self.device)
         lg = torch.as_tensor(logits, dtype=torch.float32)[None].to(self.device)
@@ -759,31 +781,64 @@ class Predictor:
         return torch.sigmoid(out).numpy()
 
     def predict(self, study: Study) -> StudyPrediction:
-        """Run the whole pipeline on one sorted study (a thin series as slabs when
-        ``thin_slabs`` is on, `slabs_for`)."""
+        """Run the whole pipeline on one sorted study (a thin series as ``thin_slabs``
+        says, `model_volume`)."""
         spacing = measured_spacing(study)
-        groups = self.slabs_for(spacing, study.n_slices)
+        hu, groups = self.model_volume(study.hu, spacing)
+        x = self.preprocess(study) if hu is study.hu else make_input(hu, self.preprocess_config)
         if groups is None:
-            return self.predict_prepared(self.preprocess(study), study.study_uid,
-                                         study.series_uid, list(study.image_ids),
-                                         slice_spacing=spacing)
-        x = make_input(average_slabs(study.hu, groups), self.preprocess_config)
+            return self.predict_prepared(x, study.study_uid, study.series_uid,
+                                         list(study.image_ids), slice_spacing=spacing)
         ids = list(study.image_ids)
         slab = self.predict_prepared(x, study.study_uid, study.series_uid,
                                      slab_ids(ids, groups))
         return self.expand_slabs(slab, groups, ids, float(spacing or 0.0))
 
-    def slabs_for(self, slice_spacing: float | None, n_slices: int) -> np.ndarray | None:
-        """Slab index per slice (`spacing.slab_groups`) for a series this model reads as
-        slabs: ``thin_slabs`` on, a measured spacing below the trained range by more than
-        the tolerance, and at least two slices to a slab; else None (slice by slice)."""
+    def _thin_slab_mm(self, slice_spacing: float | None) -> float | None:
+        """The slab thickness for a series read in a thin mode (the middle of the trained
+        range: 4.5 mm for 3-6 mm), or None: mode off, or a spacing not below the trained
+        range by more than the tolerance."""
+        if self.thin_slabs not in THIN_MODES:
+            raise ValueError(f"thin_slabs must be one of {THIN_MODES}, got {self.thin_slabs!r}")
         trained = trained_spacing(self.config.data)
-        if (not self.thin_slabs or slice_spacing is None or trained is None
+        if (self.thin_slabs == "off" or slice_spacing is None or trained is None
                 or not 0 < slice_spacing < trained[0] / SPACING_TOLERANCE):
             return None
-        # slabs as thick as the middle of the trained range (4.5 mm for 3-6 mm)
-        groups = slab_groups(n_slices, slice_spacing, slab_mm=sum(trained) / 2)
+        return sum(trained) / 2
+
+    def slabs_for(self, slice_spacing: float | None, n_slices: int) -> np.ndarray | None:
+        """Slab index per slice (`spacing.slab_groups`) for a series this model reads as
+        slabs: ``thin_slabs == "blocks"``, a measured spacing below the trained range by
+        more than the tolerance, and at least two slices to a slab; else None."""
+        slab_mm = self._thin_slab_mm(slice_spacing)
+        if self.thin_slabs != "blocks" or slab_mm is None or slice_spacing is None:
+            return None
+        groups = slab_groups(n_slices, slice_spacing, slab_mm=slab_mm)
         return groups if int(np.bincount(groups).max()) >= 2 else None
+
+    def sliding_for(self, slice_spacing: float | None) -> float | None:
+        """The reformat thickness (mm) for a series this model reads as sliding slabs
+        (`spacing.sliding_reformat`, the sequence model over `spacing.phase_stride`
+        phases): ``thin_slabs == "sliding"`` and a measured spacing below the trained
+        range by more than the tolerance; else None."""
+        slab_mm = self._thin_slab_mm(slice_spacing)
+        return slab_mm if self.thin_slabs == "sliding" else None
+
+    def model_volume(self, hu: np.ndarray, slice_spacing: float | None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+        """What the model reads of a series' HU volume: ``(volume, groups)``.
+
+        Slice by slice: ``hu`` itself (the same object) and None. Blocks (`slabs_for`):
+        the slabs' mean HU and the slab index per slice (`expand_slabs` gives the
+        slabs' calls back). Sliding (`sliding_for`): a reformat per slice and None.
+        """
+        groups = self.slabs_for(slice_spacing, len(hu))
+        if groups is not None:
+            return average_slabs(hu, groups), groups
+        slab_mm = self.sliding_for(slice_spacing)
+        if slab_mm is not None and slice_spacing is not None:
+            return sliding_reformat(hu, slice_spacing, slab_mm), None
+        return hu, None
 
     def expand_slabs(self, slab: StudyPrediction, groups: np.ndarray, image_ids: Sequence[str],
                      slice_spacing: float) -> StudyPrediction:
@@ -827,7 +882,16 @@ class Predictor:
                     ) -> StudyPrediction:
         """The CNN's output for one study -> calibrated probabilities, sequence model, labels."""
         cnn_prob = torch.sigmoid(torch.from_numpy(logits / self.cnn_temperatures)).numpy()
-        lstm_prob = self.sequence_prob(emb, logits)
+        slab_mm = self.sliding_for(slice_spacing)
+        phases = 1
+        notes = self.input_notes(slice_spacing)
+        if slab_mm is not None and slice_spacing is not None:
+            # read as sliding slabs (`model_volume`): the sequence model over phases
+            phases = phase_stride(slice_spacing, slab_mm)
+            trained = trained_spacing(self.config.data)
+            assert trained is not None
+            notes = (sliding_note(slice_spacing, trained, slab_mm),)
+        lstm_prob = self.sequence_prob(emb, logits, phases=phases)
         prob = lstm_prob if lstm_prob is not None else cnn_prob
         labels = prob >= self.thresholds[None, :]
         return StudyPrediction(
@@ -842,7 +906,7 @@ class Predictor:
             thresholds=self.thresholds.copy(),
             summary=summarise(prob, labels, self.classes),
             classes=self.classes,
-            notes=self.input_notes(slice_spacing),
+            notes=notes,
         )
 
 

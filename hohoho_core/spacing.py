@@ -5,9 +5,11 @@ CNN learned the partial volume of slices that thick. A thin-slice series (0.6-1.
 most modern scanners reconstruct first) puts 4-8 times as many slices across the same bleed;
 a thick one skips what lies between. By default nothing resamples along z: the note says
 so, so a reader can pick a thicker series of the study (`predict --series thickest`) or a
-reformat; `Predictor.thin_slabs` (`predict --thin-slabs`) reads a thin series as slabs
-instead (`slab_groups`, `average_slabs`), each slice given its slab's calls: better study-
-level, worse slice-level calls on synthetic exams (docs/ablation.md).
+reformat; `Predictor.thin_slabs` (`predict --thin-slabs MODE`) reads a thin series as
+slabs instead (``blocks``: `slab_groups`, `average_slabs`, each slice given its slab's
+calls) or as a thick reformat centred on each slice with the sequence model over phases
+(``sliding``: `sliding_reformat`, `phase_stride`); neither beat slice by slice on
+slice-level calls on synthetic exams (docs/ablation.md), so both are options.
 
 A weights folder states the range in ``config.json``, ``data.slice_spacing_mm`` (``[low,
 high]`` in mm); a folder without it gets no note.
@@ -114,3 +116,63 @@ def slab_note(spacing: float, trained: tuple[float, float], groups: np.ndarray) 
     return (f"slices {spacing:.3g} mm apart, closer together than the {low:g}-{high:g} mm the "
             f"model was trained on: read as slabs of {k} slices (about {k * spacing:.3g} mm, "
             "a thick reformat), each slice given its slab's probabilities and calls")
+
+
+def sliding_weights(n_slices: int, spacing: float, slab_mm: float) -> np.ndarray:
+    """``(N, N)`` weights of a centred thick reformat at every slice position.
+
+    Row ``i`` averages the slices whose own thickness (``spacing``) falls inside a box of
+    ``slab_mm`` centred on slice ``i``, each weighted by the share of it inside the box (a
+    4.5 mm box at 1.25 mm: 0.3, 1, 1, 1, 0.3); at the series' ends the box is cut and the
+    row renormalised. Unlike `slab_groups`, every slice keeps its own output.
+    """
+    if n_slices < 1:
+        raise ValueError(f"n_slices must be >= 1, got {n_slices}")
+    if not spacing > 0 or not slab_mm > 0:
+        raise ValueError(f"spacing and slab_mm must be > 0, got {spacing}, {slab_mm}")
+    half = slab_mm / 2.0
+    reach = math.ceil(half / spacing + 0.5)
+    offsets = np.arange(-reach, reach + 1)
+    centre = offsets * spacing
+    # Overlap of each neighbour's [d - s/2, d + s/2] with the box [-half, half], in slices.
+    share = np.clip(np.minimum(half, centre + spacing / 2)
+                    - np.maximum(-half, centre - spacing / 2), 0.0, spacing) / spacing
+    w = np.zeros((n_slices, n_slices), dtype=np.float64)
+    for off, a in zip(offsets, share, strict=True):
+        if a <= 0:
+            continue
+        i = np.arange(max(0, -off), min(n_slices, n_slices - off))
+        w[i, i + off] = a
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def sliding_reformat(hu: np.ndarray, spacing: float, slab_mm: float) -> np.ndarray:
+    """``[N, H, W]`` float32: each slice replaced by its centred thick reformat
+    (`sliding_weights`), the same number of slices as ``hu``."""
+    vol = np.asarray(hu, dtype=np.float32)
+    if vol.ndim != 3:
+        raise ValueError(f"hu must be [S, H, W], got {vol.shape}")
+    w = sliding_weights(vol.shape[0], spacing, slab_mm)
+    out = np.zeros(vol.shape, dtype=np.float64)
+    for i, row in enumerate(w):
+        for j in np.flatnonzero(row):
+            out[i] += row[j] * vol[j]
+    return out.astype(np.float32)
+
+
+def phase_stride(spacing: float, slab_mm: float) -> int:
+    """How many phases a thin series is split into for the sequence model: every
+    ``k``-th slice, ``k = round(slab_mm / spacing)``, so each phase steps about
+    ``slab_mm`` (5 mm at 1.25 mm for 4.5 mm), a spacing the sequence model was trained on."""
+    return max(1, round(slab_mm / spacing))
+
+
+def sliding_note(spacing: float, trained: tuple[float, float], slab_mm: float) -> str:
+    """The note of a series read as sliding slabs (`sliding_reformat`, `phase_stride`)."""
+    low, high = trained
+    k = phase_stride(spacing, slab_mm)
+    return (f"slices {spacing:.3g} mm apart, closer together than the {low:g}-{high:g} mm the "
+            f"model was trained on: each slice read as a {slab_mm:.3g} mm thick reformat "
+            f"centred on it, the sequence model run on {k} interleaved phases of "
+            f"{k * spacing:.3g} mm steps")
+

@@ -151,6 +151,72 @@ def test_slab_helpers_by_hand() -> None:
     assert slab_groups(4, 5.0, 5.0).tolist() == [0, 1, 2, 3]
 
 
+def test_sliding_reformat_by_hand() -> None:
+    from hohoho_core.spacing import phase_stride, sliding_reformat, sliding_weights
+
+    # 4.5 mm box at 1.25 mm: the slice and one each side whole, the next ones 0.375 / 1.25
+    w = sliding_weights(9, 1.25, 4.5)
+    np.testing.assert_allclose(w[4] * 3.6, [0, 0, 0.3, 1, 1, 1, 0.3, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)
+    # at the ends the box is cut and renormalised: the first row holds 2.3 slices' worth
+    np.testing.assert_allclose(w[0] * 2.3, [1, 1, 0.3, 0, 0, 0, 0, 0, 0], atol=1e-12)
+    # a box no thicker than a slice is the slice itself
+    np.testing.assert_allclose(sliding_weights(5, 5.0, 5.0), np.eye(5))
+    hu = np.arange(9, dtype=np.float32)[:, None, None] * np.ones((9, 2, 3), np.float32)
+    out = sliding_reformat(hu, 1.25, 4.5)
+    assert out.shape == hu.shape and out.dtype == np.float32
+    # a linear ramp keeps its value wherever the box is whole (symmetric weights)
+    np.testing.assert_allclose(out[2:7, 0, 0], hu[2:7, 0, 0], atol=1e-5)
+    assert out[0, 0, 0] == pytest.approx((0 + 1 + 0.3 * 2) / 2.3, abs=1e-5)
+    assert phase_stride(1.25, 4.5) == 4 and phase_stride(0.625, 4.5) == 7
+    assert phase_stride(5.0, 4.5) == 1
+    with pytest.raises(ValueError, match="must be > 0"):
+        sliding_weights(3, 0.0, 4.5)
+
+
+def test_sequence_model_over_phases_equals_each_phase_alone(ranged_weights: Path) -> None:
+    from hohoho_core.predict import Predictor
+
+    pred = Predictor.from_folder(ranged_weights, precision="fp32")
+    rng = np.random.default_rng(0)
+    assert pred.lstm is not None
+    emb = rng.normal(size=(11, pred.lstm.in_dim)).astype(np.float32)
+    logits = rng.normal(size=(11, 6)).astype(np.float32)
+    whole = pred.sequence_prob(emb, logits)
+    phased = pred.sequence_prob(emb, logits, phases=4)
+    assert phased.shape == whole.shape == (11, 6)
+    for r in range(4):
+        alone = pred.sequence_prob(emb[r::4], logits[r::4])
+        np.testing.assert_allclose(phased[r::4], alone, atol=1e-6)
+    assert not np.allclose(phased, whole)  # context from other phases is not mixed in
+
+
+def test_predictor_reads_a_thin_series_as_sliding_slabs_when_asked(ranged_weights: Path) -> None:
+    import dataclasses
+
+    from hohoho_core.predict import Predictor
+    from hohoho_core.preprocess import make_input
+    from hohoho_core.spacing import sliding_reformat
+    from tests.test_predict import make_study
+
+    pred = Predictor.from_folder(ranged_weights, precision="fp32")
+    study = make_study(n_slices=9)
+    thin = dataclasses.replace(study, slice_spacing=1.25)
+    pred.thin_slabs = "sliding"
+    assert pred.sliding_for(1.25) == pytest.approx(4.5)
+    assert pred.sliding_for(2.5) is None and pred.sliding_for(None) is None
+    got = pred.predict(thin)
+    assert got.image_ids == list(study.image_ids) and got.prob.shape == (9, 6)
+    assert len(got.notes) == 1 and "4 interleaved phases of 5 mm steps" in got.notes[0]
+    # the CNN saw the reformat; the sequence model each phase
+    x = make_input(sliding_reformat(study.hu, 1.25, 4.5), pred.preprocess_config)
+    emb, logits = pred.predict_input(x)
+    np.testing.assert_allclose(got.embeddings, emb, atol=1e-5)
+    np.testing.assert_allclose(got.prob, pred.sequence_prob(emb, logits, phases=4), atol=1e-5)
+    pred.thin_slabs = "off"
+    assert not np.allclose(pred.predict(thin).cnn_prob, got.cnn_prob)
+
+
 def test_predictor_reads_a_thin_series_as_slabs_when_asked(ranged_weights: Path) -> None:
     import dataclasses
 
@@ -160,8 +226,9 @@ def test_predictor_reads_a_thin_series_as_slabs_when_asked(ranged_weights: Path)
     pred = Predictor.from_folder(ranged_weights, precision="fp32")
     study = make_study(n_slices=8)
     thin = dataclasses.replace(study, slice_spacing=1.25)
-    assert pred.slabs_for(1.25, 8) is None  # off unless asked (the shipped default)
-    pred.thin_slabs = True
+    pred.thin_slabs = "off"
+    assert pred.slabs_for(1.25, 8) is None
+    pred.thin_slabs = "blocks"
     assert pred.slabs_for(1.25, 8).tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     assert pred.slabs_for(2.5, 8) is None  # within the tolerance: slice by slice
     assert pred.slabs_for(None, 8) is None
@@ -179,10 +246,14 @@ def test_predictor_reads_a_thin_series_as_slabs_when_asked(ranged_weights: Path)
     direct = pred.predict(slab_study)
     np.testing.assert_allclose(got.prob[[0, 4]], direct.prob, atol=1e-6)
     # a series inside the range is untouched by the switch
-    pred.thin_slabs = False
+    pred.thin_slabs = "off"
     plain = pred.predict(study)
-    pred.thin_slabs = True
-    np.testing.assert_array_equal(pred.predict(study).prob, plain.prob)
+    for mode in ("blocks", "sliding"):
+        pred.thin_slabs = mode
+        np.testing.assert_array_equal(pred.predict(study).prob, plain.prob)
+    pred.thin_slabs = "diagonal"
+    with pytest.raises(ValueError, match="thin_slabs must be one of"):
+        pred.predict(thin)
 
 
 def test_predict_command_reads_thin_series_as_slabs_like_the_predictor(
@@ -193,18 +264,21 @@ def test_predict_command_reads_thin_series_as_slabs_like_the_predictor(
 
     write_ct_series(tmp_path / "thin", n_slices=9, spacing=1.25, slice_thickness=1.25)
     pred = Predictor.from_folder(ranged_weights, precision="fp32")
-    pred.thin_slabs = True
-    want = pred.predict(load_study(tmp_path / "thin"))
-    # in the main thread and in a reader process (the slabs are made where the study is read)
-    for workers in ("0", "1"):
-        out = tmp_path / f"p{workers}.json"
-        assert main(["predict", str(tmp_path / "thin"), "--weights", str(ranged_weights),
-                     "--out", str(out), "--precision", "fp32", "--thin-slabs",
-                     "--workers", workers]) == 0
-        rec = json.loads(out.read_text(encoding="utf-8"))["studies"][0]
-        assert len(rec["image_ids"]) == 9 and "read as slabs of 4 slices" in rec["notes"][0]
-        assert rec["image_ids"] == want.image_ids
-        np.testing.assert_allclose(np.asarray(rec["prob"]), want.prob, atol=1e-6)
+    for mode, said in (("blocks", "read as slabs of 4 slices"),
+                       ("sliding", "4.5 mm thick reformat centred on it")):
+        pred.thin_slabs = mode
+        want = pred.predict(load_study(tmp_path / "thin"))
+        # in the main thread and in a reader process (what the model reads is made where
+        # the study is read)
+        for workers in ("0", "1"):
+            out = tmp_path / f"p{mode}{workers}.json"
+            assert main(["predict", str(tmp_path / "thin"), "--weights", str(ranged_weights),
+                         "--out", str(out), "--precision", "fp32", "--thin-slabs", mode,
+                         "--workers", workers]) == 0
+            rec = json.loads(out.read_text(encoding="utf-8"))["studies"][0]
+            assert len(rec["image_ids"]) == 9 and said in rec["notes"][0]
+            assert rec["image_ids"] == want.image_ids
+            np.testing.assert_allclose(np.asarray(rec["prob"]), want.prob, atol=1e-6)
 
 
 def test_evaluate_says_whether_slabs_ran_and_never_retunes_on_them(
@@ -217,12 +291,14 @@ def test_evaluate_says_whether_slabs_ran_and_never_retunes_on_them(
     out = tmp_path / "r.json"
     base = ["evaluate", "--data", str(data), "--weights", str(ranged_weights),
             "--out", str(out)]
-    assert main([*base, "--thin-slabs"]) == 0
+    assert main([*base, "--thin-slabs", "blocks"]) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
-    assert report["thin_slabs"] is True and report["slices"] > 16
+    assert report["thin_slabs"] == "blocks" and report["slices"] > 16
     assert main([*base[:-1], str(tmp_path / "r2.json")]) == 0
-    assert json.loads((tmp_path / "r2.json").read_text())["thin_slabs"] is False
+    from hohoho_core.predict import THIN_SLABS
+
+    assert json.loads((tmp_path / "r2.json").read_text())["thin_slabs"] == THIN_SLABS
     capsys.readouterr()
-    assert main([*base[:-2], "--thin-slabs", "--retune", str(tmp_path / "new")]) == 2
+    assert main([*base[:-2], "--thin-slabs", "off", "--retune", str(tmp_path / "new")]) == 2
     assert "--retune with --thin-slabs" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
