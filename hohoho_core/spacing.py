@@ -35,16 +35,25 @@ CONFIG_KEY = "slice_spacing_mm"
 
 
 def trained_spacing(data: Mapping[str, Any]) -> tuple[float, float] | None:
-    """``(low, high)`` mm from a config's ``data`` object, or None if absent or malformed."""
+    """``(low, high)`` mm from a config's ``data`` object, or None where it states none.
+
+    Raises:
+        ValueError: the key is there but not two finite numbers ``0 < low <= high`` (a
+            typo must not switch the check off without a word; `weights.ModelConfig`
+            refuses such a folder when it is loaded).
+    """
     value = data.get(CONFIG_KEY)
+    if value is None:
+        return None
+    bad = ValueError(f"data.{CONFIG_KEY} must be [low, high] in mm with 0 < low <= high, "
+                     f"got {value!r}")
     if not isinstance(value, list | tuple) or len(value) != 2:
-        return None
-    try:
-        low, high = float(value[0]), float(value[1])
-    except (TypeError, ValueError):
-        return None
+        raise bad
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise bad
+    low, high = float(value[0]), float(value[1])
     if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
-        return None
+        raise bad
     return low, high
 
 

@@ -36,6 +36,7 @@ from hohoho_core.models import (
     create_model,
 )
 from hohoho_core.preprocess import PreprocessConfig
+from hohoho_core.spacing import trained_spacing
 from hohoho_core.strictjson import finite_json
 from hohoho_core.weights_dir import WEIGHTS_ENV, default_weights_dir, shipped_weights_dir
 
@@ -192,6 +193,10 @@ class ModelConfig:
         for name in ("training", "data", "metrics"):
             if not isinstance(getattr(self, name), Mapping):
                 raise WeightsError(f"{name} must be a JSON object")
+        try:
+            trained_spacing(self.data)
+        except ValueError as err:
+            raise WeightsError(str(err)) from None
         if not isinstance(self.created, str):
             raise WeightsError("created must be a string")
         for name in ("temperatures", "cnn_temperatures"):

@@ -16,11 +16,25 @@ from tests.test_predict import make_weights
 
 def test_trained_spacing_reads_only_a_valid_range() -> None:
     assert trained_spacing({"slice_spacing_mm": [3, 6.0]}) == (3.0, 6.0)
-    for bad in ({}, {"slice_spacing_mm": None}, {"slice_spacing_mm": [6.0, 3.0]},
-                {"slice_spacing_mm": [0, 5]}, {"slice_spacing_mm": [3.0]},
-                {"slice_spacing_mm": ["a", 5]}, {"slice_spacing_mm": [3.0, float("inf")]},
-                {"slice_spacing_mm": "3-6"}):
-        assert trained_spacing(bad) is None, bad
+    assert trained_spacing({}) is None and trained_spacing({"slice_spacing_mm": None}) is None
+    for bad in ([6.0, 3.0], [0, 5], [3.0], ["3", 5], [True, 5], [3.0, float("inf")], "3-6"):
+        with pytest.raises(ValueError, match="data.slice_spacing_mm must be"):
+            trained_spacing({"slice_spacing_mm": bad})
+
+
+def test_a_weights_folder_with_a_malformed_spacing_range_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    from hohoho_core.predict import Predictor
+    from hohoho_core.weights import WeightsError, shipped_weights_dir
+
+    folder = tmp_path / "w"
+    shutil.copytree(shipped_weights_dir(), folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config["data"]["slice_spacing_mm"] = "3-6 mm"
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(WeightsError, match="data.slice_spacing_mm must be"):
+        Predictor.from_folder(folder, precision="fp32")
 
 
 def test_spacing_note_says_which_side_and_keeps_quiet_near_the_range() -> None:
