@@ -685,6 +685,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "thin_slabs": predictor.thin_slabs,
         "reports": reports,
     }
+    # Series the model was not trained for (a thin series): their figures are in the
+    # scores, and said once here, as predict says them.
+    from hohoho_core.spacing import notes_line
+
+    series = list(dict.fromkeys(pred.study_ids.tolist()))
+    noted = notes_line([{"notes": pred.notes.get(k, [])} for k in series])
+    result["noted_series"] = len(pred.notes)
+    if noted is not None:
+        print(noted, file=sys.stderr)
     for line in _evaluation_table(reports):
         print(line)
     print(f"{result['studies']} studies, {result['slices']} slices "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +54,9 @@ class IndexPrediction:
         study_ids: ``(N,)`` series key ``"<study_uid>|<series_uid>"`` of each slice.
         image_ids: ``(N,)`` slice image ids.
         embeddings: ``(N, D)`` float32 CNN embeddings, or None when not kept.
+        notes: series key -> `predict.StudyPrediction.notes`, for the series that have
+            any (a thin series, for instance: its figures are not those of the trained
+            spacing).
     """
 
     labels: np.ndarray
@@ -62,6 +65,7 @@ class IndexPrediction:
     study_ids: np.ndarray
     image_ids: np.ndarray
     embeddings: np.ndarray | None = None
+    notes: dict[str, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -94,6 +98,7 @@ def predict_index(
 
     source = studies if studies is not None else iter_labelled_studies(root, table)
     ys, cnn, final, embs, sids, iids = [], [], [], [], [], []
+    notes: dict[str, list[str]] = {}
     for key, study, labels in source:
         out = predictor.predict(study)
         ys.append(np.asarray(labels, dtype=np.int8))
@@ -103,6 +108,8 @@ def predict_index(
             embs.append(out.embeddings.astype(np.float32))
         sids += [key] * len(labels)
         iids += list(out.image_ids)
+        if out.notes:
+            notes[key] = list(out.notes)
     if not ys:
         raise ValueError("no series to predict")
     return IndexPrediction(
@@ -112,6 +119,7 @@ def predict_index(
         study_ids=np.asarray(sids),
         image_ids=np.asarray(iids),
         embeddings=np.concatenate(embs) if keep_embeddings else None,
+        notes=notes,
     )
 
 

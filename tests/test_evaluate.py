@@ -70,7 +70,7 @@ class _FakePredictor:
         self.calls += 1
         p = np.stack([self.prob_by_id[i] for i in study.image_ids]).astype(np.float32)
         return SimpleNamespace(image_ids=list(study.image_ids), cnn_prob=p * 0.5, prob=p,
-                               embeddings=np.ones((len(p), 4), np.float32))
+                               embeddings=np.ones((len(p), 4), np.float32), notes=())
 
 
 def test_predict_index_keeps_rows_aligned_across_series() -> None:

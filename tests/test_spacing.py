@@ -308,6 +308,9 @@ def test_evaluate_says_whether_slabs_ran_and_never_retunes_on_them(
     assert main([*base, "--thin-slabs", "blocks"]) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
     assert report["thin_slabs"] == "blocks" and report["slices"] > 16
+    # each thin series is noted, once for the run on stderr and counted in the report
+    assert report["noted_series"] == 2
+    assert "hohoho: note: 2 of 2 series: slices 1.25 mm apart" in capsys.readouterr().err
     assert main([*base[:-1], str(tmp_path / "r2.json")]) == 0
     from hohoho_core.predict import THIN_SLABS
 
