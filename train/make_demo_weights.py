@@ -778,7 +778,7 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         *_foreign_lines(info.get("foreign")),
         "## How it was made",
         "- Reproduce: `make weights` runs this recipe with the seeds, sizes and epochs pinned "
-        "as flags in the Makefile, writing its data under `data/demo_train/` (the data is "
+        "as flags in the Makefile, writing its data under `data/mixed_train/` (the data is "
         "regenerated from the seeds, so the `data.sets.*.root` paths in `config.json` need not "
         "exist; `bench/` regenerates the test split from them). Bit-identical weights are not "
         "promised: CPU kernels and thread timing vary between machines.",
