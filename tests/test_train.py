@@ -250,8 +250,10 @@ def test_stage2_retrained_from_a_weights_folder(demo, tmp_path) -> None:
     with pytest.raises(SystemExit, match="its val set .* is not this recipe's"):
         mdw.main(mdw.get_args_parser().parse_args(
             [*base, "--out", str(tmp_path / "w2"), "--work-dir", str(tmp_path / "runs2"),
-             "--cnn-run", str(other)]))
-    assert not (tmp_path / "w2").exists()
+             "--cnn-run", str(other), "--data-dir", str(tmp_path / "data2")]))
+    # refused from the options alone, before any study was generated or cached
+    assert not (tmp_path / "w2").exists() and not (tmp_path / "data2").exists()
+    assert not (tmp_path / "runs2" / "cache").exists()
 
 
 def test_recipe_states_the_slice_spacing_it_trained_on(demo) -> None:

@@ -253,14 +253,14 @@ def plan_epochs(args: argparse.Namespace, stats: dict[str, Any], elapsed: float)
     return epochs
 
 
-def generate(args: argparse.Namespace) -> dict[str, Any]:
-    """Write (or reuse) the synthetic datasets; returns their description.
+def planned_sets(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """What `generate` writes, without touching a file: per split its folder (``root``)
+    and generator options (the ``generated.json`` marker).
 
     train, val and test (randomised with ``--randomise``), and with it ``test_plain``: the
     test seed without randomisation (the split earlier demo models were scored on).
     """
     from hohoho_core.synthetic import DEFAULT_POSITIVE_FRACTION as DEFAULT_POSITIVE
-    from hohoho_core.synthetic import generate_dataset
 
     sets: dict[str, Any] = {}
     counts = {"train": args.train_studies, "val": args.val_studies, "test": args.test_studies}
@@ -271,7 +271,6 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
     if args.randomise and getattr(args, "stop_after", None) is None:
         plan.append(("test_plain", args.seed + 2, False))
     for split, seed, randomise in plan:
-        root = args.data_dir / split
         n = counts["test" if split == "test_plain" else split]
         size = args.gen_size if split in ("train", "val") else args.test_gen_size
         spec = {"studies": n, "seed": seed, "size": size,
@@ -283,16 +282,29 @@ def generate(args: argparse.Namespace) -> dict[str, Any]:
             spec["randomise"] = True
             if fraction != 1.0:
                 spec["randomise_fraction"] = fraction
+        sets[split] = {"root": str(args.data_dir / split), **spec}
+    return sets
+
+
+def generate(args: argparse.Namespace) -> dict[str, Any]:
+    """Write (or reuse) the synthetic datasets of `planned_sets`; returns their description."""
+    from hohoho_core.synthetic import DEFAULT_POSITIVE_FRACTION as DEFAULT_POSITIVE
+    from hohoho_core.synthetic import generate_dataset
+
+    sets = planned_sets(args)
+    for entry in sets.values():
+        root = Path(entry["root"])
+        spec = {k: v for k, v in entry.items() if k != "root"}
         marker = root / "generated.json"
         if not (marker.is_file() and json.loads(marker.read_text()) == spec):
             if root.exists():
                 shutil.rmtree(root)
-            generate_dataset(root, n, seed, size=size,
-                             slices=(args.min_slices, args.max_slices),
-                             workers=max(1, args.workers), positive_fraction=positive,
-                             randomise=fraction if randomise else False)
+            randomise = spec.get("randomise_fraction", 1.0) if spec.get("randomise") else False
+            generate_dataset(root, spec["studies"], spec["seed"], size=spec["size"],
+                             slices=tuple(spec["slices"]), workers=max(1, args.workers),
+                             positive_fraction=spec.get("positive_studies", DEFAULT_POSITIVE),
+                             randomise=randomise)
             marker.write_text(json.dumps(spec))
-        sets[split] = {"root": str(root), **spec}
     return sets
 
 
@@ -323,6 +335,21 @@ def reused_cnn_args(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"--cnn-run {run} was trained with --{key} {cnn.get(key)}, "
                              f"this recipe asks for --{key} {getattr(args, key)}")
     return cnn
+
+
+def same_plans(src: Path, sets: dict[str, Any]) -> None:
+    """The check of `same_sets` that needs no data: a ``--cnn-run`` folder rebuilt from
+    weights must have been trained on this recipe's train and val options (seeds, counts,
+    randomisation), refused before anything is generated or cached."""
+    if not (src / "data.json").is_file() or (src / "splits.json").is_file():
+        return  # study ids (splits.json) are compared once the data is indexed
+    theirs = json.loads((src / "data.json").read_text(encoding="utf-8"))
+    for split in ("train", "val"):
+        mine = {k: v for k, v in sets[split].items() if k != "root"}
+        recorded = {k: v for k, v in theirs["sets"][split].items() if k != "root"}
+        if mine != recorded:
+            raise SystemExit(f"--cnn-run {src}: its {split} set ({recorded}) is not this "
+                             f"recipe's ({mine})")
 
 
 def same_sets(src: Path, data: dict[str, Any], stats: dict[str, Any]) -> None:
@@ -807,6 +834,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     cfg = PreprocessConfig(mode=args.mode, size=args.size, crop=True, window="brain")
     times: dict[str, float] = {"speed test": time.perf_counter() - t}
 
+    if args.cnn_run is not None:  # a mismatch is refused before minutes of generating
+        same_plans(Path(args.cnn_run), planned_sets(args))
     t = time.perf_counter()
     data = generate(args)
     times["generate"] = time.perf_counter() - t
