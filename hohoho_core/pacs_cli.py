@@ -131,6 +131,29 @@ def _probe(server: Any, uids: Sequence[str], error: type[Exception]) -> None:
         return
 
 
+def _load_predictor(args: argparse.Namespace, weights: Path, error: type[Exception]) -> Any:
+    """The `predict.Predictor` of ``weights`` as the arguments ask; torch is imported here,
+    once the server has answered (importing it takes seconds)."""
+    from hohoho_core.predict import Predictor
+    from hohoho_core.runtime import configure_torch
+    from hohoho_core.system import available_cores
+    from hohoho_core.weights import WeightsError
+
+    configure_torch(available_cores(), deterministic=True,
+                    quantized_engine="auto" if args.precision == "int8" else None)
+    try:
+        predictor = Predictor.from_folder(weights, device=args.device or "cpu",
+                                          batch_size=args.batch_size, precision=args.precision,
+                                          engine=args.engine)
+    except WeightsError as err:
+        raise error(f"weights {weights}: {err}") from None
+    except ValueError as err:  # --engine onnxruntime where it cannot run
+        raise error(f"--engine {args.engine}: {err}") from None
+    if getattr(args, "thin_slabs", None) is not None:
+        predictor.thin_slabs = args.thin_slabs
+    return predictor
+
+
 def predict_dicomweb(
     args: argparse.Namespace,
     error: type[Exception],
@@ -215,26 +238,20 @@ def predict_dicomweb(
         # not after seconds of loading weights. (With results logged, the run goes on and
         # a failure still writes them, as before.)
         _probe(server, [u for u in uids if u not in complete], error)
-    # torch and the model only once the server has answered (importing them takes seconds).
-    from hohoho_core.predict import Predictor, prediction_record, write_predictions
-    from hohoho_core.runtime import configure_torch
+    # --resume: the studies the interrupted run predicted (and stored) are not retrieved.
+    todo = [(n, uid) for n, uid in enumerate(uids, 1) if uid not in complete]
+    # The first study is retrieved while torch and the model load, each next one while the
+    # one before is read, predicted and stored.
+    fetched = retrieve_ahead(server, [uid for _, uid in todo])
+    try:
+        predictor = _load_predictor(args, weights, error)
+    except BaseException:
+        fetched.close()
+        raise
+    from hohoho_core.predict import prediction_record, write_predictions
     from hohoho_core.sr import build_sr, evidence_headers, model_identity
     from hohoho_core.sr_capture import saliency_captures
-    from hohoho_core.system import available_cores
-    from hohoho_core.weights import WeightsError
 
-    configure_torch(available_cores(), deterministic=True,
-                    quantized_engine="auto" if args.precision == "int8" else None)
-    try:
-        predictor = Predictor.from_folder(weights, device=args.device or "cpu",
-                                          batch_size=args.batch_size, precision=args.precision,
-                                          engine=args.engine)
-    except WeightsError as err:
-        raise error(f"weights {weights}: {err}") from None
-    except ValueError as err:  # --engine onnxruntime where it cannot run
-        raise error(f"--engine {args.engine}: {err}") from None
-    if getattr(args, "thin_slabs", None) is not None:
-        predictor.thin_slabs = args.thin_slabs
     print(f"precision: {predictor.path_note}")
     model = model_identity(predictor.config, weights)
 
@@ -270,10 +287,6 @@ def predict_dicomweb(
 
     failures: list[str] = []
     stored = predicted = 0
-    # --resume: the studies the interrupted run predicted (and stored) are not retrieved.
-    todo = [(n, uid) for n, uid in enumerate(uids, 1) if uid not in complete]
-    # The next study arrives while this one is read, predicted and stored.
-    fetched = retrieve_ahead(server, [uid for _, uid in todo])
     try:
         for (n, uid), (_, got) in zip(todo, fetched, strict=True):
             try:

@@ -165,11 +165,24 @@ def test_retrieve_ahead_runs_one_ahead_and_stops_when_closed(monkeypatch):
     for event in finished.values():
         event.clear()
     it = retrieve_ahead(DicomwebServer("http://127.0.0.1:1/dicom-web"), list("abd"))
+    # the first study is on its way before the caller asks for it (while it loads a model)
+    assert finished["a"].wait(10) and started == ["a"]
     assert next(it) == ("a", ["a"])
     assert finished["b"].wait(10)
     it.close()  # the caller stopped after "a": "d" is never asked for
     time.sleep(0.1)
     assert started == ["a", "b"]
+    with pytest.raises(StopIteration):
+        next(it)
+    # closed before anything was asked: only the first retrieval (already started) ran
+    started.clear()
+    for event in finished.values():
+        event.clear()
+    it = retrieve_ahead(DicomwebServer("http://127.0.0.1:1/dicom-web"), list("abd"))
+    assert finished["a"].wait(10)
+    it.close()
+    time.sleep(0.1)
+    assert started == ["a"]
 
 
 # ------------------------------------------------------------------------- failures

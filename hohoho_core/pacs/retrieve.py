@@ -116,50 +116,74 @@ def retrieve_study(
     return uploads
 
 
-def retrieve_ahead(
-    server: DicomwebServer, study_uids: Sequence[str], limits: RetrieveLimits | None = None
-) -> Iterator[tuple[str, list[Upload] | PacsError]]:
-    """``(uid, its uploads or the PacsError that retrieving it raised)`` for each study,
-    in order, while the next study is retrieved in a background thread.
+class RetrievalAhead:
+    """The iterator `retrieve_ahead` returns: ``(uid, uploads or PacsError)`` per study."""
 
-    A batch over many studies then waits on the network only for the first one: the
-    transfer of study k + 1 overlaps the caller's work on study k (reading, the CNN,
-    storing reports). One study ahead at most, so at most two studies' bytes are held
-    (`RetrieveLimits` bounds each). Errors other than `PacsError` are raised here.
-    Closing the iterator early (Ctrl-C included) retrieves nothing more; a retrieval in
-    flight then ends on its own in a daemon thread, so it never holds up the exit.
-    """
-    if not study_uids:
-        return
-    arrived: queue.Queue[tuple[str, list[Upload] | BaseException]] = queue.Queue()
-    # One permit per study the caller has asked for, plus the first: the thread retrieves
-    # study k + 1 once the caller has taken study k, and waits there.
-    permits = threading.Semaphore(1)
-    stop = threading.Event()
+    def __init__(self, server: DicomwebServer, study_uids: Sequence[str],
+                 limits: RetrieveLimits | None) -> None:
+        self._uids = list(study_uids)
+        self._arrived: queue.Queue[tuple[str, list[Upload] | BaseException]] = queue.Queue()
+        # One permit per study the caller has asked for, plus the first: the thread
+        # retrieves study k + 1 once the caller has taken study k, and waits there.
+        self._permits = threading.Semaphore(1)
+        self._stop = threading.Event()
+        self._taken = 0
+        self._closed = False
+        if self._uids:
+            # Started here, not at the first next(): the first study's transfer overlaps
+            # whatever the caller does before it asks (building the model, for one).
+            threading.Thread(target=self._work, args=(server, limits), name="hohoho-retrieve",
+                             daemon=True).start()
 
-    def work() -> None:
-        for uid in study_uids:
-            permits.acquire()
-            if stop.is_set():
+    def _work(self, server: DicomwebServer, limits: RetrieveLimits | None) -> None:
+        for uid in self._uids:
+            self._permits.acquire()
+            if self._stop.is_set():
                 return
             try:
-                arrived.put((uid, retrieve_study(server, uid, limits)))
+                self._arrived.put((uid, retrieve_study(server, uid, limits)))
             except BaseException as err:  # handed to the caller's thread
-                arrived.put((uid, err))
+                self._arrived.put((uid, err))
                 if not isinstance(err, PacsError):
                     return
 
-    threading.Thread(target=work, name="hohoho-retrieve", daemon=True).start()
-    try:
-        for _ in study_uids:
-            permits.release()
-            uid, got = arrived.get()
-            if isinstance(got, BaseException) and not isinstance(got, PacsError):
-                raise got
-            yield uid, got
-    finally:
-        stop.set()
-        permits.release()  # wakes the thread if it waits for a permit: it ends
+    def __iter__(self) -> Iterator[tuple[str, list[Upload] | PacsError]]:
+        return self
+
+    def __next__(self) -> tuple[str, list[Upload] | PacsError]:
+        if self._closed or self._taken >= len(self._uids):
+            raise StopIteration
+        self._taken += 1
+        self._permits.release()
+        uid, got = self._arrived.get()
+        if isinstance(got, BaseException) and not isinstance(got, PacsError):
+            self.close()
+            raise got
+        return uid, got
+
+    def close(self) -> None:
+        """Retrieve nothing more; a retrieval in flight ends on its own (daemon thread)."""
+        if not self._closed:
+            self._closed = True
+            self._stop.set()
+            self._permits.release()  # wakes the thread if it waits for a permit: it ends
+
+
+def retrieve_ahead(
+    server: DicomwebServer, study_uids: Sequence[str], limits: RetrieveLimits | None = None
+) -> RetrievalAhead:
+    """``(uid, its uploads or the PacsError that retrieving it raised)`` for each study,
+    in order, while the next study is retrieved in a background thread.
+
+    The first study's retrieval starts at this call, so it overlaps what the caller does
+    before it asks for it. A batch over many studies then waits on the network only for
+    the first one: the transfer of study k + 1 overlaps the caller's work on study k
+    (reading, the CNN, storing reports). One study ahead at most, so at most two studies'
+    bytes are held (`RetrieveLimits` bounds each). Errors other than `PacsError` are raised
+    here. ``close()`` (the caller's ``finally``) retrieves nothing more; a retrieval in
+    flight then ends on its own in a daemon thread, so it never holds up the exit.
+    """
+    return RetrievalAhead(server, study_uids, limits)
 
 
 def scan_pacs_study(
