@@ -40,6 +40,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hohoho_core.spacing import THIN_MODES
 from hohoho_core.weights_dir import WEIGHTS_ENV
 
 if TYPE_CHECKING:  # the CLI imports torch lazily, after parsing its arguments
@@ -196,7 +197,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except ValueError as err:  # --engine onnxruntime, not installed or failed export
             raise CliError(f"--engine {args.engine}: {err}") from None
         if args.thin_slabs is not None:
-            predictor.thin_slabs = args.thin_slabs
+            try:
+                predictor.thin_slabs = args.thin_slabs
+            except ValueError as err:  # sliding with weights that stack neighbours
+                raise CliError(f"--thin-slabs: {err}") from None
         is_main = info.rank == 0
         if is_main:
             readers = (f"{workers} reader process(es)" if workers else
@@ -613,10 +617,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         retune.resolve() == weights.resolve() or not retune.is_dir() or any(retune.iterdir())
     ):
         raise CliError(f"--retune {retune} exists and is not an empty folder: choose a new one")
-    if retune is not None and args.thin_slabs is not None:
+    from hohoho_core.predict import THIN_SLABS
+
+    if retune is not None and args.thin_slabs not in (None, THIN_SLABS):
         # thresholds tuned on outputs of one reading would ship in a folder read another way
-        raise CliError("--retune with --thin-slabs: the thresholds would be tuned on "
-                       "outputs the retuned folder does not make; retune without --thin-slabs")
+        raise CliError(f"--retune with --thin-slabs {args.thin_slabs}: the thresholds would "
+                       "be tuned on outputs the retuned folder does not make; retune without "
+                       "--thin-slabs")
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_out(out)
@@ -652,7 +659,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise CliError(f"--engine {args.engine}: {err}" if args.engine != "auto"
                        else f"--precision {args.precision}: {err}") from None
     if args.thin_slabs is not None:
-        predictor.thin_slabs = args.thin_slabs
+        try:
+            predictor.thin_slabs = args.thin_slabs
+        except ValueError as err:  # sliding with weights that stack neighbours
+            raise CliError(f"--thin-slabs: {err}") from None
     # Scores belong to the arithmetic that made them: say which ran.
     print(f"precision: {predictor.path_note}")
     try:
@@ -726,8 +736,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-#: The modes of `predict.Predictor.thin_slabs` (kept here so --help needs no torch import).
-THIN_MODES = ("off", "blocks", "sliding")
 _THIN_SLABS_HELP = (
     "how to read a series whose slices are much closer together than the model was trained "
     "on (below its trained range / 1.5): off, slice by slice; blocks, as slabs as thick as "

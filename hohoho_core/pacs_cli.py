@@ -150,7 +150,10 @@ def _load_predictor(args: argparse.Namespace, weights: Path, error: type[Excepti
     except ValueError as err:  # --engine onnxruntime where it cannot run
         raise error(f"--engine {args.engine}: {err}") from None
     if getattr(args, "thin_slabs", None) is not None:
-        predictor.thin_slabs = args.thin_slabs
+        try:
+            predictor.thin_slabs = args.thin_slabs
+        except ValueError as err:  # sliding with weights that stack neighbours
+            raise error(f"--thin-slabs: {err}") from None
     return predictor
 
 

@@ -57,8 +57,8 @@ from hohoho_core.precision import (
 from hohoho_core.preprocess import PreprocessConfig, make_input
 from hohoho_core.rsna_csv import row_id, write_rsna_csv
 from hohoho_core.runtime import QUANTIZED_ENGINES, cpu_flags
-from hohoho_core.spacing import TOLERANCE as SPACING_TOLERANCE
 from hohoho_core.spacing import (
+    THIN_MODES,
     average_slabs,
     measured_spacing,
     phase_stride,
@@ -70,6 +70,7 @@ from hohoho_core.spacing import (
     spacing_note,
     trained_spacing,
 )
+from hohoho_core.spacing import TOLERANCE as SPACING_TOLERANCE
 from hohoho_core.study import Study
 from hohoho_core.weights import ModelConfig, WeightsError, load_calibration, load_weights
 
@@ -424,7 +425,6 @@ class _Pending(Generic[_P]):
 #: reformat centred on every slice, the sequence model over phases); the rules in
 #: docs/rules/ (2026-12-02-thin-slabs.md, 2026-12-02-sliding-slabs.md) decide the default.
 THIN_SLABS = "off"
-THIN_MODES = ("off", "blocks", "sliding")
 
 
 class Predictor:
@@ -487,14 +487,12 @@ class Predictor:
         if lanes > 1 and self.device.type != "cpu":
             raise ValueError(f"lanes > 1 run the CNN on the CPU only, not on {self.device}")
         self.lanes = lanes
-        #: How to read a series thinner than the trained spacing (`THIN_MODES`:
-        #: `slabs_for`, `sliding_for`); the default is `THIN_SLABS`, an entry point may
-        #: set it per run.
-        self.thin_slabs: str = THIN_SLABS
         if precision == "int8" and self.device.type != "cpu":
             raise ValueError("precision 'int8' runs on the CPU only")
         self.config = config
         self.preprocess_config: PreprocessConfig = config.preprocess
+        self._thin_slabs = "off"
+        self.thin_slabs = THIN_SLABS
         self.batch_size = batch_size
         self.precision = precision
         self.precision_note = precision_note or f"{precision} (requested)"
@@ -794,12 +792,28 @@ class Predictor:
                                      slab_ids(ids, groups))
         return self.expand_slabs(slab, groups, ids, float(spacing or 0.0))
 
+    @property
+    def thin_slabs(self) -> str:
+        """How a series thinner than the trained spacing is read (`spacing.THIN_MODES`:
+        `slabs_for`, `sliding_for`); the default is `THIN_SLABS`, an entry point may set
+        it per run (ValueError for an unknown mode, or "sliding" with an input that stacks
+        neighbouring slices: those would be reformats one thin spacing apart, not the
+        trained steps)."""
+        return self._thin_slabs
+
+    @thin_slabs.setter
+    def thin_slabs(self, mode: str) -> None:
+        if mode not in THIN_MODES:
+            raise ValueError(f"thin_slabs must be one of {THIN_MODES}, got {mode!r}")
+        if mode == "sliding" and self.preprocess_config.centre_channel != 0:
+            raise ValueError(f"thin_slabs 'sliding' needs a one-slice input; these weights "
+                             f"stack neighbouring slices (mode {self.preprocess_config.mode})")
+        self._thin_slabs = mode
+
     def _thin_slab_mm(self, slice_spacing: float | None) -> float | None:
         """The slab thickness for a series read in a thin mode (the middle of the trained
         range: 4.5 mm for 3-6 mm), or None: mode off, or a spacing not below the trained
         range by more than the tolerance."""
-        if self.thin_slabs not in THIN_MODES:
-            raise ValueError(f"thin_slabs must be one of {THIN_MODES}, got {self.thin_slabs!r}")
         trained = trained_spacing(self.config.data)
         if (self.thin_slabs == "off" or slice_spacing is None or trained is None
                 or not 0 < slice_spacing < trained[0] / SPACING_TOLERANCE):
@@ -840,6 +854,15 @@ class Predictor:
             return sliding_reformat(hu, slice_spacing, slab_mm), None
         return hu, None
 
+    def model_input(self, study: Study) -> np.ndarray:
+        """What the CNN read for each slice of ``study`` (``[S, C, H, W]``, as `predict`
+        reads it: the slice itself, its slab's input, or its reformat), for saliency."""
+        hu, groups = self.model_volume(study.hu, measured_spacing(study))
+        if hu is study.hu:
+            return self.preprocess(study)
+        x = make_input(hu, self.preprocess_config)
+        return x if groups is None else x[groups]
+
     def expand_slabs(self, slab: StudyPrediction, groups: np.ndarray, image_ids: Sequence[str],
                      slice_spacing: float) -> StudyPrediction:
         """A prediction made on slabs, given back to every slice of the series."""
@@ -863,7 +886,10 @@ class Predictor:
 
         What a batch pipeline calls when the preprocessing ran in another process; the
         same input gives the same bits as `predict`. ``slice_spacing`` (mm), when known,
-        is checked against the model's training range (`input_notes`).
+        is checked against the model's training range (`input_notes`). With
+        ``thin_slabs == "sliding"`` and a thin ``slice_spacing``, ``x`` must be made from
+        `model_volume`'s reformat (the sequence model then runs over phases); a series
+        read as blocks comes through `expand_slabs` instead.
         """
         if len(image_ids) != len(x):
             raise ValueError(f"{len(image_ids)} image ids for {len(x)} slices")
@@ -890,7 +916,7 @@ class Predictor:
             phases = phase_stride(slice_spacing, slab_mm)
             trained = trained_spacing(self.config.data)
             assert trained is not None
-            notes = (sliding_note(slice_spacing, trained, slab_mm),)
+            notes = (sliding_note(slice_spacing, trained, slab_mm, self.lstm is not None),)
         lstm_prob = self.sequence_prob(emb, logits, phases=phases)
         prob = lstm_prob if lstm_prob is not None else cnn_prob
         labels = prob >= self.thresholds[None, :]

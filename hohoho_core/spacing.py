@@ -33,6 +33,11 @@ TOLERANCE = 1.5
 #: The key in a weights config's ``data`` object.
 CONFIG_KEY = "slice_spacing_mm"
 
+#: How a thin series may be read (`predict.Predictor.thin_slabs`): "off", slice by slice;
+#: "blocks", slabs (`slab_groups`), each slice given its slab's calls; "sliding", a thick
+#: reformat centred on every slice (`sliding_reformat`), the sequence model over phases.
+THIN_MODES = ("off", "blocks", "sliding")
+
 
 def trained_spacing(data: Mapping[str, Any]) -> tuple[float, float] | None:
     """``(low, high)`` mm from a config's ``data`` object, or None where it states none.
@@ -161,12 +166,13 @@ def sliding_reformat(hu: np.ndarray, spacing: float, slab_mm: float) -> np.ndarr
     vol = np.asarray(hu, dtype=np.float32)
     if vol.ndim != 3:
         raise ValueError(f"hu must be [S, H, W], got {vol.shape}")
-    w = sliding_weights(vol.shape[0], spacing, slab_mm)
-    out = np.zeros(vol.shape, dtype=np.float64)
+    w = sliding_weights(vol.shape[0], spacing, slab_mm).astype(np.float32)
+    # float32 and one output volume: a 400-slice series at 512 px is 0.4 GB as it is
+    out = np.zeros(vol.shape, dtype=np.float32)
     for i, row in enumerate(w):
         for j in np.flatnonzero(row):
             out[i] += row[j] * vol[j]
-    return out.astype(np.float32)
+    return out
 
 
 def phase_stride(spacing: float, slab_mm: float) -> int:
@@ -176,12 +182,15 @@ def phase_stride(spacing: float, slab_mm: float) -> int:
     return max(1, round(slab_mm / spacing))
 
 
-def sliding_note(spacing: float, trained: tuple[float, float], slab_mm: float) -> str:
-    """The note of a series read as sliding slabs (`sliding_reformat`, `phase_stride`)."""
+def sliding_note(spacing: float, trained: tuple[float, float], slab_mm: float,
+                 sequence_model: bool = True) -> str:
+    """The note of a series read as sliding slabs (`sliding_reformat`, `phase_stride`;
+    the phases only where the weights have a sequence model)."""
     low, high = trained
     k = phase_stride(spacing, slab_mm)
+    phases = (f", the sequence model run on {k} interleaved phases of {k * spacing:.3g} mm "
+              "steps" if sequence_model else "")
     return (f"slices {spacing:.3g} mm apart, closer together than the {low:g}-{high:g} mm the "
             f"model was trained on: each slice read as a {slab_mm:.3g} mm thick reformat "
-            f"centred on it, the sequence model run on {k} interleaved phases of "
-            f"{k * spacing:.3g} mm steps")
+            f"centred on it{phases}")
 

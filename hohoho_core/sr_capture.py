@@ -51,7 +51,7 @@ def saliency_captures(
     positive = [k for k, c in enumerate(pred.classes) if pred.summary.positive[c]]
     if not positive:
         return []
-    x = predictor.preprocess(study)
+    x = predictor.model_input(study)  # what the CNN read (a thin series' slab or reformat)
     series_uid = series_uid or generate_uid()
     out = []
     for n, k in enumerate(positive, 1):

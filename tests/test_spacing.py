@@ -65,6 +65,8 @@ def ranged_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = make_weights(tmp_path_factory.mktemp("spacing_weights"))
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     config["data"]["slice_spacing_mm"] = [3.0, 6.0]
+    # one slice per input, as the shipped weights read it ("sliding" needs that)
+    config["preprocess"]["mode"] = "windows"
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return folder
 
@@ -205,6 +207,17 @@ def test_sequence_model_over_phases_equals_each_phase_alone(ranged_weights: Path
     assert not np.allclose(phased, whole)  # context from other phases is not mixed in
 
 
+def test_sliding_slabs_are_refused_for_weights_that_stack_neighbours(tmp_path: Path) -> None:
+    from hohoho_core.predict import Predictor
+
+    stacked = Predictor.from_folder(make_weights(tmp_path / "w"), precision="fp32")
+    assert stacked.preprocess_config.mode == "stacked"
+    stacked.thin_slabs = "blocks"  # slabs are whole slices: any input mode reads them
+    with pytest.raises(ValueError, match="needs a one-slice input"):
+        stacked.thin_slabs = "sliding"
+    assert stacked.thin_slabs == "blocks"
+
+
 def test_predictor_reads_a_thin_series_as_sliding_slabs_when_asked(ranged_weights: Path) -> None:
     import dataclasses
 
@@ -227,8 +240,15 @@ def test_predictor_reads_a_thin_series_as_sliding_slabs_when_asked(ranged_weight
     emb, logits = pred.predict_input(x)
     np.testing.assert_allclose(got.embeddings, emb, atol=1e-5)
     np.testing.assert_allclose(got.prob, pred.sequence_prob(emb, logits, phases=4), atol=1e-5)
+    # saliency reads what the CNN read
+    np.testing.assert_array_equal(pred.model_input(thin), x)
     pred.thin_slabs = "off"
     assert not np.allclose(pred.predict(thin).cnn_prob, got.cnn_prob)
+    np.testing.assert_array_equal(pred.model_input(thin), pred.preprocess(thin))
+    pred.thin_slabs = "blocks"
+    blocks = pred.model_input(thin)
+    np.testing.assert_array_equal(blocks[0], blocks[3])  # one slab's input for its slices
+    assert not np.array_equal(blocks[3], blocks[4])
 
 
 def test_predictor_reads_a_thin_series_as_slabs_when_asked(ranged_weights: Path) -> None:
@@ -265,9 +285,9 @@ def test_predictor_reads_a_thin_series_as_slabs_when_asked(ranged_weights: Path)
     for mode in ("blocks", "sliding"):
         pred.thin_slabs = mode
         np.testing.assert_array_equal(pred.predict(study).prob, plain.prob)
-    pred.thin_slabs = "diagonal"
     with pytest.raises(ValueError, match="thin_slabs must be one of"):
-        pred.predict(thin)
+        pred.thin_slabs = "diagonal"
+    assert pred.thin_slabs == "sliding"  # a refused mode leaves the one set before
 
 
 def test_predict_command_reads_thin_series_as_slabs_like_the_predictor(
@@ -310,12 +330,19 @@ def test_evaluate_says_whether_slabs_ran_and_never_retunes_on_them(
     assert report["thin_slabs"] == "blocks" and report["slices"] > 16
     # each thin series is noted, once for the run on stderr and counted in the report
     assert report["noted_series"] == 2
-    assert "hohoho: note: 2 of 2 series: slices 1.25 mm apart" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "hohoho: note: 2 of 2 series: slices 1.25 mm apart" in err
+    assert "read as slabs of 4 slices" in err  # the note of the reading that ran
     assert main([*base[:-1], str(tmp_path / "r2.json")]) == 0
     from hohoho_core.predict import THIN_SLABS
 
     assert json.loads((tmp_path / "r2.json").read_text())["thin_slabs"] == THIN_SLABS
     capsys.readouterr()
-    assert main([*base[:-2], "--thin-slabs", "off", "--retune", str(tmp_path / "new")]) == 2
-    assert "--retune with --thin-slabs" in capsys.readouterr().err
-    assert not (tmp_path / "new").exists()
+    # retuned on outputs of another reading than the folder's own: refused
+    for mode in ("blocks", "sliding"):
+        assert main([*base[:-2], "--thin-slabs", mode, "--retune", str(tmp_path / "new")]) == 2
+        assert f"--retune with --thin-slabs {mode}" in capsys.readouterr().err
+        assert not (tmp_path / "new").exists()
+    # the folder's own reading, named: retuned as without the flag
+    assert main([*base[:-2], "--thin-slabs", THIN_SLABS, "--retune", str(tmp_path / "new")]) == 0
+    assert (tmp_path / "new" / "config.json").is_file()
