@@ -143,6 +143,39 @@ def test_training_reads_no_dicom_and_resumes(demo, tmp_path, monkeypatch) -> Non
             _cnn_args(demo, out, "--resume", str(out), "--batch-size", "8")))
 
 
+def test_fine_tuning_starts_from_the_given_cnn(demo, tmp_path) -> None:
+    """--init-from: every layer starts from a stage-1 CNN (the head too); with a learning
+    rate of almost nothing the trained weights are still that CNN's."""
+    from safetensors.torch import load_file
+
+    tc = script("train_cnn")
+    start = demo["work"] / "cnn" / "best_cnn.safetensors"
+    out = tmp_path / "ft"
+    tc.main(tc.get_args_parser().parse_args(
+        _cnn_args(demo, out, "--init-from", str(start), "--lr", "1e-12")))
+    before, after = load_file(str(start)), load_file(str(out / "best_cnn.safetensors"))
+    learned = [k for k in before if k.endswith((".weight", ".bias"))]
+    assert "model.head.weight" in learned
+    for key in learned:
+        np.testing.assert_allclose(after[key].numpy(), before[key].numpy(), atol=1e-6)
+    assert json.loads((out / "args.json").read_text())["init_from"] == str(start)
+    # a random start does not land there: the check above could fail
+    tc.main(tc.get_args_parser().parse_args(_cnn_args(demo, tmp_path / "rnd", "--lr", "1e-12")))
+    rnd = load_file(str(tmp_path / "rnd" / "best_cnn.safetensors"))
+    assert not np.allclose(rnd["model.head.weight"].numpy(), before["model.head.weight"].numpy())
+    with pytest.raises(SystemExit, match="give one starting point"):
+        tc.main(tc.get_args_parser().parse_args(
+            _cnn_args(demo, tmp_path / "x", "--init-from", str(start), "--init", "imagenet")))
+    with pytest.raises(SystemExit, match="no such file"):
+        tc.main(tc.get_args_parser().parse_args(
+            _cnn_args(demo, tmp_path / "y", "--init-from", str(tmp_path / "none.safetensors"))))
+    # the recipe passes it on
+    mdw = script("make_demo_weights")
+    args = mdw.get_args_parser().parse_args(["--quick", "--init-cnn", str(start)])
+    cmd = mdw.stage_args(mdw.resolve(args), tmp_path, tmp_path / "c", tmp_path / "s.json")
+    assert cmd["train_cnn"][cmd["train_cnn"].index("--init-from") + 1] == str(start)
+
+
 def test_run_folder_is_never_mixed(demo, tmp_path) -> None:
     tc = script("train_cnn")
     out = tmp_path / "cnn"

@@ -132,6 +132,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="a finished stage-1 run folder (train_cnn's, e.g. from --stop-after "
                         "cnn elsewhere) used instead of training stage 1 here; its input mode "
                         "and size must be this recipe's, its train and val studies this data's")
+    p.add_argument("--init-cnn", type=Path, default=None, metavar="BEST_CNN",
+                   help="fine-tune stage 1 from this CNN (a run's best_cnn.safetensors; "
+                        "train.cnn_run_from_weights makes one from a weights folder) instead "
+                        "of a random start")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     return p
 
@@ -143,6 +147,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, k, v)
         args.threads = "1" if args.threads == "auto" else args.threads
         args.cpu_bf16 = "off" if args.cpu_bf16 == "auto" else args.cpu_bf16
+    if getattr(args, "init_cnn", None) is not None and args.cnn_run is not None:
+        raise SystemExit("--init-cnn with --cnn-run: stage 1 is either trained here or adopted")
     if args.cnn_run is not None:
         # stage 1 is done: its epochs are the run's, nothing to plan
         cnn = reused_cnn_args(args)
@@ -433,6 +439,8 @@ def stage_args(args: argparse.Namespace, work: Path, cache_dir: Path, splits_fil
     cnn = [
         "--cache-dir", str(cache_dir), "--splits", str(splits_file), "--size", str(args.size),
         "--mode", args.mode, "--arch", "resnet18", "--init", "random",
+        *([] if getattr(args, "init_cnn", None) is None
+          else ["--init-from", str(args.init_cnn)]),
         "--loss", "asl", "--gamma-neg", "4", "--gamma-pos", "1", "--clip", "0.05",
         "--optimizer", "adam", "--lr", str(args.lr), "--weight-decay", "1e-4",
         "--schedule", "cosine", "--warmup-epochs", "0.3" if args.epochs > 1 else "0",

@@ -48,6 +48,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", choices=MODEL_NAMES, default="resnet18")
     g.add_argument("--init", default="random",
                    help="random, imagenet, or a SimCLR backbone .safetensors")
+    g.add_argument("--init-from", type=Path, default=None, metavar="BEST_CNN",
+                   help="fine-tune: start every layer (the head too) from a stage-1 run's "
+                   "best_cnn.safetensors (train.cnn_run_from_weights makes one from a weights "
+                   "folder); --init must stay random")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", choices=LOSS_NAMES, default="asl")
     g.add_argument("--gamma-neg", type=float, default=4.0, help="ASL gamma for negatives")
@@ -229,6 +233,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     own_group = not group_joined()
     restored = [] if args.resume is None else common.restore_resume_args(
         args, get_args_parser(), common.read_checkpoint_state(_resume_stem(args.resume))["args"])
+    if args.init_from is not None:
+        if args.init != "random":
+            raise SystemExit(f"--init-from with --init {args.init}: give one starting point")
+        if not Path(args.init_from).is_file():
+            raise SystemExit(f"--init-from {args.init_from}: no such file")
     dist = common.setup_runtime(args)
     run_dir = Path(args.output_dir)
     main_proc = dist.rank == 0
@@ -251,6 +260,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     train_loader, val_loader, train_ds = build_loaders(args, data, dist)
 
     model = create_model(args.arch, init=args.init, in_channels=data.cfg.channels)
+    if args.init_from is not None:
+        common.load_model_weights(args.init_from, model)  # strict: same arch and input
     model = model.to(dist.device)
     model = model.to(memory_format=common.memory_format(args, dist.device))
     if dist.distributed:
