@@ -60,8 +60,9 @@ test: venv browser pacs lint
 # about 25 min on the 2-core AMD EPYC. With no GPU, stage 1 alone trains at about 9 images/s
 # at 160 px on that CPU: about 9 hours, far over the 90 minutes a CPU-only run should take.
 # On a 2-core Zen 5 EPYC (avx512_bf16) the recipe's speed test picks bfloat16 autocast:
-# 58 images/s for the model alone (34.5 in fp32; 2026-12-02), still about 1.3 hours of
-# stage-1 arithmetic before data loading.
+# 58 images/s for the model alone (34.5 in fp32; 2026-12-02); with the cache and the
+# augmentation, a fine-tune ran at 85-89 images/s: about 55 minutes for this stage 1
+# (docs/ablation.md, sixteenth session).
 # --device auto uses a GPU when one is visible; on a GPU machine without the rest of the
 # toolchain, add --stop-after cnn there and finish here with --cnn-run (train/README.md).
 # The shipped CNN + LSTM thresholds were then set by train.shift_thresholds --rules calibrated
