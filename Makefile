@@ -61,7 +61,7 @@ test: venv browser pacs lint
 # at 160 px on that CPU: about 9 hours, far over the 90 minutes a CPU-only run should take.
 # On a 2-core Zen 5 EPYC (avx512_bf16) the recipe's speed test picks bfloat16 autocast:
 # 58 images/s for the model alone (34.5 in fp32; 2026-12-02); with the cache and the
-# augmentation, a fine-tune ran at 85-89 images/s: about 55 minutes for this stage 1
+# augmentation, a fine-tune ran at 84-90 images/s: about an hour for this stage 1
 # (docs/ablation.md, sixteenth session).
 # --device auto uses a GPU when one is visible; on a GPU machine without the rest of the
 # toolchain, add --stop-after cnn there and finish here with --cnn-run (train/README.md).

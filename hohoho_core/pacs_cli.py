@@ -246,17 +246,17 @@ def predict_dicomweb(
     # The first study is retrieved while torch and the model load, each next one while the
     # one before is read, predicted and stored.
     fetched = retrieve_ahead(server, [uid for _, uid in todo])
-    try:
+    try:  # until the loop's own try below, nothing may leave the retrieval running
         predictor = _load_predictor(args, weights, error)
+        from hohoho_core.predict import prediction_record, write_predictions
+        from hohoho_core.sr import build_sr, evidence_headers, model_identity
+        from hohoho_core.sr_capture import saliency_captures
+
+        print(f"precision: {predictor.path_note}")
+        model = model_identity(predictor.config, weights)
     except BaseException:
         fetched.close()
         raise
-    from hohoho_core.predict import prediction_record, write_predictions
-    from hohoho_core.sr import build_sr, evidence_headers, model_identity
-    from hohoho_core.sr_capture import saliency_captures
-
-    print(f"precision: {predictor.path_note}")
-    model = model_identity(predictor.config, weights)
 
     def _predict_one(uid: str, uploads: list[Any]) -> int:
         """Predict and log one retrieved study (its series not logged yet); objects stored."""

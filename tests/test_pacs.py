@@ -178,11 +178,10 @@ def test_retrieve_ahead_runs_one_ahead_and_stops_when_closed(monkeypatch):
     started.clear()
     for event in finished.values():
         event.clear()
-    it = retrieve_ahead(DicomwebServer("http://127.0.0.1:1/dicom-web"), list("abd"))
-    assert finished["a"].wait(10)
-    it.close()
+    with retrieve_ahead(DicomwebServer("http://127.0.0.1:1/dicom-web"), list("abd")) as it:
+        assert finished["a"].wait(10)
     time.sleep(0.1)
-    assert started == ["a"]
+    assert started == ["a"]  # leaving the with block closed it
 
 
 # ------------------------------------------------------------------------- failures

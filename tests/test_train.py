@@ -169,11 +169,17 @@ def test_fine_tuning_starts_from_the_given_cnn(demo, tmp_path) -> None:
     with pytest.raises(SystemExit, match="no such file"):
         tc.main(tc.get_args_parser().parse_args(
             _cnn_args(demo, tmp_path / "y", "--init-from", str(tmp_path / "none.safetensors"))))
-    # the recipe passes it on
+    # the recipe passes it on, after checking it is there and reads the recipe's input
     mdw = script("make_demo_weights")
     args = mdw.get_args_parser().parse_args(["--quick", "--init-cnn", str(start)])
     cmd = mdw.stage_args(mdw.resolve(args), tmp_path, tmp_path / "c", tmp_path / "s.json")
     assert cmd["train_cnn"][cmd["train_cnn"].index("--init-from") + 1] == str(start)
+    with pytest.raises(SystemExit, match="no such file"):
+        mdw.resolve(mdw.get_args_parser().parse_args(
+            ["--quick", "--init-cnn", str(tmp_path / "none.safetensors")]))
+    with pytest.raises(SystemExit, match="was trained with --mode stacked"):
+        mdw.resolve(mdw.get_args_parser().parse_args(
+            ["--quick", "--init-cnn", str(start), "--mode", "windows"]))
 
 
 def test_run_folder_is_never_mixed(demo, tmp_path) -> None:

@@ -147,8 +147,23 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
             setattr(args, k, v)
         args.threads = "1" if args.threads == "auto" else args.threads
         args.cpu_bf16 = "off" if args.cpu_bf16 == "auto" else args.cpu_bf16
-    if getattr(args, "init_cnn", None) is not None and args.cnn_run is not None:
-        raise SystemExit("--init-cnn with --cnn-run: stage 1 is either trained here or adopted")
+    if getattr(args, "init_cnn", None) is not None:
+        if args.cnn_run is not None:
+            raise SystemExit("--init-cnn with --cnn-run: stage 1 is either trained here or "
+                             "adopted")
+        init = Path(args.init_cnn)
+        if not init.is_file():
+            raise SystemExit(f"--init-cnn {init}: no such file")
+        # its run's args.json, when beside it: the same input, or the tensors would load
+        # (same shapes) into a model that reads other images
+        saved = init.parent / "args.json"
+        if saved.is_file():
+            theirs = json.loads(saved.read_text(encoding="utf-8"))
+            for key in ("mode", "size"):
+                if key in theirs and theirs[key] != getattr(args, key):
+                    raise SystemExit(f"--init-cnn {init} was trained with --{key} "
+                                     f"{theirs[key]}, this recipe asks for --{key} "
+                                     f"{getattr(args, key)}")
     if args.cnn_run is not None:
         # stage 1 is done: its epochs are the run's, nothing to plan
         cnn = reused_cnn_args(args)
@@ -689,7 +704,9 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         "app. Its numbers say nothing about real patients.",
         "",
         "## Model",
-        f"- Stage 1: ResNet-18 (random init) on {info['size']} x {info['size']} px "
+        "- Stage 1: ResNet-18 ("
+        + (f"fine-tuned from `{info['init_cnn']}`" if info.get("init_cnn") else "random init")
+        + f") on {info['size']} x {info['size']} px "
         + _MODE_TEXT[info.get("mode", "stacked")]
         + ", asymmetric loss (gamma_neg 4, gamma_pos 1, clip 0.05).",
         "- Stage 2: bidirectional 2-layer LSTM (hidden 128) over each study's 512-d slice "
@@ -920,6 +937,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "foreign": foreign,
         "times": times, "machine": common.machine_description(),
         "stage1_machine": stage1_machine, "stage1_elsewhere": args.cnn_run is not None,
+        "init_cnn": None if getattr(args, "init_cnn", None) is None else str(args.init_cnn),
         "device": args.device,
         "command": "python -m train.make_demo_weights " + " ".join(
             [*(["--quick"] if args.quick else []),

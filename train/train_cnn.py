@@ -233,7 +233,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     own_group = not group_joined()
     restored = [] if args.resume is None else common.restore_resume_args(
         args, get_args_parser(), common.read_checkpoint_state(_resume_stem(args.resume))["args"])
-    if args.init_from is not None:
+    if args.init_from is not None and args.resume is None:  # resuming: the checkpoint's
         if args.init != "random":
             raise SystemExit(f"--init-from with --init {args.init}: give one starting point")
         if not Path(args.init_from).is_file():
@@ -260,7 +260,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     train_loader, val_loader, train_ds = build_loaders(args, data, dist)
 
     model = create_model(args.arch, init=args.init, in_channels=data.cfg.channels)
-    if args.init_from is not None:
+    if args.init_from is not None and args.resume is None:
         common.load_model_weights(args.init_from, model)  # strict: same arch and input
     model = model.to(dist.device)
     model = model.to(memory_format=common.memory_format(args, dist.device))

@@ -116,6 +116,13 @@ def retrieve_study(
     return uploads
 
 
+class _Closed(Exception):
+    """Put on the queue by a worker that was stopped."""
+
+
+_CLOSED = _Closed()
+
+
 class RetrievalAhead:
     """The iterator `retrieve_ahead` returns: ``(uid, uploads or PacsError)`` per study."""
 
@@ -139,6 +146,8 @@ class RetrievalAhead:
         for uid in self._uids:
             self._permits.acquire()
             if self._stop.is_set():
+                # a caller blocked in __next__ (closed from another thread) wakes and stops
+                self._arrived.put(("", _CLOSED))
                 return
             try:
                 self._arrived.put((uid, retrieve_study(server, uid, limits)))
@@ -156,6 +165,8 @@ class RetrievalAhead:
         self._taken += 1
         self._permits.release()
         uid, got = self._arrived.get()
+        if isinstance(got, _Closed):
+            raise StopIteration
         if isinstance(got, BaseException) and not isinstance(got, PacsError):
             self.close()
             raise got
@@ -163,10 +174,19 @@ class RetrievalAhead:
 
     def close(self) -> None:
         """Retrieve nothing more; a retrieval in flight ends on its own (daemon thread)."""
-        if not self._closed:
+        if not getattr(self, "_closed", True):  # (a half-built one has nothing to stop)
             self._closed = True
             self._stop.set()
             self._permits.release()  # wakes the thread if it waits for a permit: it ends
+
+    def __enter__(self) -> RetrievalAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # a caller that dropped it without closing
+        self.close()
 
 
 def retrieve_ahead(
