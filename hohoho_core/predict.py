@@ -491,7 +491,6 @@ class Predictor:
             raise ValueError("precision 'int8' runs on the CPU only")
         self.config = config
         self.preprocess_config: PreprocessConfig = config.preprocess
-        self._thin_slabs = "off"
         self.thin_slabs = THIN_SLABS
         self.batch_size = batch_size
         self.precision = precision
@@ -783,7 +782,7 @@ class Predictor:
         says, `model_volume`)."""
         spacing = measured_spacing(study)
         hu, groups = self.model_volume(study.hu, spacing)
-        x = self.preprocess(study) if hu is study.hu else make_input(hu, self.preprocess_config)
+        x = make_input(hu, self.preprocess_config)
         if groups is None:
             return self.predict_prepared(x, study.study_uid, study.series_uid,
                                          list(study.image_ids), slice_spacing=spacing)
@@ -842,7 +841,7 @@ class Predictor:
                      ) -> tuple[np.ndarray, np.ndarray | None]:
         """What the model reads of a series' HU volume: ``(volume, groups)``.
 
-        Slice by slice: ``hu`` itself (the same object) and None. Blocks (`slabs_for`):
+        Slice by slice: ``hu`` itself and None. Blocks (`slabs_for`):
         the slabs' mean HU and the slab index per slice (`expand_slabs` gives the
         slabs' calls back). Sliding (`sliding_for`): a reformat per slice and None.
         """
@@ -858,8 +857,6 @@ class Predictor:
         """What the CNN read for each slice of ``study`` (``[S, C, H, W]``, as `predict`
         reads it: the slice itself, its slab's input, or its reformat), for saliency."""
         hu, groups = self.model_volume(study.hu, measured_spacing(study))
-        if hu is study.hu:
-            return self.preprocess(study)
         x = make_input(hu, self.preprocess_config)
         return x if groups is None else x[groups]
 
