@@ -180,6 +180,13 @@ def test_fine_tuning_starts_from_the_given_cnn(demo, tmp_path) -> None:
     with pytest.raises(SystemExit, match="was trained with --mode stacked"):
         mdw.resolve(mdw.get_args_parser().parse_args(
             ["--quick", "--init-cnn", str(start), "--mode", "windows"]))
+    # another size is allowed (the tensors do not depend on it) and named on the card
+    trained = json.loads((start.parent / "args.json").read_text())["size"]
+    assert mdw.init_cnn_size(start) == trained
+    other = mdw.resolve(mdw.get_args_parser().parse_args(
+        ["--init-cnn", str(start), "--mode", "stacked", "--size", str(trained + 32),
+         "--epochs", "1", "--threads", "1", "--cpu-bf16", "off"]))
+    assert other.size == trained + 32 and mdw.init_cnn_size(None) is None
 
 
 def test_run_folder_is_never_mixed(demo, tmp_path) -> None:

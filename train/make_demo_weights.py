@@ -140,6 +140,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def init_cnn_size(init: Path | None) -> int | None:
+    """The input size an ``--init-cnn`` file was trained at (its run's args.json), or None."""
+    saved = None if init is None else Path(init).parent / "args.json"
+    if saved is None or not saved.is_file():
+        return None
+    size = json.loads(saved.read_text(encoding="utf-8")).get("size")
+    return int(size) if isinstance(size, int) else None
+
+
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Apply ``--quick`` and pick threads and precision by a short speed test."""
     if args.quick:
@@ -154,16 +163,16 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         init = Path(args.init_cnn)
         if not init.is_file():
             raise SystemExit(f"--init-cnn {init}: no such file")
-        # its run's args.json, when beside it: the same input, or the tensors would load
-        # (same shapes) into a model that reads other images
+        # its run's args.json, when beside it: the same input mode, or the tensors would
+        # load (same shapes) into a model that reads other channels. Another size is
+        # allowed: the weights do not depend on it, and fine-tuning at a higher resolution
+        # is a measured option (docs/ablation.md).
         saved = init.parent / "args.json"
         if saved.is_file():
             theirs = json.loads(saved.read_text(encoding="utf-8"))
-            for key in ("mode", "size"):
-                if key in theirs and theirs[key] != getattr(args, key):
-                    raise SystemExit(f"--init-cnn {init} was trained with --{key} "
-                                     f"{theirs[key]}, this recipe asks for --{key} "
-                                     f"{getattr(args, key)}")
+            if "mode" in theirs and theirs["mode"] != args.mode:
+                raise SystemExit(f"--init-cnn {init} was trained with --mode "
+                                 f"{theirs['mode']}, this recipe asks for --mode {args.mode}")
     if args.cnn_run is not None:
         # stage 1 is done: its epochs are the run's, nothing to plan
         cnn = reused_cnn_args(args)
@@ -705,7 +714,9 @@ def write_card(path: Path, info: dict[str, Any]) -> None:
         "",
         "## Model",
         "- Stage 1: ResNet-18 ("
-        + (f"fine-tuned from `{info['init_cnn']}`" if info.get("init_cnn") else "random init")
+        + (f"fine-tuned from `{info['init_cnn']}`"
+           + (f", trained at {info['init_cnn_size']} px" if info.get("init_cnn_size") else "")
+           if info.get("init_cnn") else "random init")
         + f") on {info['size']} x {info['size']} px "
         + _MODE_TEXT[info.get("mode", "stacked")]
         + ", asymmetric loss (gamma_neg 4, gamma_pos 1, clip 0.05).",
@@ -938,6 +949,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "times": times, "machine": common.machine_description(),
         "stage1_machine": stage1_machine, "stage1_elsewhere": args.cnn_run is not None,
         "init_cnn": None if getattr(args, "init_cnn", None) is None else str(args.init_cnn),
+        "init_cnn_size": init_cnn_size(getattr(args, "init_cnn", None)),
         "device": args.device,
         "command": "python -m train.make_demo_weights " + " ".join(
             [*(["--quick"] if args.quick else []),
